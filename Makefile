@@ -1,0 +1,29 @@
+# Every target bootstraps .venv itself: `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: setup.py constraints.txt | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.py constraints.txt | $(BIN)/python
+	$(PIP) -e '.[test]'
+	touch $@
+
+# Trains from scratch each time: the demo's MODEL_DIR is its own.
+demo: $(VENV)/.installed
+	rm -rf runs/demo
+	$(BIN)/python -m flan_jax.train --gin_file=gin/runs/demo.gin
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

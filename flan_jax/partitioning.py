@@ -1,0 +1,222 @@
+"""Meshes, logical-axis rules and shardings: what T5X's pjit partitioner did, on `jax.jit`.
+
+Models name their axes (`batch`, `embed`, `mlp`, ...); the rules here map those names to the
+mesh axes `data` and `model`. Nothing in this module knows about layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[tuple[str, Any]]
+
+
+def logical_axis_rules(
+    parameter_partitioning_dims: int = 1, activation_partitioning_dims: int = 1
+) -> tuple[tuple[str, Any], ...]:
+    """T5X's standard rules: 1D shards heads/mlp/vocab over `model`, 2D also shards `embed`.
+
+    A logical name may appear twice; flax takes the first rule whose mesh axis is still free
+    in that array, so `embed` lands on `data` for parameters and stays unsharded (or on
+    `model`) for activations, whose `batch` already holds `data`.
+    """
+    if parameter_partitioning_dims not in (1, 2) or activation_partitioning_dims not in (1, 2):
+        raise ValueError(
+            "partitioning dims must be 1 or 2, got parameter_partitioning_dims="
+            f"{parameter_partitioning_dims}, activation_partitioning_dims="
+            f"{activation_partitioning_dims}"
+        )
+    rules = [
+        ("batch", "data"),
+        ("vocab", "model"),
+        ("mlp", "model"),
+        ("heads", "model"),
+        ("joined_kv", "model"),
+        ("kv", None),
+        ("length", None),
+        ("layers", None),
+        ("relpos_buckets", None),
+    ]
+    if activation_partitioning_dims == 2:
+        rules.append(("embed", "model"))
+    if parameter_partitioning_dims == 2:
+        rules.append(("embed", "data"))
+    rules.append(("embed", None))
+    return tuple(rules)
+
+
+def create_mesh(
+    model_parallel_size: int = 1,
+    mesh_shape: Sequence[int] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> jax.sharding.Mesh:
+    """A (`data`, `model`) mesh over all devices; `model` is the inner, fastest-linked axis."""
+    devices = list(devices if devices is not None else jax.devices())
+    if mesh_shape is None:
+        if model_parallel_size < 1 or len(devices) % model_parallel_size:
+            raise ValueError(
+                f"model_parallel_size={model_parallel_size} must divide the number of devices "
+                f"({len(devices)}); pick one of {_divisors(len(devices))}."
+            )
+        mesh_shape = (len(devices) // model_parallel_size, model_parallel_size)
+    mesh_shape = tuple(mesh_shape)
+    if int(np.prod(mesh_shape)) != len(devices) or len(mesh_shape) != 2:
+        raise ValueError(
+            f"mesh_shape={mesh_shape} must be (data, model) with data * model == "
+            f"{len(devices)} devices."
+        )
+    return jax.make_mesh(
+        mesh_shape, ("data", "model"), axis_types=(AxisType.Auto,) * 2, devices=devices
+    )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+    """A mesh plus logical rules: turns logical specs into shardings and jits under both."""
+
+    mesh: jax.sharding.Mesh
+    rules: LogicalRules
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.mesh.shape["data"]
+
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh and rules in scope, as `nn.with_logical_constraint` needs at trace time."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def sharding(self, logical_spec: PartitionSpec | Sequence[str | None]) -> NamedSharding:
+        spec = nn.logical_to_mesh_axes(tuple(logical_spec), self.rules)
+        return NamedSharding(self.mesh, spec)
+
+    def shardings(self, logical_specs: Any) -> Any:
+        """Maps a tree of logical PartitionSpecs to NamedShardings on this mesh."""
+        return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.rules)
+
+    def batch_sharding(self) -> NamedSharding:
+        return self.sharding(("batch",))
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.data_parallel_size:
+            raise ValueError(
+                f"batch size {batch_size} is not divisible by the data-parallel size "
+                f"{self.data_parallel_size} (mesh {dict(self.mesh.shape)}); use a multiple of "
+                f"{self.data_parallel_size} or a larger model_parallel_size."
+            )
+
+    def partition(
+        self,
+        fn: Callable,
+        in_shardings: Any,
+        out_shardings: Any,
+        static_argnames: Sequence[str] = (),
+        donate_argnums: Sequence[int] = (),
+    ) -> Callable:
+        """`jax.jit` with shardings, traced and run with the mesh and rules in scope."""
+        jitted = jax.jit(
+            fn,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            static_argnames=tuple(static_argnames),
+            donate_argnums=tuple(donate_argnums),
+        )
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with self.context():
+                return jitted(*args, **kwargs)
+
+        run.lower = lambda *a, **k: _lower(self, jitted, *a, **k)
+        return run
+
+
+def _lower(partitioner: Partitioner, jitted, *args, **kwargs):
+    with partitioner.context():
+        return jitted.lower(*args, **kwargs)
+
+
+def check_divisible(abstract_tree: Any, shardings: Any) -> None:
+    """Names every array whose dimension does not divide the mesh axes it is sharded over."""
+    problems = []
+
+    def visit(path, leaf, sharding):
+        for dim, axes in zip(leaf.shape, sharding.spec):
+            axes = (axes,) if isinstance(axes, str) else (axes or ())
+            size = int(np.prod([sharding.mesh.shape[a] for a in axes])) if axes else 1
+            if dim % size:
+                problems.append(
+                    f"{jax.tree_util.keystr(path)} shape {tuple(leaf.shape)}: dimension {dim} "
+                    f"is not divisible by mesh axes {axes} of size {size}"
+                )
+
+    jax.tree_util.tree_map_with_path(visit, abstract_tree, shardings)
+    if problems:
+        raise ValueError(
+            "These arrays cannot be sharded as the logical-axis rules ask:\n  "
+            + "\n  ".join(problems)
+            + "\nChange the model dimension, the mesh shape, or the rule for that axis."
+        )
+
+
+def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_specs: Any):
+    """Logical specs for optimizer state, derived from the parameters each leaf belongs to.
+
+    A leaf shaped like its parameter takes the parameter's spec; optax Adafactor's factored
+    moments (`v_row`, `v_col`) drop the axis optax averaged over; anything else (step counts,
+    placeholders of unfactored moments) is replicated.
+    """
+    params_by_path = {}
+    jax.tree_util.tree_map_with_path(
+        lambda p, leaf, spec: params_by_path.__setitem__(_path_keys(p), (leaf.shape, spec)),
+        abstract_params,
+        param_specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+    def spec_for(path, leaf):
+        keys = _path_keys(path)
+        for start in range(len(keys)):
+            if keys[start:] in params_by_path:
+                shape, spec = params_by_path[keys[start:]]
+                field = keys[start - 1] if start else None
+                return _moment_spec(tuple(leaf.shape), tuple(shape), tuple(spec), field)
+        return PartitionSpec()
+
+    return jax.tree_util.tree_map_with_path(spec_for, abstract_opt_state)
+
+
+def _moment_spec(shape, param_shape, param_spec, field) -> PartitionSpec:
+    param_spec = param_spec + (None,) * (len(param_shape) - len(param_spec))
+    if shape == param_shape:
+        return PartitionSpec(*param_spec)
+    if field in ("v_row", "v_col") and len(shape) == len(param_shape) - 1:
+        # optax factors over the two largest dims (stable argsort): v_row drops the
+        # largest, v_col the second largest.
+        second, largest = np.argsort(param_shape, kind="stable")[-2:]
+        dropped = largest if field == "v_row" else second
+        return PartitionSpec(*(s for i, s in enumerate(param_spec) if i != dropped))
+    return PartitionSpec()
+
+
+def _path_keys(path) -> tuple:
+    keys = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                keys.append(getattr(entry, attr))
+                break
+    return tuple(keys)

@@ -1,0 +1,30 @@
+"""flan_jax: instruction finetuning (Flan-T5, Flan-PaLM) as a JAX training stack."""
+import setuptools
+
+setuptools.setup(
+    name="flan_jax",
+    version="0.1.0",
+    description="Flan instruction finetuning in JAX: SeqIO mixtures, T5/PaLM models, "
+    "a partitioned trainer, evaluation and TPU tooling.",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*", "tasks", "tasks.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "seqio>=0.0.20",
+        "tensorflow>=2.21",
+        "tensorflow-text>=2.21",
+        "tensorflow-datasets>=4.9",
+        "gin-config>=0.5",
+        "sentencepiece>=0.2",
+        "tensorboardX>=2.6",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest", "torch==2.13.0", "transformers>=5", "safetensors"],
+        "hf": ["safetensors"],
+        "tpu": ["jax[tpu]"],
+    },
+)

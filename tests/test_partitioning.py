@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from flan_jax import partitioning
+
+
+def test_mesh_over_all_devices_with_model_axis_inner():
+    mesh = partitioning.create_mesh(model_parallel_size=2)
+    assert dict(mesh.shape) == {"data": 4, "model": 2}
+    # `model` is the inner axis: neighbours in device order share a data row.
+    assert [d.id for d in mesh.devices[0]] == [0, 1]
+
+
+def test_mesh_errors_name_the_value_and_the_fix():
+    with pytest.raises(ValueError, match=r"model_parallel_size=3 .* \[1, 2, 4, 8\]"):
+        partitioning.create_mesh(model_parallel_size=3)
+    with pytest.raises(ValueError, match=r"mesh_shape=\(2, 2\).*8 devices"):
+        partitioning.create_mesh(mesh_shape=(2, 2))
+
+
+@pytest.mark.parametrize(
+    "param_dims, act_dims, expected_param, expected_activation",
+    [
+        (1, 1, P(None, "model"), P("data", None, None)),
+        (2, 1, P("data", "model"), P("data", None, None)),
+        (1, 2, P(None, "model"), P("data", None, "model")),
+    ],
+)
+def test_rules_map_logical_axes(param_dims, act_dims, expected_param, expected_activation):
+    mesh = partitioning.create_mesh(model_parallel_size=2)
+    p = partitioning.Partitioner(mesh, partitioning.logical_axis_rules(param_dims, act_dims))
+    assert p.sharding(("embed", "mlp")).spec == expected_param
+    assert p.sharding(("batch", "length", "embed")).spec == expected_activation
+
+
+def test_batch_size_must_divide_data_parallel_size():
+    p = partitioning.Partitioner(partitioning.create_mesh(2), partitioning.logical_axis_rules())
+    p.check_batch_size(8)
+    with pytest.raises(ValueError, match="batch size 6 is not divisible by the data-parallel size 4"):
+        p.check_batch_size(6)
+
+
+def test_indivisible_parameter_is_named_with_its_shape():
+    p = partitioning.Partitioner(partitioning.create_mesh(4), partitioning.logical_axis_rules())
+    abstract = {"mlp": {"wi": jax.ShapeDtypeStruct((8, 6), jnp.float32)}}
+    shardings = p.shardings({"mlp": {"wi": P("embed", "mlp")}})
+    with pytest.raises(ValueError, match=r"\['mlp'\]\['wi'\] shape \(8, 6\): dimension 6"):
+        partitioning.check_divisible(abstract, shardings)
+
+
+def test_adafactor_moments_follow_their_parameters():
+    params = {"wi": jnp.zeros((256, 512)), "wo": jnp.zeros((512, 256)), "scale": jnp.zeros((256,))}
+    specs = {"wi": P("embed", "mlp"), "wo": P("mlp", "embed"), "scale": P("embed")}
+    opt_state = jax.eval_shape(optax.adafactor(1e-3).init, params)
+    opt_specs = partitioning.optimizer_state_specs(opt_state, params, specs)
+    factored = opt_specs[0]
+    # v_row averages over the largest dim, v_col over the second largest.
+    assert factored.v_row["wi"] == P("embed") and factored.v_col["wi"] == P("mlp")
+    assert factored.v_row["wo"] == P("embed") and factored.v_col["wo"] == P("mlp")
+    assert factored.v["scale"] == P("embed")  # unfactored: full second moment
+    assert factored.v["wi"] == P() and factored.count == P()
+    # And every spec's rank matches its leaf.
+    jax.tree.map(
+        lambda leaf, spec: len(spec) in (0, leaf.ndim) or pytest.fail(f"{spec} vs {leaf.shape}"),
+        opt_state,
+        opt_specs,
+    )
