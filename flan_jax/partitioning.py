@@ -203,12 +203,13 @@ def _moment_spec(shape, param_shape, param_spec, field) -> PartitionSpec:
     param_spec = param_spec + (None,) * (len(param_shape) - len(param_spec))
     if shape == param_shape:
         return PartitionSpec(*param_spec)
-    if field in ("v_row", "v_col") and len(shape) == len(param_shape) - 1:
+    if field in ("v_row", "v_col") and len(param_shape) >= 2:
         # optax factors over the two largest dims (stable argsort): v_row drops the
-        # largest, v_col the second largest.
+        # largest, v_col the second largest. Unfactored params keep a (1,) placeholder.
         second, largest = np.argsort(param_shape, kind="stable")[-2:]
         dropped = largest if field == "v_row" else second
-        return PartitionSpec(*(s for i, s in enumerate(param_spec) if i != dropped))
+        if shape == tuple(np.delete(param_shape, dropped)):
+            return PartitionSpec(*(s for i, s in enumerate(param_spec) if i != dropped))
     return PartitionSpec()
 
 

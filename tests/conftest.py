@@ -7,3 +7,43 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from flan_jax.models import t5
+
+    return t5.T5Config(
+        vocab_size=64,
+        d_model=32,
+        num_heads=4,
+        d_kv=8,
+        d_ff=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    )
+
+
+@pytest.fixture(scope="session")
+def fixed_batch(tiny_config):
+    """An unpacked encoder-decoder batch of 8 rows with padding, as seqio's converter emits."""
+    rng = np.random.default_rng(0)
+    batch, inputs_len, targets_len = 8, 12, 6
+    inputs = rng.integers(2, tiny_config.vocab_size, (batch, inputs_len), dtype=np.int32)
+    targets = rng.integers(2, tiny_config.vocab_size, (batch, targets_len), dtype=np.int32)
+    for row in range(batch):
+        inputs[row, inputs_len - row % 4 :] = 0
+        targets[row, targets_len - row % 3 - 1] = 1  # EOS
+        targets[row, targets_len - row % 3 :] = 0
+    decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
+    return {
+        "encoder_input_tokens": inputs,
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": decoder_inputs,
+        "decoder_loss_weights": (targets > 0).astype(np.int32),
+    }

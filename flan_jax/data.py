@@ -1,0 +1,87 @@
+"""SeqIO datasets -> this host's shard -> global `jax.Array` batches on the mesh.
+
+Each host reads its own shard (seqio.ShardInfo by process index) and contributes its
+rows of the global batch; `jax.make_array_from_process_local_data` assembles them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flan_jax import partitioning
+
+# The input pipeline runs on the host; keep TensorFlow off the accelerators JAX uses.
+tf.config.set_visible_devices([], "GPU")
+
+
+def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
+    """The registered task or mixture, or an error naming the closest registered names."""
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f" Closest registered names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"No seqio task or mixture named {name!r} is registered.{hint} Import the module "
+            "that registers it (in gin: `import tasks.demo`) or fix the name."
+        ) from None
+
+
+def feature_converter(model, *, pack: bool) -> seqio.FeatureConverter:
+    return getattr(seqio, model.FEATURE_CONVERTER)(pack=pack)
+
+
+def train_dataset(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    model,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    split: str = "train",
+    pack: bool = True,
+) -> tf.data.Dataset:
+    """This host's batches, shuffled and repeated deterministically from `seed`.
+
+    `start_step` skips the batches already trained on, so a resumed run continues with
+    exactly the batch an uninterrupted run would see next.
+    """
+    num_hosts = jax.process_count()
+    if global_batch_size % num_hosts:
+        raise ValueError(
+            f"batch size {global_batch_size} is not divisible by the {num_hosts} hosts."
+        )
+    get_mixture_or_task(mixture_or_task_name)
+    ds = seqio.get_dataset(
+        mixture_or_task_name,
+        task_feature_lengths=dict(task_feature_lengths),
+        dataset_split=split,
+        shuffle=True,
+        num_epochs=None,
+        feature_converter=feature_converter(model, pack=pack),
+        shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=num_hosts),
+        seed=seed,
+        use_cached=False,
+    )
+    ds = ds.batch(global_batch_size // num_hosts, drop_remainder=True)
+    return ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
+
+
+def global_batches(
+    dataset: tf.data.Dataset, partitioner: partitioning.Partitioner
+) -> Iterator[dict[str, jax.Array]]:
+    """Host-local numpy batches -> global arrays sharded over the mesh's batch axis."""
+    sharding = partitioner.batch_sharding()
+    for host_batch in dataset.as_numpy_iterator():
+        yield {
+            name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for name, value in host_batch.items()
+        }

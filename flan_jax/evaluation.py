@@ -1,0 +1,101 @@
+"""Decode-and-score evaluation of each task's split, through seqio's own Evaluator."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import seqio
+
+from flan_jax import data, partitioning
+
+log = logging.getLogger(__name__)
+
+TaskMetrics = dict[str, dict[str, float]]
+
+
+class PredictionEvaluator:
+    """Greedy-decodes a task's (or every subtask of a mixture's) split, then applies the tasks'
+    own postprocessors and metric functions, so scores mean what the task author meant.
+    """
+
+    def __init__(
+        self,
+        mixture_or_task_name: str,
+        task_feature_lengths: Mapping[str, int],
+        model,
+        partitioner: partitioning.Partitioner,
+        params_shardings: Any,
+        *,
+        batch_size: int,
+        split: str = "validation",
+        num_examples: int | None = None,
+    ):
+        partitioner.check_batch_size(batch_size)
+        data.get_mixture_or_task(mixture_or_task_name)
+        self.batch_size = batch_size
+        self._evaluator = seqio.Evaluator(
+            mixture_or_task_name,
+            feature_converter=data.feature_converter(model, pack=False),
+            eval_split=split,
+            sequence_length=dict(task_feature_lengths),
+            num_examples=num_examples,
+            async_compute_metrics=False,
+        )
+        self._predict = partitioner.partition(
+            functools.partial(model.predict_batch, max_decode_length=task_feature_lengths["targets"]),
+            in_shardings=(params_shardings, partitioner.batch_sharding()),
+            out_shardings=None,
+        )
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self._evaluator.eval_tasks]
+
+    def _predict_fn(self, params, indexed_ds) -> list[tuple[int, list[int]]]:
+        outputs = []
+        for indices, features in indexed_ds.batch(self.batch_size).as_numpy_iterator():
+            tokens = features["encoder_input_tokens"]
+            n = len(tokens)
+            # The last batch is padded to the compiled batch size with empty inputs.
+            padded = np.zeros((self.batch_size, tokens.shape[1]), tokens.dtype)
+            padded[:n] = tokens
+            predictions = np.asarray(self._predict(params, {"encoder_input_tokens": padded}))
+            outputs.extend(zip(indices.tolist(), predictions[:n].tolist()))
+        return outputs
+
+    def evaluate(self, params, step: int | None = None) -> TaskMetrics:
+        """{task name: {metric name: value}} for every task with metrics."""
+        metrics, _ = self._evaluator.evaluate(
+            compute_metrics=True,
+            step=step,
+            predict_fn=functools.partial(self._predict_fn, params),
+        )
+        return {
+            task: {name: float(getattr(value, "value", value)) for name, value in task_metrics.items()}
+            for task, task_metrics in metrics.result().items()
+        }
+
+
+def format_table(columns: Mapping[str, TaskMetrics]) -> str:
+    """A markdown table: one row per task and metric, one column per evaluation (e.g. before,
+    after), so a user sees at a glance what training changed."""
+    labels = list(columns)
+    rows = sorted(
+        {(task, metric) for results in columns.values() for task, m in results.items() for metric in m}
+    )
+    lines = [
+        "| task | metric | " + " | ".join(labels) + " |",
+        "|---|---|" + "---:|" * len(labels),
+    ]
+    for task, metric in rows:
+        cells = [columns[label].get(task, {}).get(metric) for label in labels]
+        lines.append(
+            f"| {task} | {metric} | "
+            + " | ".join("-" if c is None else f"{c:.1f}" for c in cells)
+            + " |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Training progress for people (console: step, loss, tokens/s, ETA) and for TensorBoard."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from typing import Mapping
+
+import jax
+import tensorboardX
+
+
+class ProgressWriter:
+    """Prints a progress line every `log_every` steps and writes scalars under `model_dir`."""
+
+    def __init__(
+        self, model_dir: str, *, total_steps: int, start_step: int, tokens_per_step: int, log_every: int
+    ):
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.log_every = max(1, log_every)
+        self._writers = {}
+        self._model_dir = model_dir
+        self._last = (start_step, time.perf_counter())
+
+    def _writer(self, name: str) -> tensorboardX.SummaryWriter:
+        if name not in self._writers:
+            self._writers[name] = tensorboardX.SummaryWriter(os.path.join(self._model_dir, name))
+        return self._writers[name]
+
+    def should_log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps
+
+    def train(self, step: int, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+        """Logs the metrics of the step that just finished (`step` counts completed steps)."""
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        last_step, last_time = self._last
+        now = time.perf_counter()
+        seconds_per_step = (now - last_time) / max(1, step - last_step)
+        self._last = (step, now)
+        values["tokens_per_second"] = self.tokens_per_step / seconds_per_step
+        values["seconds_per_step"] = seconds_per_step
+        eta = datetime.timedelta(seconds=round(seconds_per_step * (self.total_steps - step)))
+        print(
+            f"step {step}/{self.total_steps}  loss {values['loss']:.4f}  "
+            f"token_acc {values['accuracy']:.3f}  {values['tokens_per_second']:,.0f} tokens/s  "
+            f"ETA {eta}",
+            flush=True,
+        )
+        self.scalars("train", step, values)
+        return values
+
+    def scalars(self, name: str, step: int, values: Mapping[str, float]) -> None:
+        writer = self._writer(name)
+        for key, value in values.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()

@@ -1,0 +1,157 @@
+"""The partitioned train and eval steps: one jitted program for one CPU, a GPU or a pod."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec
+
+from flan_jax import partitioning
+
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _normalize(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-token metrics from the model's sums over tokens."""
+    tokens = jnp.maximum(sums["num_tokens"], 1.0)
+    return {
+        "loss": sums["loss"] / tokens,
+        "cross_entropy": sums["cross_entropy"] / tokens,
+        "z_loss": sums["z_loss"] / tokens,
+        "accuracy": sums["num_correct"] / tokens,
+        "num_tokens": sums["num_tokens"],
+    }
+
+
+class Trainer:
+    """Owns the model, the optimizer and the partitioner; builds the jitted steps once.
+
+    The loss is a sum over target tokens divided by the token count of the whole global
+    batch, so splitting a batch into microbatches changes nothing but memory.
+    """
+
+    def __init__(
+        self,
+        model,
+        optimizer: optax.GradientTransformation,
+        partitioner: partitioning.Partitioner,
+        *,
+        learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
+        num_microbatches: int = 1,
+        seed: int = 0,
+    ):
+        if num_microbatches < 1:
+            raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
+        self.model = model
+        self.optimizer = optimizer
+        self.partitioner = partitioner
+        self.learning_rate_fn = learning_rate_fn
+        self.num_microbatches = num_microbatches
+        self._dropout_key = jax.random.key(seed + 1)
+
+        abstract_boxed = jax.eval_shape(model.init, jax.random.key(0))
+        param_specs = nn.get_partition_spec(abstract_boxed)
+        abstract_params = nn.unbox(abstract_boxed)
+        abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+        opt_specs = partitioning.optimizer_state_specs(abstract_opt, abstract_params, param_specs)
+        self.state_specs = TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs)
+        self.state_shardings = partitioner.shardings(self.state_specs)
+        abstract_state = TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt
+        )
+        partitioning.check_divisible(abstract_state, self.state_shardings)
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract_state,
+            self.state_shardings,
+        )
+
+        batch_sharding = partitioner.batch_sharding()
+        self._init = partitioner.partition(
+            self._init_state, in_shardings=None, out_shardings=self.state_shardings
+        )
+        self.train_step = partitioner.partition(
+            self._train_step,
+            in_shardings=(self.state_shardings, batch_sharding),
+            out_shardings=(self.state_shardings, None),
+            donate_argnums=(0,),
+        )
+        self.eval_step = partitioner.partition(
+            self._eval_step,
+            in_shardings=(self.state_shardings.params, batch_sharding),
+            out_shardings=None,
+        )
+
+    @property
+    def params_shardings(self):
+        return self.state_shardings.params
+
+    def create_state(self, rng: jax.Array) -> TrainState:
+        """Fresh parameters and optimizer state, created directly in their shardings."""
+        return self._init(rng)
+
+    def state_from_params(self, params) -> TrainState:
+        """A step-0 state around given (e.g. pretrained) parameters: fresh optimizer state."""
+        init_opt = self.partitioner.partition(
+            self.optimizer.init,
+            in_shardings=(self.params_shardings,),
+            out_shardings=self.state_shardings.opt_state,
+        )
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=init_opt(params))
+
+    def _init_state(self, rng):
+        params = nn.unbox(self.model.init(rng))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params)
+        )
+
+    def _accumulate_gradients(self, params, batch, dropout_rng):
+        """Sums of loss metrics and of gradients over microbatches, in float32."""
+        grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+        n = self.num_microbatches
+        batch_size = next(iter(batch.values())).shape[0]
+        if batch_size % n:
+            raise ValueError(f"batch size {batch_size} is not divisible by num_microbatches={n}.")
+
+        def microbatch_sums(i):
+            # Strided microbatches keep every data-parallel shard equally busy.
+            mb = jax.tree.map(lambda x: x.reshape(batch_size // n, n, *x.shape[1:])[:, i], batch)
+            (_, sums), grads = grad_fn(params, mb, jax.random.fold_in(dropout_rng, i))
+            return jax.tree.map(lambda x: x.astype(jnp.float32), (sums, grads))
+
+        def body(acc, i):
+            return jax.tree.map(jnp.add, acc, microbatch_sums(i)), None
+
+        total, _ = jax.lax.scan(body, microbatch_sums(0), jnp.arange(1, n))
+        return total
+
+    def _train_step(self, state: TrainState, batch: Batch):
+        dropout_rng = jax.random.fold_in(self._dropout_key, state.step)
+        sums, grads = self._accumulate_gradients(state.params, batch, dropout_rng)
+        num_tokens = jnp.maximum(sums["num_tokens"], 1.0)
+        grads = jax.tree.map(lambda g, p: (g / num_tokens).astype(p.dtype), grads, state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = _normalize(sums)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["nonpadding_fraction"] = sums["num_tokens"] / batch["decoder_target_tokens"].size
+        if self.learning_rate_fn is not None:
+            metrics["learning_rate"] = self.learning_rate_fn(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def _eval_step(self, params, batch: Batch):
+        """Teacher-forced metrics on one batch (no dropout)."""
+        _, sums = self.model.loss_fn(params, batch, None)
+        return _normalize(sums)
