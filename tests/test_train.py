@@ -1,0 +1,76 @@
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from flan_jax import gin_utils, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = [
+    "--gin_file=gin/runs/demo.gin",
+    "--gin.BATCH_SIZE=8",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}",
+    "--gin.CHECKPOINT_EVERY=2",
+    "--gin.LOG_EVERY=1",
+]
+
+
+def train_in_process(model_dir, steps, *bindings):
+    """Exactly what `python -m flan_jax.train` does, minus the process boundary."""
+    gin.clear_config()
+    try:
+        gin_utils.parse(
+            SMALL
+            + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", "--gin.PREDICT_EVAL=False"]
+            + list(bindings),
+            description="test",
+        )
+        return gin.get_configurable(train.train)()
+    finally:
+        gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def run_from_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    interrupted = tmp_path / "interrupted"
+    train_in_process(interrupted, 4)
+    assert sorted(os.listdir(interrupted / "checkpoints")) == ["2", "4"]
+    resumed, _ = train_in_process(interrupted, 6)
+    straight, _ = train_in_process(tmp_path / "straight", 6)
+    assert int(resumed.step) == int(straight.step) == 6
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+
+
+def test_resume_refuses_a_model_dir_of_another_run(tmp_path):
+    train_in_process(tmp_path, 2)
+    with pytest.raises(ValueError, match=r"'seed': 0.*'seed': 1.*new MODEL_DIR"):
+        train_in_process(tmp_path, 4, "--gin.SEED=1")
+
+
+def test_command_line_trains_evaluates_and_writes_outputs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flan_jax.train", *SMALL, f"--gin.MODEL_DIR='{tmp_path}'",
+         "--gin.TRAIN_STEPS=2", "--gin.EVAL_NUM_EXAMPLES=8"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "step 2/2" in out and "tokens/s" in out and "ETA" in out
+    assert "| task | metric | step 0 | step 2 |" in out
+    assert "demo_sort" in out
+    assert "MODEL_DIR" in (tmp_path / "config.gin").read_text() or "model_dir" in (tmp_path / "config.gin").read_text()
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "train"))
+
+
+def test_unknown_mixture_names_the_closest(tmp_path):
+    with pytest.raises(ValueError, match=r"'flan_dem'.*Closest registered names: flan_demo"):
+        train_in_process(tmp_path, 1, "--gin.MIXTURE_OR_TASK_NAME='flan_dem'")
