@@ -92,8 +92,21 @@ def train(
     start_step = int(state.step)
     print(f"model_dir {model_dir}: starting at step {start_step} of {train_steps}", flush=True)
 
+    progress = summaries.ProgressWriter(
+        model_dir,
+        total_steps=train_steps,
+        start_step=start_step,
+        tokens_per_step=batch_size * sum(task_feature_lengths.values()),
+        log_every=log_every,
+    )
     evaluator = None
     results = {}
+
+    def evaluate(step):
+        results[f"step {step}"] = evaluator.evaluate(state.params, step=step)
+        for task, values in results[f"step {step}"].items():
+            progress.scalars(f"eval/{task}", step, values)
+
     if predict_eval:
         evaluator = evaluation.PredictionEvaluator(
             mixture_or_task_name,
@@ -105,15 +118,8 @@ def train(
             split=eval_split,
             num_examples=eval_num_examples,
         )
-        results[f"step {start_step}"] = evaluator.evaluate(state.params, step=start_step)
+        evaluate(start_step)
 
-    progress = summaries.ProgressWriter(
-        model_dir,
-        total_steps=train_steps,
-        start_step=start_step,
-        tokens_per_step=batch_size * sum(task_feature_lengths.values()),
-        log_every=log_every,
-    )
     dataset = data.train_dataset(
         mixture_or_task_name,
         task_feature_lengths,
@@ -144,10 +150,7 @@ def train(
         checkpointer.close()
 
     if evaluator is not None and step > start_step:
-        results[f"step {step}"] = evaluator.evaluate(state.params, step=step)
-        for label, task_metrics in results.items():
-            for task, values in task_metrics.items():
-                progress.scalars(f"eval/{task}", int(label.split()[1]), values)
+        evaluate(step)
         print(evaluation.format_table(results), flush=True)
     progress.close()
     return state, results

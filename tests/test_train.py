@@ -1,4 +1,6 @@
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -66,7 +68,8 @@ def test_command_line_trains_evaluates_and_writes_outputs(tmp_path):
     assert "step 2/2" in out and "tokens/s" in out and "ETA" in out
     assert "| task | metric | step 0 | step 2 |" in out
     assert "demo_sort" in out
-    assert "MODEL_DIR" in (tmp_path / "config.gin").read_text() or "model_dir" in (tmp_path / "config.gin").read_text()
+    config = (tmp_path / "config.gin").read_text()
+    assert f"MODEL_DIR = '{tmp_path}'" in config and "TRAIN_STEPS = 2" in config
     assert os.listdir(tmp_path / "checkpoints") == ["2"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "train"))
 
@@ -74,3 +77,21 @@ def test_command_line_trains_evaluates_and_writes_outputs(tmp_path):
 def test_unknown_mixture_names_the_closest(tmp_path):
     with pytest.raises(ValueError, match=r"'flan_dem'.*Closest registered names: flan_demo"):
         train_in_process(tmp_path, 1, "--gin.MIXTURE_OR_TASK_NAME='flan_dem'")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
+    stderr = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flan_jax.train", *SMALL, f"--gin.MODEL_DIR='{tmp_path}'",
+         "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_EVERY=100000", "--gin.PREDICT_EVAL=False"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO,
+    )
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    saved = re.search(r"checkpoint at step (\d+) saved after SIGTERM", out)
+    assert saved, out
+    assert os.listdir(tmp_path / "checkpoints") == [saved.group(1)]
