@@ -37,6 +37,7 @@ class PredictionEvaluator:
         partitioner.check_batch_size(batch_size)
         data.get_mixture_or_task(mixture_or_task_name)
         self.batch_size = batch_size
+        self._batch_sharding = partitioner.batch_sharding()
         self._evaluator = seqio.Evaluator(
             mixture_or_task_name,
             feature_converter=data.feature_converter(model, pack=False),
@@ -47,8 +48,8 @@ class PredictionEvaluator:
         )
         self._predict = partitioner.partition(
             functools.partial(model.predict_batch, max_decode_length=task_feature_lengths["targets"]),
-            in_shardings=(params_shardings, partitioner.batch_sharding()),
-            out_shardings=None,
+            in_shardings=(params_shardings, self._batch_sharding),
+            out_shardings=partitioner.replicated_sharding(),
         )
 
     @property
@@ -63,7 +64,8 @@ class PredictionEvaluator:
             # The last batch is padded to the compiled batch size with empty inputs.
             padded = np.zeros((self.batch_size, tokens.shape[1]), tokens.dtype)
             padded[:n] = tokens
-            predictions = np.asarray(self._predict(params, {"encoder_input_tokens": padded}))
+            inputs = jax.make_array_from_callback(padded.shape, self._batch_sharding, padded.__getitem__)
+            predictions = np.asarray(self._predict(params, {"encoder_input_tokens": inputs}))
             outputs.extend(zip(indices.tolist(), predictions[:n].tolist()))
         return outputs
 

@@ -1,4 +1,5 @@
-"""T5X-style command lines: `--gin_file=F` (repeatable), `--gin.MACRO=value`, `--gin_search_paths`."""
+"""T5X-style command lines: `--gin_file=F` (repeatable), `--gin.MACRO=value`, `--gin_search_paths`,
+and the multi-process flags every entry point shares."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from typing import Sequence
 
 import gin
+import jax
 
 # The repo's gin/ folder, so run files can `include 'models/t5_1_1/tiny.gin'` from anywhere.
 DEFAULT_SEARCH_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -34,6 +36,13 @@ def parse(argv: Sequence[str], description: str) -> argparse.Namespace:
         help="comma-separated folders searched for gin files and includes "
         f"(always also: the current directory and {DEFAULT_SEARCH_PATH})",
     )
+    parser.add_argument(
+        "--coordinator_address",
+        help="host:port of process 0 for a multi-process run; 'auto' reads it from the "
+        "Cloud TPU (or SLURM) environment. Unset: a single process.",
+    )
+    parser.add_argument("--num_processes", type=int, help="with --coordinator_address host:port")
+    parser.add_argument("--process_id", type=int, help="with --coordinator_address host:port")
     args, rest = parser.parse_known_args(argv)
     bindings = []
     for item in rest:
@@ -45,9 +54,63 @@ def parse(argv: Sequence[str], description: str) -> argparse.Namespace:
         bindings.append(item[len("--gin."):])
     if not args.gin_file:
         parser.error("at least one --gin_file is required, e.g. --gin_file=gin/runs/demo.gin")
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     search_paths = [p for p in args.gin_search_paths.split(",") if p] + [".", DEFAULT_SEARCH_PATH]
     logging.getLogger().addFilter(_HIDE_SEARCH_MISSES)
     for path in search_paths:
         gin.add_config_file_search_path(path)
     gin.parse_config_files_and_bindings(args.gin_file, bindings, finalize_config=True)
     return args
+
+
+def initialize_distributed(coordinator_address, num_processes, process_id) -> None:
+    """Joins the processes of one run; must happen before anything touches a device."""
+    if coordinator_address is None:
+        return
+    # CPU processes exchange collectives through gloo; other platforms ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address == "auto":
+        jax.distributed.initialize()
+        return
+    if num_processes is None or process_id is None:
+        raise ValueError(
+            f"--coordinator_address={coordinator_address} needs --num_processes and --process_id "
+            "(or pass --coordinator_address=auto on Cloud TPU)."
+        )
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def load_model(gin_file: str):
+    """(MODEL, VOCABULARY_PATH or None) defined by a gin model file, for tools that run a
+    model without a run file (inference, export). Replaces any gin config parsed before."""
+    gin.clear_config()
+    logging.getLogger().addFilter(_HIDE_SEARCH_MISSES)
+    gin.add_config_file_search_path(DEFAULT_SEARCH_PATH)
+    gin.parse_config_file(gin_file)
+    try:
+        model = gin.query_parameter("MODEL/macro.value")
+    except ValueError:
+        raise ValueError(
+            f"{gin_file} defines no MODEL; use a model file such as gin/models/t5_1_1/base.gin "
+            "or the model.gin written by `python -m flan_jax.interop.hf_t5 import`"
+        ) from None
+    try:
+        vocabulary_path = gin.query_parameter("VOCABULARY_PATH/macro.value")
+    except ValueError:
+        vocabulary_path = None
+    return model.scoped_configurable_fn(), vocabulary_path
+
+
+def model_gin_for_checkpoint(checkpoint: str) -> str:
+    """The gin file describing a checkpoint's model: model.gin (written by the HF import) or
+    config.gin (written by training) in the checkpoint's model dir."""
+    path = os.path.abspath(checkpoint)
+    # checkpoint may be the model dir, its checkpoints/ dir or a checkpoints/<step> dir.
+    for directory in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        for name in ("model.gin", "config.gin"):
+            if os.path.isfile(os.path.join(directory, name)):
+                return os.path.join(directory, name)
+    raise FileNotFoundError(
+        f"no model.gin or config.gin next to checkpoint {checkpoint!r}; pass --gin_file with "
+        "the model's gin file, e.g. gin/models/t5_1_1/base.gin"
+    )

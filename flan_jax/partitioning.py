@@ -110,6 +110,10 @@ class Partitioner:
     def batch_sharding(self) -> NamedSharding:
         return self.sharding(("batch",))
 
+    def replicated_sharding(self) -> NamedSharding:
+        """On every device: for outputs every host reads, such as predictions and metrics."""
+        return NamedSharding(self.mesh, PartitionSpec())
+
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.data_parallel_size:
             raise ValueError(

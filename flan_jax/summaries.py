@@ -12,7 +12,8 @@ import tensorboardX
 
 
 class ProgressWriter:
-    """Prints a progress line every `log_every` steps and writes scalars under `model_dir`."""
+    """Prints a progress line every `log_every` steps and writes scalars under `model_dir`
+    (from process 0 only, so hosts of one run do not write the same event files)."""
 
     def __init__(
         self, model_dir: str, *, total_steps: int, start_step: int, tokens_per_step: int, log_every: int
@@ -52,6 +53,8 @@ class ProgressWriter:
         return values
 
     def scalars(self, name: str, step: int, values: Mapping[str, float]) -> None:
+        if jax.process_index() != 0:
+            return
         writer = self._writer(name)
         for key, value in values.items():
             writer.add_scalar(key, value, step)

@@ -76,6 +76,11 @@ def train(
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
     partitioner.check_batch_size(batch_size)
+    print(
+        f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+        f"of {jax.device_count()} devices, mesh {dict(partitioner.mesh.shape)}",
+        flush=True,
+    )
     identity = _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed)
     data.get_mixture_or_task(mixture_or_task_name)
 

@@ -79,19 +79,20 @@ class Trainer:
         )
 
         batch_sharding = partitioner.batch_sharding()
+        replicated = partitioner.replicated_sharding()
         self._init = partitioner.partition(
             self._init_state, in_shardings=None, out_shardings=self.state_shardings
         )
         self.train_step = partitioner.partition(
             self._train_step,
             in_shardings=(self.state_shardings, batch_sharding),
-            out_shardings=(self.state_shardings, None),
+            out_shardings=(self.state_shardings, replicated),
             donate_argnums=(0,),
         )
         self.eval_step = partitioner.partition(
             self._eval_step,
             in_shardings=(self.state_shardings.params, batch_sharding),
-            out_shardings=None,
+            out_shardings=replicated,
         )
 
     @property

@@ -19,7 +19,7 @@ def tiny_config():
     return t5.T5Config(
         vocab_size=64,
         d_model=32,
-        num_heads=4,
+        num_heads=8,
         d_kv=8,
         d_ff=64,
         num_encoder_layers=1,

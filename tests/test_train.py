@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import gin
+import tensorflow as tf
 import jax
 import numpy as np
 import pytest
@@ -19,6 +20,24 @@ SMALL = [
     "--gin.CHECKPOINT_EVERY=2",
     "--gin.LOG_EVERY=1",
 ]
+
+
+def train_command(model_dir, steps, *bindings):
+    return [sys.executable, "-m", "flan_jax.train", *SMALL, f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.TRAIN_STEPS={steps}", "--gin.PREDICT_EVAL=False", *bindings]
+
+
+def logged_losses(model_dir) -> dict[int, float]:
+    """Per-step training loss from the run's TensorBoard events; a step logged again after a
+    restart keeps its latest value."""
+    events_dir = os.path.join(model_dir, "train")
+    losses = {}
+    for name in sorted(os.listdir(events_dir), key=lambda n: os.path.getmtime(os.path.join(events_dir, n))):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(events_dir, name)):
+            for value in event.summary.value:
+                if value.tag == "loss":
+                    losses[event.step] = value.simple_value
+    return losses
 
 
 def train_in_process(model_dir, steps, *bindings):
@@ -95,3 +114,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     saved = re.search(r"checkpoint at step (\d+) saved after SIGTERM", out)
     assert saved, out
     assert os.listdir(tmp_path / "checkpoints") == [saved.group(1)]
+
+
+def test_sigkill_then_restart_reproduces_every_loss(tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(straight, 8), check=True, cwd=REPO, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_command(killed, 8), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    for line in proc.stdout:
+        if line.startswith("step 5/"):
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert "8" not in os.listdir(killed / "checkpoints")
+    subprocess.run(train_command(killed, 8), check=True, cwd=REPO, capture_output=True)
+    expected = logged_losses(straight)
+    assert sorted(expected) == list(range(1, 9))
+    assert logged_losses(killed) == expected

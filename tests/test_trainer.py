@@ -52,10 +52,11 @@ def test_microbatches_give_the_same_update(tiny_config, fixed_batch):
     )
 
 
-def test_same_losses_on_different_meshes(tiny_config, fixed_batch):
-    _, reference, _ = run_steps(make_trainer(tiny_config, (8, 1)), fixed_batch, 3)
-    _, sharded, _ = run_steps(make_trainer(tiny_config, (2, 4)), fixed_batch, 3)
-    np.testing.assert_allclose(reference, sharded, rtol=1e-5)
+def test_same_losses_on_every_mesh_shape(tiny_config, fixed_batch):
+    _, reference, _ = run_steps(make_trainer(tiny_config, (8, 1)), fixed_batch, 5)
+    for mesh_shape in [(4, 2), (2, 4), (1, 8)]:
+        _, losses, _ = run_steps(make_trainer(tiny_config, mesh_shape), fixed_batch, 5)
+        np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=str(mesh_shape))
 
 
 def test_state_is_sharded_by_the_logical_rules(tiny_config):
