@@ -16,10 +16,20 @@ class ProgressWriter:
     (from process 0 only, so hosts of one run do not write the same event files)."""
 
     def __init__(
-        self, model_dir: str, *, total_steps: int, start_step: int, tokens_per_step: int, log_every: int
+        self,
+        model_dir: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        tokens_per_step: int,
+        flops_per_step: float,
+        peak_flops: float | None,
+        log_every: int,
     ):
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
+        self.flops_per_step = flops_per_step
+        self.peak_flops = peak_flops
         self.log_every = max(1, log_every)
         self._writers = {}
         self._model_dir = model_dir
@@ -42,11 +52,16 @@ class ProgressWriter:
         self._last = (step, now)
         values["tokens_per_second"] = self.tokens_per_step / seconds_per_step
         values["seconds_per_step"] = seconds_per_step
+        values["tflops_per_second"] = self.flops_per_step / seconds_per_step / 1e12
+        mfu = ""
+        if self.peak_flops:
+            values["mfu"] = self.flops_per_step / seconds_per_step / self.peak_flops
+            mfu = f"  MFU {values['mfu']:.1%}"
         eta = datetime.timedelta(seconds=round(seconds_per_step * (self.total_steps - step)))
         print(
             f"step {step}/{self.total_steps}  loss {values['loss']:.4f}  "
             f"token_acc {values['accuracy']:.3f}  {values['tokens_per_second']:,.0f} tokens/s  "
-            f"ETA {eta}",
+            f"{values['tflops_per_second']:.3g} TFLOP/s{mfu}  ETA {eta}",
             flush=True,
         )
         self.scalars("train", step, values)

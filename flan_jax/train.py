@@ -18,7 +18,7 @@ import gin
 import jax
 import optax
 
-from flan_jax import checkpoints, data, evaluation, gin_utils, optim, partitioning, summaries
+from flan_jax import checkpoints, data, evaluation, flops, gin_utils, optim, partitioning, summaries
 from flan_jax.trainer import TrainState, Trainer
 
 
@@ -68,6 +68,7 @@ def train(
     eval_num_examples: int | None = None,
     eval_batch_size: int | None = None,
     predict_eval: bool = True,
+    peak_flops_per_device: float | None = None,
 ) -> tuple[TrainState, dict]:
     """Trains to `train_steps`; returns the final state and {"before"/"after": per-task metrics}."""
     model_dir = os.path.abspath(model_dir)
@@ -102,6 +103,8 @@ def train(
         total_steps=train_steps,
         start_step=start_step,
         tokens_per_step=batch_size * sum(task_feature_lengths.values()),
+        flops_per_step=batch_size * flops.train_flops_per_sequence(model.config, task_feature_lengths),
+        peak_flops=flops.peak_flops(peak_flops_per_device),
         log_every=log_every,
     )
     evaluator = None
