@@ -11,7 +11,7 @@ import pytest
 from flan_jax.interop.hf_t5 import params_from_hf, t5_config_from_hf
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.layers import relative_position_bucket
-from flan_jax.models.t5 import T5
+from flan_jax.models.t5 import T5, scan_params, unscan_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -263,3 +263,66 @@ def test_params_from_hf_copies_the_embedding_into_a_missing_lm_head(case):
     del state["lm_head.weight"]
     params = params_from_hf(state, case["model"].config)
     np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], state["shared.weight"].T)
+
+
+def test_scanned_rematerialized_layers_give_the_same_logits_and_predictions():
+    hf = _hf_model(seed=1, overrides=HF_CONFIGS[1])  # encoder and decoder depths differ
+    config = t5_config_from_hf(hf.config.to_dict())
+    model = EncoderDecoderModel(config)
+    params = params_from_hf({k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
+    rng = np.random.default_rng(1)
+    targets = _padded_tokens(rng, [9, 4], 9, eos=True)
+    batch = {
+        "encoder_input_tokens": _padded_tokens(rng, [11, 6], 11),
+        "decoder_input_tokens": _shift_right(targets),
+    }
+    # remat too: the decoding cache must pass through both lifted transforms.
+    scanned = EncoderDecoderModel(
+        dataclasses.replace(model.config, scan_layers=True, remat_policy="full")
+    )
+    scanned_params = scan_params(params, model.config)
+    jax.tree.map(np.testing.assert_array_equal, unscan_params(scanned_params, model.config), params)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(scanned._logits)(scanned_params, batch)),
+        np.asarray(jax.jit(model._logits)(params, batch)),
+        **TOL,
+    )
+    predict = lambda m: jax.jit(lambda p, b: m.predict_batch(p, b, max_decode_length=8))
+    np.testing.assert_array_equal(
+        predict(scanned)(scanned_params, batch), predict(model)(params, batch)
+    )
+
+
+def test_scanned_params_carry_a_leading_layers_axis():
+    P = jax.sharding.PartitionSpec
+    small = {**FLAN_T5_SMALL_CONFIG, "num_layers": 3, "num_decoder_layers": 2}
+    config = dataclasses.replace(t5_config_from_hf(small), scan_layers=True)
+    abstract = jax.eval_shape(EncoderDecoderModel(config).init, jax.random.key(0))
+    specs = nn.get_partition_spec(abstract)
+    assert specs["encoder"]["layers"]["attention"]["query"]["kernel"] == P("layers", "embed", "heads", "kv")
+    assert specs["decoder"]["layers"]["mlp"]["wo"]["kernel"] == P("layers", "mlp", "embed")
+    assert specs["decoder"]["relpos_bias"]["rel_embedding"] == P("heads", "relpos_buckets")
+    shapes = nn.unbox(abstract)
+    assert shapes["encoder"]["layers"]["mlp"]["wi_0"]["kernel"].shape == (3, 512, 1024)
+    assert shapes["decoder"]["layers"]["pre_mlp_layer_norm"]["scale"].shape == (2, 512)
+
+
+@pytest.mark.parametrize("policy, scan_layers", [("full", True), ("dots", False)])
+def test_remat_gives_the_same_loss_and_grads(tiny_config, fixed_batch, policy, scan_layers):
+    config = dataclasses.replace(tiny_config, dropout_rate=0.1, scan_layers=scan_layers)
+    plain = EncoderDecoderModel(config)
+    remat = EncoderDecoderModel(dataclasses.replace(config, remat_policy=policy))
+    params = nn.unbox(plain.init(jax.random.key(0)))
+    # Dropout on: remat must replay the same masks in the backward pass. An "rbg" key
+    # compiles several times faster on CPU than the default threefry.
+    dropout_rng = jax.random.key(1, impl="rbg")
+    grad = lambda m: jax.jit(jax.value_and_grad(lambda p: m.loss_fn(p, fixed_batch, dropout_rng)[0]))
+    loss, grads = grad(plain)(params)
+    remat_loss, remat_grads = grad(remat)(params)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads)
+
+
+def test_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="remat_policy='everything'.*'dots'"):
+        dataclasses.replace(t5_config_from_hf(FLAN_T5_SMALL_CONFIG), remat_policy="everything")

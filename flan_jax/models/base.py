@@ -5,12 +5,15 @@ its own shardings. Params are the UNBOXED "params" collection (plain arrays); `i
 alone returns them boxed as `nn.LogicallyPartitioned` for the partitioner.
 """
 
-from collections.abc import Mapping
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from flan_jax import decoding, losses
+from flan_jax.models.decoder import Decoder, DecoderConfig
 from flan_jax.models.t5 import T5, T5Config
 
 PAD_ID = 0
@@ -18,40 +21,39 @@ EOS_ID = 1
 DECODER_START_ID = 0
 
 
-class EncoderDecoderModel:
-    """T5-style encoder-decoder on seqio's EncDecFeatureConverter batches."""
+class BaseModel(abc.ABC):
+    """Loss, scoring and decoding shared by every model; subclasses supply the module,
+    its logits and its decoding cache."""
 
-    FEATURE_CONVERTER = "EncDecFeatureConverter"
-
-    def __init__(self, config: T5Config, *, z_loss: float = 1e-4, label_smoothing: float = 0.0):
+    def __init__(self, module, vocab_size: int, *, z_loss: float, label_smoothing: float):
         if z_loss < 0:
             raise ValueError(f"z_loss={z_loss} must be >= 0")
-        losses.label_smoothing_constant(config.vocab_size, label_smoothing)  # validates it
-        self.config = config
-        self.module = T5(config)
+        losses.label_smoothing_constant(vocab_size, label_smoothing)  # validates it
+        self.module = module
         self.z_loss = z_loss
         self.label_smoothing = label_smoothing
 
+    @abc.abstractmethod
     def init(self, rng: jax.Array):
         """Fresh "params" collection with nn.LogicallyPartitioned leaves.
 
-        Shapes do not depend on the dummy [1, 1] inputs, so jax.eval_shape(model.init,
-        rng) is a cheap way to get the param structure and partition specs.
+        Shapes do not depend on the dummy inputs used, so jax.eval_shape(model.init, rng)
+        is a cheap way to get the param structure and partition specs.
         """
-        tokens = jnp.ones((1, 1), jnp.int32)
-        return self.module.init({"params": rng}, tokens, tokens)["params"]
 
+    @abc.abstractmethod
     def _logits(self, params, batch: Mapping[str, jax.Array], dropout_rng=None) -> jax.Array:
-        enable_dropout = dropout_rng is not None
-        return self.module.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch.get("encoder_segment_ids"),
-            batch.get("decoder_segment_ids"),
-            enable_dropout=enable_dropout,
-            rngs={"dropout": dropout_rng} if enable_dropout else None,
-        )
+        """Float32 logits [B, T, vocab] predicting decoder_target_tokens; dropout iff
+        dropout_rng is given."""
+
+    @abc.abstractmethod
+    def _decoding_state(
+        self, params, batch: Mapping[str, jax.Array], *, copies: int, max_decode_length: int
+    ) -> tuple[Callable[[Any, jax.Array], tuple[jax.Array, Any]], Any, jax.Array]:
+        """(step_fn, cache, start tokens [B * copies]) for decoding each input `copies` times.
+
+        Rows are input-major (row b * copies + c), as decoding.beam_search expects.
+        """
 
     @staticmethod
     def _weights(batch: Mapping[str, jax.Array]) -> jax.Array:
@@ -100,20 +102,95 @@ class EncoderDecoderModel:
         top_k: int = 0,
         top_p: float = 1.0,
         num_decodes: int = 1,
+        num_beams: int | None = None,
+        length_penalty: float = 0.6,
     ) -> jax.Array:
         """Generated tokens, int32 [B, max_decode_length] or [B, num_decodes, max_decode_length].
 
-        Greedy when temperature == 0. Output excludes the start token; everything after
-        a row's first EOS is 0. Keyword arguments must be static under jit.
+        num_beams=None samples (greedy when temperature == 0; num_decodes independent
+        samples); num_beams=k runs beam search with k beams and length penalty alpha
+        `length_penalty`, returning the num_decodes best beams. Output excludes the start
+        token; everything after a row's first EOS is 0. Keyword arguments must be static
+        under jit.
         """
         if num_decodes < 1:
             raise ValueError(f"num_decodes={num_decodes} must be >= 1")
+        if num_beams is not None:
+            if num_beams < num_decodes:
+                raise ValueError(
+                    f"num_beams={num_beams} must be >= num_decodes={num_decodes}: "
+                    "beam search returns the num_decodes best of its beams"
+                )
+            if temperature != 0.0 or top_k != 0 or top_p != 1.0:
+                raise ValueError(
+                    f"beam search (num_beams={num_beams}) is deterministic; temperature="
+                    f"{temperature}, top_k={top_k}, top_p={top_p} apply to sampling only "
+                    "(num_beams=None)"
+                )
+        copies = num_decodes if num_beams is None else num_beams
+        step_fn, cache, start_tokens = self._decoding_state(
+            params, batch, copies=copies, max_decode_length=max_decode_length
+        )
+        batch_size = start_tokens.shape[0] // copies
+        if num_beams is None:
+            tokens = decoding.temperature_sample(
+                step_fn,
+                cache,
+                batch_size=batch_size * copies,
+                max_decode_length=max_decode_length,
+                rng=rng,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                start_tokens=start_tokens,
+                eos_id=EOS_ID,
+            ).reshape(batch_size, copies, max_decode_length)
+        else:
+            tokens, _ = decoding.beam_search(
+                step_fn,
+                cache,
+                batch_size=batch_size,
+                beam_size=num_beams,
+                max_decode_length=max_decode_length,
+                length_penalty=length_penalty,
+                start_tokens=start_tokens[::copies],
+                eos_id=EOS_ID,
+            )
+        return tokens[:, 0] if num_decodes == 1 else tokens[:, :num_decodes]
+
+
+class EncoderDecoderModel(BaseModel):
+    """T5-style encoder-decoder on seqio's EncDecFeatureConverter batches."""
+
+    FEATURE_CONVERTER = "EncDecFeatureConverter"
+
+    def __init__(self, config: T5Config, *, z_loss: float = 1e-4, label_smoothing: float = 0.0):
+        super().__init__(
+            T5(config), config.vocab_size, z_loss=z_loss, label_smoothing=label_smoothing
+        )
+        self.config = config
+
+    def init(self, rng: jax.Array):
+        tokens = jnp.ones((1, 1), jnp.int32)
+        return self.module.init({"params": rng}, tokens, tokens)["params"]
+
+    def _logits(self, params, batch: Mapping[str, jax.Array], dropout_rng=None) -> jax.Array:
+        enable_dropout = dropout_rng is not None
+        return self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch.get("encoder_segment_ids"),
+            batch.get("decoder_segment_ids"),
+            enable_dropout=enable_dropout,
+            rngs={"dropout": dropout_rng} if enable_dropout else None,
+        )
+
+    def _decoding_state(self, params, batch, *, copies, max_decode_length):
         encoder_tokens = batch["encoder_input_tokens"]
         encoded = self.module.apply({"params": params}, encoder_tokens, method=T5.encode)
-        if num_decodes > 1:
-            encoder_tokens = jnp.repeat(encoder_tokens, num_decodes, axis=0)
-            encoded = jnp.repeat(encoded, num_decodes, axis=0)
-        batch_size = encoder_tokens.shape[0]
+        encoder_tokens = jnp.repeat(encoder_tokens, copies, axis=0)
+        encoded = jnp.repeat(encoded, copies, axis=0)
 
         def run_decoder(variables, tokens):
             return self.module.apply(
@@ -128,25 +205,77 @@ class EncoderDecoderModel:
             )
 
         # The first decode=True call only builds the cache (incl. cross-attention K/V).
-        start = jnp.full((batch_size, 1), DECODER_START_ID, jnp.int32)
+        start = jnp.full((encoder_tokens.shape[0], 1), DECODER_START_ID, jnp.int32)
         _, cache = run_decoder({"params": params}, start)
 
         def step_fn(cache, tokens):
             logits, variables = run_decoder({"params": params, **cache}, tokens)
             return logits[:, 0], variables
 
-        tokens = decoding.temperature_sample(
-            step_fn,
-            cache,
-            batch_size=batch_size,
-            max_decode_length=max_decode_length,
-            rng=rng,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            start_id=DECODER_START_ID,
-            eos_id=EOS_ID,
+        return step_fn, cache, start[:, 0]
+
+
+class DecoderOnlyModel(BaseModel):
+    """PaLM-style prefix LM on seqio's PrefixLMFeatureConverter batches.
+
+    The inputs are the prefix (decoder_causal_attention = 1, attended bidirectionally);
+    loss and scores cover the targets only, through decoder_loss_weights.
+    """
+
+    FEATURE_CONVERTER = "PrefixLMFeatureConverter"
+
+    def __init__(
+        self, config: DecoderConfig, *, z_loss: float = 1e-4, label_smoothing: float = 0.0
+    ):
+        super().__init__(
+            Decoder(config), config.vocab_size, z_loss=z_loss, label_smoothing=label_smoothing
         )
-        if num_decodes > 1:
-            tokens = tokens.reshape(-1, num_decodes, max_decode_length)
-        return tokens
+        self.config = config
+
+    def init(self, rng: jax.Array):
+        return self.module.init({"params": rng}, jnp.ones((1, 1), jnp.int32))["params"]
+
+    def _logits(self, params, batch: Mapping[str, jax.Array], dropout_rng=None) -> jax.Array:
+        enable_dropout = dropout_rng is not None
+        return self.module.apply(
+            {"params": params},
+            batch["decoder_input_tokens"],
+            batch.get("decoder_segment_ids"),
+            batch.get("decoder_positions"),
+            batch.get("decoder_causal_attention"),
+            enable_dropout=enable_dropout,
+            rngs={"dropout": dropout_rng} if enable_dropout else None,
+        )
+
+    def _decoding_state(self, params, batch, *, copies, max_decode_length):
+        """Prefills the cache with each row's prompt: the decoder_input_tokens where
+        decoder_causal_attention is 1 (later positions, e.g. targets, are ignored).
+
+        Decoding then re-feeds each row's last prompt token at its own position: that
+        position attends to the whole prompt either way, so its keys/values and logits
+        are the same as in the prefill, and rows with prompts of different lengths
+        decode in one batch.
+        """
+        prefix_mask = jnp.repeat(batch["decoder_causal_attention"], copies, axis=0)
+        prompt = jnp.repeat(batch["decoder_input_tokens"], copies, axis=0) * prefix_mask
+        # Position 0 holds the start token even when a row has no inputs.
+        last = jnp.maximum(jnp.sum(prefix_mask, axis=1), 1).astype(jnp.int32) - 1
+        cache_length = prompt.shape[1] + max_decode_length
+
+        def run_decoder(variables, tokens, **kwargs):
+            return self.module.apply(
+                variables,
+                tokens,
+                decode=True,
+                max_decode_length=cache_length,
+                mutable=["cache"],
+                **kwargs,
+            )
+
+        _, cache = run_decoder({"params": params}, prompt, prefix_mask=prefix_mask, next_index=last)
+
+        def step_fn(cache, tokens):
+            logits, variables = run_decoder({"params": params, **cache}, tokens)
+            return logits[:, 0], variables
+
+        return step_fn, cache, jnp.take_along_axis(prompt, last[:, None], axis=1)[:, 0]

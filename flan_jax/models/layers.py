@@ -6,6 +6,7 @@ activations carry `nn.with_logical_constraint` hints (no-ops without axis rules)
 Axis names: batch, length, embed, mlp, heads, kv, joined_kv, vocab, relpos_buckets.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,19 @@ def _normalize_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
     return tuple(a % ndim for a in axes)
 
+
+
+def check_dtypes(config) -> None:
+    """Model configs name their dtypes as strings (gin-friendly); only these two are supported."""
+    for field in ("dtype", "param_dtype"):
+        name = getattr(config, field)
+        if name not in ("float32", "bfloat16"):
+            raise ValueError(f"{type(config).__name__}.{field}={name!r}: use 'float32' or 'bfloat16'")
+
+
+def dtypes(config) -> dict:
+    """The `dtype` / `param_dtype` keyword arguments of layers, from a model config."""
+    return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
 
 class DenseGeneral(nn.Module):
     """Bias-free linear map contracting `axis` of the input into `features`.
@@ -94,24 +108,34 @@ class RMSNorm(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding table [vocab, embed]; lookup returns activations in `dtype`."""
+    """Token embedding table [vocab, embed], initialized N(0, 1).
+
+    `attend` maps activations back to vocabulary logits with the same table, for models
+    that share their input and output embeddings.
+    """
 
     num_embeddings: int
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
-        embedding = self.param(
+    def setup(self):
+        self.embedding = self.param(
             "embedding",
             nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
             (self.num_embeddings, self.features),
             self.param_dtype,
         )
-        return jnp.take(jnp.asarray(embedding, self.dtype), tokens, axis=0)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
+        return jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """[..., embed] -> [..., vocab] logits: x @ embedding.T."""
+        embedding = jnp.asarray(self.embedding, self.dtype)
+        return jnp.einsum("...d,vd->...v", jnp.asarray(x, self.dtype), embedding)
 
 
 def relative_position_bucket(
@@ -289,22 +313,145 @@ class MultiHeadAttention(nn.Module):
         return cached_key.value, cached_value.value
 
 
-class GatedGeluMlp(nn.Module):
-    """T5 v1.1 feed-forward: wo(gelu_tanh(wi_0 x) * wi_1 x), with dropout on the hidden."""
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding of x [B, T, ..., D] at integer positions [B, T].
+
+    Rotates the pairs (x[i], x[i + D/2]) by angle position * max_wavelength^(-2i/D), so
+    the dot product of a rotated query and key depends only on their relative position.
+    Computed in float32, returned in x's dtype.
+    """
+    dim = x.shape[-1]
+    if dim % 2:
+        raise ValueError(f"RoPE rotates pairs of features; head dim {dim} must be even")
+    half = dim // 2
+    inv_frequency = max_wavelength ** (-np.arange(half, dtype=np.float32) / half)
+    angle = positions.astype(jnp.float32)[..., None] * inv_frequency
+    angle = angle.reshape(angle.shape[:2] + (1,) * (x.ndim - 3) + (half,))
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+class MultiQueryAttention(nn.Module):
+    """PaLM self-attention: `num_heads` query heads share one key/value head.
+
+    The single K/V head makes the KV cache num_heads times smaller, which is what makes
+    large-batch decoding affordable. Queries and keys are rotated by RoPE at `positions`
+    and logits are scaled by 1/sqrt(head_dim); the caller supplies the additive mask bias.
+
+    decode=True keeps cached_key/cached_value [B, max_decode_length, kv] (rotated keys) in
+    the "cache" collection. The call that creates the cache stores the keys/values of all
+    its T inputs at positions 0..T-1 (prefilling a prompt) and attends as a non-cached
+    pass would; each later call takes one token per row and writes it at that row's
+    position `decode_index` [B] before attending.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    rope_max_wavelength: float = 10_000.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        bias: jax.Array,
+        *,
+        enable_dropout: bool = False,
+        decode: bool = False,
+        decode_index: jax.Array | None = None,
+        max_decode_length: int | None = None,
+    ) -> jax.Array:
+        dense = lambda features, axes, name, **kw: DenseGeneral(
+            features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw
+        )
+        query = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), "query")(x)
+        key = dense(self.head_dim, ("embed", "kv"), "key")(x)
+        value = dense(self.head_dim, ("embed", "kv"), "value")(x)
+        query = apply_rope(query, positions, self.rope_max_wavelength) * self.head_dim**-0.5
+        key = apply_rope(key, positions, self.rope_max_wavelength)
+        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+        key = nn.with_logical_constraint(key, ("batch", "length", "kv"))
+        value = nn.with_logical_constraint(value, ("batch", "length", "kv"))
+        if decode:
+            key, value = self._update_cache(key, value, decode_index, max_decode_length)
+
+        logits = jnp.einsum("bqhd,bkd->bhqk", query, key, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not enable_dropout)
+        out = jnp.einsum("bhqk,bkd->bqhd", weights.astype(self.dtype), value)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        out = dense(x.shape[-1], ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+    def _update_cache(self, key, value, decode_index, max_decode_length):
+        initializing = not self.has_variable("cache", "cached_key")
+        batch, length, _ = key.shape
+        if initializing:
+            if max_decode_length is None or length > max_decode_length:
+                raise ValueError(
+                    f"the KV cache needs max_decode_length >= the {length} prefilled tokens, "
+                    f"got max_decode_length={max_decode_length}"
+                )
+            shape = (batch, max_decode_length, self.head_dim)
+            for name, new in (("cached_key", key), ("cached_value", value)):
+                prefilled = lambda new=new: jax.lax.dynamic_update_slice(
+                    jnp.zeros(shape, new.dtype), new, (0, 0, 0)
+                )
+                self.variable("cache", name, prefilled)
+            return key, value
+        if length != 1:
+            raise ValueError(f"cached decoding takes one token per step, got length {length}")
+        cache_length = self.get_variable("cache", "cached_key").shape[1]
+        at_index = (jnp.arange(cache_length)[None, :] == decode_index[:, None])[..., None]
+        updated = []
+        for name, new in (("cached_key", key), ("cached_value", value)):
+            cached = self.variable("cache", name)
+            cached.value = jnp.where(at_index, new, cached.value)
+            updated.append(cached.value)
+        return tuple(updated)
+
+
+_ACTIVATIONS = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+class GatedMlp(nn.Module):
+    """Gated feed-forward wo(act(wi_0 x) * wi_1 x), with dropout on the hidden.
+
+    activation "gelu_tanh" is T5 v1.1's gated GELU, "silu" is PaLM's SwiGLU.
+    """
 
     d_ff: int
     dropout_rate: float = 0.0
+    activation: str = "silu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, enable_dropout: bool = False) -> jax.Array:
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation={self.activation!r} is not one of {sorted(_ACTIVATIONS)}"
+            )
         dense = lambda features, axes, name: DenseGeneral(
             features, kernel_axes=axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
-        gate = jax.nn.gelu(dense(self.d_ff, ("embed", "mlp"), "wi_0")(x), approximate=True)
+        gate = _ACTIVATIONS[self.activation](dense(self.d_ff, ("embed", "mlp"), "wi_0")(x))
         hidden = gate * dense(self.d_ff, ("embed", "mlp"), "wi_1")(x)
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=not enable_dropout)
         out = dense(x.shape[-1], ("mlp", "embed"), "wo")(hidden)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+class GatedGeluMlp(GatedMlp):
+    """T5 v1.1's feed-forward: the gated MLP with tanh-approximated GELU."""
+
+    activation: str = "gelu_tanh"

@@ -10,6 +10,7 @@ examples, and relative positions inside an example are unaffected by packing.
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,9 +21,20 @@ from flan_jax.models.layers import (
     MultiHeadAttention,
     RelativePositionBias,
     RMSNorm,
+    check_dtypes,
+    dtypes,
     mask_to_bias,
     segment_mask,
 )
+
+
+# remat_policy -> what jax.checkpoint saves ("full" saves nothing; "dots*" save matmul outputs).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,21 +54,24 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     dtype: str = "float32"  # activations; "bfloat16" for TPU/GPU training
     param_dtype: str = "float32"
+    # One scanned layer per stack instead of a Python loop: compile time and program size
+    # stop growing with depth. Params then carry a leading "layers" axis (see scan_params).
+    scan_layers: bool = False
+    # What each layer keeps for the backward pass: "none" keeps everything; the others
+    # recompute activations (less memory, more FLOPs). See REMAT_POLICIES.
+    remat_policy: str = "none"
 
     def __post_init__(self):
-        for field in ("dtype", "param_dtype"):
-            name = getattr(self, field)
-            if name not in ("float32", "bfloat16"):
-                raise ValueError(f"T5Config.{field}={name!r}: use 'float32' or 'bfloat16'")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"T5Config.remat_policy={self.remat_policy!r}: use one of {sorted(REMAT_POLICIES)}"
+            )
+        check_dtypes(self)
         if self.relative_attention_num_buckets < 4:
             raise ValueError(
                 f"T5Config.relative_attention_num_buckets={self.relative_attention_num_buckets}: "
                 "needs at least 4 (half exact, half log-spaced, per direction)"
             )
-
-
-def _dtypes(config: T5Config) -> dict:
-    return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
 
 
 def _attention(config: T5Config, name: str, cross_attention: bool = False) -> MultiHeadAttention:
@@ -66,12 +81,12 @@ def _attention(config: T5Config, name: str, cross_attention: bool = False) -> Mu
         dropout_rate=config.dropout_rate,
         cross_attention=cross_attention,
         name=name,
-        **_dtypes(config),
+        **dtypes(config),
     )
 
 
 def _norm(config: T5Config, name: str) -> RMSNorm:
-    return RMSNorm(epsilon=config.layer_norm_epsilon, name=name, **_dtypes(config))
+    return RMSNorm(epsilon=config.layer_norm_epsilon, name=name, **dtypes(config))
 
 
 def _relpos(config: T5Config, bidirectional: bool) -> RelativePositionBias:
@@ -81,7 +96,7 @@ def _relpos(config: T5Config, bidirectional: bool) -> RelativePositionBias:
         num_heads=config.num_heads,
         bidirectional=bidirectional,
         name="relpos_bias",
-        **_dtypes(config),
+        **dtypes(config),
     )
 
 
@@ -97,19 +112,23 @@ class _Block(nn.Module):
     def mlp(self, x, enable_dropout):
         c = self.config
         y = _norm(c, "pre_mlp_layer_norm")(x)
-        y = GatedGeluMlp(c.d_ff, c.dropout_rate, name="mlp", **_dtypes(c))(
+        y = GatedGeluMlp(c.d_ff, c.dropout_rate, name="mlp", **dtypes(c))(
             y, enable_dropout=enable_dropout
         )
         return self.residual(x, y, enable_dropout)
 
 
+# Layers take positional arguments and return (x, None): the calling convention of
+# nn.scan (carry, per-layer output) and of nn.remat's static_argnums.
+
+
 class EncoderLayer(_Block):
     @nn.compact
-    def __call__(self, x, bias, *, enable_dropout=False):
+    def __call__(self, x, bias, enable_dropout=False):
         y = _norm(self.config, "pre_attention_layer_norm")(x)
         y = _attention(self.config, "attention")(y, y, bias, enable_dropout=enable_dropout)
         x = self.residual(x, y, enable_dropout)
-        return self.mlp(x, enable_dropout)
+        return self.mlp(x, enable_dropout), None
 
 
 class DecoderLayer(_Block):
@@ -120,7 +139,6 @@ class DecoderLayer(_Block):
         encoded,
         self_bias,
         cross_bias,
-        *,
         enable_dropout=False,
         decode=False,
         decode_index=None,
@@ -143,7 +161,33 @@ class DecoderLayer(_Block):
             y, encoded, cross_bias, enable_dropout=enable_dropout, decode=decode
         )
         x = self.residual(x, y, enable_dropout)
-        return self.mlp(x, enable_dropout)
+        return self.mlp(x, enable_dropout), None
+
+
+def _apply_layers(layer_cls, config: T5Config, num_layers: int, static_argnums, x, *args):
+    """num_layers layers of layer_cls on x: a loop over `layers_{i}`, or one scanned `layers`.
+
+    static_argnums index the layer's __call__ arguments (self is 0); they are Python values
+    (flags, lengths) that remat must not trace. Call from a compact method: the layers
+    become children of that module.
+    """
+    policy = REMAT_POLICIES[config.remat_policy]
+    if config.remat_policy != "none":
+        layer_cls = nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)
+    if not config.scan_layers:
+        for i in range(num_layers):
+            x, _ = layer_cls(config, name=f"layers_{i}")(x, *args)
+        return x
+    stack = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(args),
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    x, _ = stack(config, name="layers")(x, *args)
+    return x
 
 
 class Encoder(nn.Module):
@@ -162,8 +206,9 @@ class Encoder(nn.Module):
 
         x = dropout(self.shared_embedding(tokens))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        for i in range(c.num_encoder_layers):
-            x = EncoderLayer(c, name=f"layers_{i}")(x, bias, enable_dropout=enable_dropout)
+        x = _apply_layers(
+            EncoderLayer, c, c.num_encoder_layers, (3,), x, bias, enable_dropout
+        )
         return dropout(_norm(c, "encoder_norm")(x))
 
 
@@ -224,20 +269,23 @@ class Decoder(nn.Module):
 
         x = dropout(self.shared_embedding(decoder_input_tokens))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        for i in range(c.num_decoder_layers):
-            x = DecoderLayer(c, name=f"layers_{i}")(
-                x,
-                encoded,
-                self_bias,
-                cross_bias,
-                enable_dropout=enable_dropout,
-                decode=decode,
-                decode_index=decode_index,
-                max_decode_length=max_decode_length,
-            )
+        x = _apply_layers(
+            DecoderLayer,
+            c,
+            c.num_decoder_layers,
+            (5, 6, 8),  # enable_dropout, decode, max_decode_length
+            x,
+            encoded,
+            self_bias,
+            cross_bias,
+            enable_dropout,
+            decode,
+            decode_index,
+            max_decode_length,
+        )
         x = dropout(_norm(c, "decoder_norm")(x))
         logits = DenseGeneral(
-            c.vocab_size, kernel_axes=("embed", "vocab"), name="logits_dense", **_dtypes(c)
+            c.vocab_size, kernel_axes=("embed", "vocab"), name="logits_dense", **dtypes(c)
         )(x)
         if stepping:
             index.value = decode_index + 1
@@ -253,7 +301,7 @@ class T5(nn.Module):
 
     def setup(self):
         c = self.config
-        self.token_embedder = Embed(c.vocab_size, c.d_model, **_dtypes(c))
+        self.token_embedder = Embed(c.vocab_size, c.d_model, **dtypes(c))
         self.encoder = Encoder(c, self.token_embedder)
         self.decoder = Decoder(c, self.token_embedder)
 
@@ -310,3 +358,28 @@ class T5(nn.Module):
             decode=decode,
             max_decode_length=decoder_input_tokens.shape[1] if decode else None,
         )
+
+
+def scan_params(params: dict, config: T5Config) -> dict:
+    """Unscanned params (`layers_{i}` per layer) -> the scan_layers=True layout, where each
+    stack's `layers` holds every per-layer array stacked on a new leading axis."""
+    return _restack(params, config, lambda stack, n: {
+        **{k: v for k, v in stack.items() if not k.startswith("layers_")},
+        "layers": jax.tree.map(lambda *xs: np.stack(xs), *[stack[f"layers_{i}"] for i in range(n)]),
+    })
+
+
+def unscan_params(params: dict, config: T5Config) -> dict:
+    """The inverse of scan_params: one `layers_{i}` subtree per layer."""
+    return _restack(params, config, lambda stack, n: {
+        **{k: v for k, v in stack.items() if k != "layers"},
+        **{f"layers_{i}": jax.tree.map(lambda x: x[i], stack["layers"]) for i in range(n)},
+    })
+
+
+def _restack(params, config, convert):
+    return {
+        **params,
+        "encoder": convert(params["encoder"], config.num_encoder_layers),
+        "decoder": convert(params["decoder"], config.num_decoder_layers),
+    }

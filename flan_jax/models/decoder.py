@@ -1,0 +1,173 @@
+"""PaLM-style decoder-only Transformer (the Flan-PaLM architecture).
+
+Each layer is a parallel block, x + attention(norm(x)) + mlp(norm(x)) with one shared
+RMSNorm, using multi-query attention with RoPE and a SwiGLU MLP; no biases anywhere.
+The input embedding (N(0, 1), unscaled) is also the output layer, and, as in PaLM, the
+output logits are scaled by 1/sqrt(d_model) to make up for the unit-variance table.
+
+Prefix-LM: positions marked in `prefix_mask` (seqio's decoder_causal_attention) attend
+to each other bidirectionally; all others attend causally. Packed rows are supported
+through segment ids (attention never crosses examples) and per-example positions for RoPE.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.models.layers import (
+    Embed,
+    GatedMlp,
+    MultiQueryAttention,
+    RMSNorm,
+    check_dtypes,
+    dtypes,
+    mask_to_bias,
+    segment_mask,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Hyperparameters of a PaLM-style decoder; defaults are PaLM 8B."""
+
+    vocab_size: int = 256_000
+    d_model: int = 4096
+    num_heads: int = 16
+    head_dim: int = 256
+    d_ff: int = 16384
+    num_layers: int = 32
+    dropout_rate: float = 0.0
+    layer_norm_epsilon: float = 1e-6
+    rope_max_wavelength: float = 10_000.0
+    dtype: str = "float32"  # activations; "bfloat16" for TPU/GPU training
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        check_dtypes(self)
+        if self.head_dim % 2:
+            raise ValueError(
+                f"DecoderConfig.head_dim={self.head_dim} must be even (RoPE rotates pairs)"
+            )
+
+
+def prefix_lm_mask(prefix_mask: jax.Array) -> jax.Array:
+    """[B, 1, T, T]: causal, plus bidirectional among positions where prefix_mask is 1."""
+    length = prefix_mask.shape[1]
+    causal = jnp.asarray(np.tril(np.ones((length, length), bool)))[None, None]
+    prefix = prefix_mask.astype(bool)
+    return causal | (prefix[:, None, :, None] & prefix[:, None, None, :])
+
+
+class DecoderLayer(nn.Module):
+    """Parallel block: attention and MLP read the same normed input, their sum is added."""
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x,
+        positions,
+        bias,
+        *,
+        enable_dropout=False,
+        decode=False,
+        decode_index=None,
+        max_decode_length=None,
+    ):
+        c = self.config
+        y = RMSNorm(c.layer_norm_epsilon, name="pre_layer_norm", **dtypes(c))(x)
+        attention = MultiQueryAttention(
+            c.num_heads,
+            c.head_dim,
+            c.dropout_rate,
+            c.rope_max_wavelength,
+            name="attention",
+            **dtypes(c),
+        )(
+            y,
+            positions,
+            bias,
+            enable_dropout=enable_dropout,
+            decode=decode,
+            decode_index=decode_index,
+            max_decode_length=max_decode_length,
+        )
+        mlp = GatedMlp(c.d_ff, c.dropout_rate, activation="silu", name="mlp", **dtypes(c))(
+            y, enable_dropout=enable_dropout
+        )
+        y = nn.Dropout(c.dropout_rate)(attention + mlp, deterministic=not enable_dropout)
+        return nn.with_logical_constraint(x + y, ("batch", "length", "embed"))
+
+
+class Decoder(nn.Module):
+    """Decoder stack with tied output layer; params: token_embedder, layers_i, decoder_norm.
+
+    decode=True runs incremental decoding over the "cache" collection. The call that
+    creates the cache prefills it with the given tokens [B, T] (pass max_decode_length, the
+    cache length) and sets each row's next cache position to `next_index` [B] (default T);
+    each later call consumes one token per row at that position and advances it.
+    """
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens,
+        segment_ids=None,
+        positions=None,
+        prefix_mask=None,
+        *,
+        enable_dropout=False,
+        decode=False,
+        max_decode_length=None,
+        next_index=None,
+    ):
+        """Float32 logits [B, T, vocab] (T = 1 per cached decoding step)."""
+        c = self.config
+        batch, length = tokens.shape
+        stepping = decode and self.has_variable("cache", "index")
+        if stepping:
+            index = self.variable("cache", "index")
+            decode_index = index.value
+            positions = decode_index[:, None]
+            mask = (jnp.arange(max_decode_length)[None, :] <= decode_index[:, None])
+            mask = mask[:, None, None, :]
+        else:
+            if decode:
+                start = jnp.full((batch,), length, jnp.int32) if next_index is None else next_index
+                self.variable("cache", "index", lambda: jnp.asarray(start, jnp.int32))
+            decode_index = None
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+            if prefix_mask is None:
+                prefix_mask = jnp.zeros((batch, length), bool)
+            mask = prefix_lm_mask(prefix_mask)
+            if segment_ids is not None:
+                mask = mask & segment_mask(segment_ids, segment_ids)
+        bias = mask_to_bias(mask)
+
+        embedder = Embed(c.vocab_size, c.d_model, name="token_embedder", **dtypes(c))
+        x = nn.Dropout(c.dropout_rate)(embedder(tokens), deterministic=not enable_dropout)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        for i in range(c.num_layers):
+            x = DecoderLayer(c, name=f"layers_{i}")(
+                x,
+                positions,
+                bias,
+                enable_dropout=enable_dropout,
+                decode=decode,
+                decode_index=decode_index,
+                max_decode_length=max_decode_length,
+            )
+        x = RMSNorm(c.layer_norm_epsilon, name="decoder_norm", **dtypes(c))(x)
+        logits = embedder.attend(x) / np.sqrt(c.d_model).astype(np.float32)
+        if stepping:
+            index.value = decode_index + 1
+        return nn.with_logical_constraint(
+            logits.astype(jnp.float32), ("batch", "length", "vocab")
+        )

@@ -1,0 +1,200 @@
+"""PaLM-style decoder-only model: KV cache, prefix-LM mask, packing, loss, sizes, training."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax import gin_utils, optim, partitioning
+from flan_jax.models.base import DecoderOnlyModel
+from flan_jax.models.decoder import DecoderConfig
+from flan_jax.trainer import Trainer
+
+CONFIG = DecoderConfig(vocab_size=64, d_model=32, num_heads=4, head_dim=8, d_ff=64, num_layers=2)
+PREFIX_LENGTHS = np.array([3, 6, 1, 4])
+LENGTH = 10
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = DecoderOnlyModel(CONFIG)
+    return model, nn.unbox(model.init(jax.random.key(0)))
+
+
+@pytest.fixture(scope="module")
+def prefix_batch():
+    """Unpacked prefix-LM rows: start token, random tokens, prefixes of different lengths."""
+    tokens = np.random.default_rng(0).integers(2, CONFIG.vocab_size, (4, LENGTH)).astype(np.int32)
+    tokens[:, 0] = 0
+    prefix = (np.arange(LENGTH)[None] < PREFIX_LENGTHS[:, None]).astype(np.int32)
+    return {"decoder_input_tokens": tokens, "decoder_causal_attention": prefix}
+
+
+def _logits(model, params, batch):
+    return np.asarray(jax.jit(lambda p, b: model._logits(p, b))(params, batch))
+
+
+def test_cached_step_logits_equal_full_forward(model_and_params, prefix_batch):
+    """Prefill each row's prefix, then teacher-force the rest one token at a time."""
+    model, params = model_and_params
+    tokens, prefix = prefix_batch["decoder_input_tokens"], prefix_batch["decoder_causal_attention"]
+    full = _logits(model, params, prefix_batch)
+    apply = jax.jit(
+        lambda variables, tokens, **kw: model.module.apply(
+            variables, tokens, decode=True, max_decode_length=LENGTH + 2, mutable=["cache"], **kw
+        )
+    )
+    last = PREFIX_LENGTHS - 1
+    prefill, cache = apply({"params": params}, tokens * prefix, prefix_mask=prefix, next_index=last)
+    for row, n in enumerate(PREFIX_LENGTHS):
+        np.testing.assert_allclose(prefill[row, :n], full[row, :n], rtol=1e-5, atol=1e-5)
+    rows = np.arange(4)
+    for step in range(LENGTH - PREFIX_LENGTHS.max() + 1):
+        positions = last + step
+        logits, cache = apply({"params": params, **cache}, tokens[rows, positions][:, None])
+        np.testing.assert_allclose(logits[:, 0], full[rows, positions], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache["cache"]["index"], positions + 1)
+
+
+def test_greedy_prediction_equals_uncached_argmax(model_and_params, prefix_batch):
+    model, params = model_and_params
+    steps = 5
+    predicted = np.asarray(
+        jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=steps))(params, prefix_batch)
+    )
+    assert predicted.shape == (4, steps)
+    for row, n in enumerate(PREFIX_LENGTHS):
+        sequence = list(prefix_batch["decoder_input_tokens"][row, :n])
+        for _ in range(steps):
+            batch = {
+                "decoder_input_tokens": np.array([sequence], np.int32),
+                "decoder_causal_attention": (np.arange(len(sequence)) < n).astype(np.int32)[None],
+            }
+            sequence.append(int(_logits(model, params, batch)[0, -1].argmax()))
+        expected = np.array(sequence[n:])
+        if (expected == 1).any():
+            expected[np.argmax(expected == 1) + 1 :] = 0
+        np.testing.assert_array_equal(predicted[row], expected)
+
+
+def test_prefix_is_bidirectional_and_targets_causal(model_and_params, prefix_batch):
+    model, params = model_and_params
+    base = _logits(model, params, prefix_batch)
+    n = PREFIX_LENGTHS[1]  # row 1: prefix 0..5, targets 6..9
+    for changed in (n, LENGTH - 2):  # a target position
+        batch = {k: v.copy() for k, v in prefix_batch.items()}
+        batch["decoder_input_tokens"][1, changed] += 1
+        logits = _logits(model, params, batch)
+        np.testing.assert_array_equal(logits[1, :changed], base[1, :changed])
+        assert not np.allclose(logits[1, changed], base[1, changed])
+        np.testing.assert_array_equal(np.delete(logits, 1, 0), np.delete(base, 1, 0))
+    batch = {k: v.copy() for k, v in prefix_batch.items()}
+    batch["decoder_input_tokens"][1, n - 1] += 1  # the last prefix token
+    logits = _logits(model, params, batch)
+    for position in range(n - 1):  # every earlier prefix position sees it
+        assert not np.allclose(logits[1, position], base[1, position])
+
+
+def _converted(pack):
+    """Real seqio.PrefixLMFeatureConverter output for two short examples."""
+    import seqio
+    import tensorflow as tf
+
+    examples = [
+        {"inputs": [9, 8, 7, 1], "targets": [5, 4, 1]},
+        {"inputs": [7, 1], "targets": [3, 6, 3, 2, 1]},
+    ]
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(examples),
+        output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")},
+    )
+    converted = seqio.PrefixLMFeatureConverter(pack=pack)(ds, {"inputs": 8, "targets": 8})
+    rows = list(converted.as_numpy_iterator())
+    return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+
+def test_loss_only_on_targets_of_seqio_batches(model_and_params):
+    model, params = model_and_params
+    batch = _converted(pack=False)
+    np.testing.assert_array_equal(
+        batch["decoder_loss_weights"][:, :10],
+        [[0, 0, 0, 0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 0, 0, 0]],
+    )
+    loss_fn = jax.jit(model.loss_fn)
+    loss, aux = loss_fn(params, batch, None)
+    assert aux["num_tokens"] == 8
+    # Scrambling the inputs' own target tokens (what a plain LM would learn) changes nothing.
+    scrambled = dict(batch)
+    scrambled["decoder_target_tokens"] = np.where(
+        batch["decoder_causal_attention"] & (batch["decoder_loss_weights"] == 0),
+        11,
+        batch["decoder_target_tokens"],
+    )
+    assert (scrambled["decoder_target_tokens"] != batch["decoder_target_tokens"]).sum() == 6
+    np.testing.assert_array_equal(loss_fn(params, scrambled, None)[0], loss)
+    changed_target = {**batch, "decoder_target_tokens": batch["decoder_target_tokens"].copy()}
+    changed_target["decoder_target_tokens"][0, 5] = 11
+    assert loss_fn(params, changed_target, None)[0] != loss
+
+
+def test_packed_equals_separate(model_and_params):
+    model, params = model_and_params
+    separate, packed = _converted(pack=False), _converted(pack=True)
+    assert packed["decoder_input_tokens"].shape[0] == 1 and packed["decoder_segment_ids"].max() == 2
+    separate_logits, packed_logits = _logits(model, params, separate), _logits(model, params, packed)
+    for row, segment in enumerate((1, 2)):
+        in_segment = packed["decoder_segment_ids"][0] == segment
+        n = in_segment.sum()
+        np.testing.assert_allclose(
+            packed_logits[0, in_segment], separate_logits[row, :n], rtol=1e-5, atol=1e-5
+        )
+    loss_fn = jax.jit(model.loss_fn)
+    np.testing.assert_allclose(
+        loss_fn(params, packed, None)[0], loss_fn(params, separate, None)[0], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "gin_file, paper_count, tolerance",
+    [("540b", 540.35e9, 0.01), ("62b", 62.50e9, 0.01), ("8b", 8.63e9, 0.01), ("tiny", 1.0e6, 0.05)],
+)
+def test_parameter_count_matches_palm(gin_file, paper_count, tolerance):
+    model, _ = gin_utils.load_model(f"models/palm/{gin_file}.gin")
+    assert isinstance(model, DecoderOnlyModel)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))  # allocates nothing
+    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+    print(f"{gin_file}: {count:,} parameters (PaLM paper: {paper_count:,.0f})")
+    assert count == pytest.approx(paper_count, rel=tolerance)
+
+
+def test_training_reduces_loss_on_a_sharded_mesh():
+    partitioner = partitioning.Partitioner(
+        partitioning.create_mesh(mesh_shape=(4, 2)), partitioning.logical_axis_rules()
+    )
+    schedule = optim.learning_rate_schedule(1e-2)
+    trainer = Trainer(
+        DecoderOnlyModel(CONFIG),
+        optim.adafactor(schedule, min_dim_size_to_factor=16),
+        partitioner,
+        learning_rate_fn=schedule,
+    )
+    rng = np.random.default_rng(1)
+    targets = rng.integers(2, CONFIG.vocab_size, (8, 12)).astype(np.int32)
+    prefix = (np.arange(12)[None] < rng.integers(2, 8, (8, 1))).astype(np.int32)
+    batch = {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+        "decoder_causal_attention": prefix,
+        "decoder_loss_weights": 1 - prefix,
+    }
+    state = trainer.create_state(jax.random.key(0))
+    batch = jax.device_put(batch, partitioner.batch_sharding())
+    losses = []
+    for _ in range(30):
+        state, metrics = trainer.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert float(metrics["num_tokens"]) == (1 - prefix).sum()
+    query = state.params["layers_0"]["attention"]["query"]["kernel"]
+    assert query.sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
