@@ -75,6 +75,19 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     path = os.path.abspath(path)
     step_dir = _resolve_step_dir(path)
     restored = _restore_subtree(os.path.join(step_dir, "state"), {"params": abstract_params})
+    # A partial restore leaves what the checkpoint lacks as the abstract leaf it was asked for.
+    missing = [
+        jax.tree_util.keystr(key_path)
+        for key_path, leaf in jax.tree_util.tree_leaves_with_path(restored["params"])
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(
+            f"checkpoint {step_dir} has no parameters {shown}; it was written for another "
+            "model config: check the layer counts and scan_layers "
+            "(an HF import for scan_layers=True needs `hf_t5 import --scan_layers`)"
+        )
     return restored["params"]
 
 

@@ -88,14 +88,14 @@ def load_model(gin_file: str):
     gin.add_config_file_search_path(DEFAULT_SEARCH_PATH)
     gin.parse_config_file(gin_file)
     try:
-        model = gin.query_parameter("MODEL/macro.value")
+        model = gin.query_parameter("%MODEL")
     except ValueError:
         raise ValueError(
             f"{gin_file} defines no MODEL; use a model file such as gin/models/t5_1_1/base.gin "
             "or the model.gin written by `python -m flan_jax.interop.hf_t5 import`"
         ) from None
     try:
-        vocabulary_path = gin.query_parameter("VOCABULARY_PATH/macro.value")
+        vocabulary_path = gin.query_parameter("%VOCABULARY_PATH")
     except ValueError:
         vocabulary_path = None
     return model.scoped_configurable_fn(), vocabulary_path

@@ -1,17 +1,33 @@
-"""Hugging Face T5 / Flan-T5 config and weights -> flan_jax T5Config and params.
+"""Hugging Face T5 / Flan-T5 config and weights <-> flan_jax T5Config and params.
 
-Pure numpy: no torch or transformers needed, so it works on a TPU VM that only has
-the safetensors files. HF stores Linear weights as [out, in]; flan_jax kernels are
-[in, out] with the head dimension split out, hence the transposes and reshapes.
+Pure numpy and safetensors: no torch or transformers needed, so it works on a TPU VM
+that only has the safetensors files. HF stores Linear weights as [out, in]; flan_jax
+kernels are [in, out] with the head dimension split out, hence the transposes and reshapes.
+
+Command line (see README.md):
+  python -m flan_jax.interop.hf_t5 import --hf_dir DIR --out OUT [--scan_layers]
+  python -m flan_jax.interop.hf_t5 export --checkpoint CKPT --out DIR [--gin_file model.gin]
 """
 
-from collections.abc import Mapping
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
-from flan_jax.models.t5 import T5Config
+from flan_jax import checkpoints, gin_utils
+from flan_jax.models.t5 import T5Config, scan_params, unscan_params
+
+VOCABULARY_FILE = "spiece.model"
 
 # Each HF checkpoint holds the shared embedding under one or more of these names.
 _EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -189,4 +205,229 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> di
             f"HF state dict tensors not used by this config: {sorted(read.remaining)}; "
             "check num_layers / num_decoder_layers match the checkpoint"
         )
-    return {"token_embedder": {"embedding": embedding}, "encoder": encoder, "decoder": decoder}
+    params = {"token_embedder": {"embedding": embedding}, "encoder": encoder, "decoder": decoder}
+    return scan_params(params, c) if c.scan_layers else params
+
+
+def hf_config_from_t5(config: T5Config) -> dict:
+    """The config.json of an HF T5ForConditionalGeneration equivalent to `config`."""
+    c = config
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "vocab_size": c.vocab_size,
+        "d_model": c.d_model,
+        "d_kv": c.d_kv,
+        "d_ff": c.d_ff,
+        "num_heads": c.num_heads,
+        "num_layers": c.num_encoder_layers,
+        "num_decoder_layers": c.num_decoder_layers,
+        "relative_attention_num_buckets": c.relative_attention_num_buckets,
+        "relative_attention_max_distance": c.relative_attention_max_distance,
+        "dropout_rate": c.dropout_rate,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "feed_forward_proj": "gated-gelu",
+        "dense_act_fn": "gelu_new",
+        "is_gated_act": True,
+        "tie_word_embeddings": False,
+        "scale_decoder_outputs": False,
+        "is_encoder_decoder": True,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "use_cache": True,
+    }
+
+
+def params_to_hf(params: Mapping[str, Any], config: T5Config) -> dict[str, np.ndarray]:
+    """The inverse of params_from_hf: an HF T5ForConditionalGeneration state dict."""
+    c = config
+    if c.scan_layers:
+        params = unscan_params(params, c)
+    p = jax.tree.map(np.asarray, params)
+    inner = c.num_heads * c.d_kv
+    out = {}
+
+    def put(key, value):
+        out[key] = np.ascontiguousarray(value)
+
+    def attention(prefix, a):
+        for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value")):
+            put(f"{prefix}.{hf_name}.weight", a[name]["kernel"].reshape(c.d_model, inner).T)
+        put(f"{prefix}.o.weight", a["out"]["kernel"].reshape(inner, c.d_model).T)
+
+    def mlp(prefix, m):
+        for name in ("wi_0", "wi_1", "wo"):
+            put(f"{prefix}.{name}.weight", m[name]["kernel"].T)
+
+    put("shared.weight", p["token_embedder"]["embedding"])
+    encoder, decoder = p["encoder"], p["decoder"]
+    for stack, tree in (("encoder", encoder), ("decoder", decoder)):
+        put(
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            tree["relpos_bias"]["rel_embedding"].T,
+        )
+    for i in range(c.num_encoder_layers):
+        block, layer = f"encoder.block.{i}.layer", encoder[f"layers_{i}"]
+        put(f"{block}.0.layer_norm.weight", layer["pre_attention_layer_norm"]["scale"])
+        attention(f"{block}.0.SelfAttention", layer["attention"])
+        put(f"{block}.1.layer_norm.weight", layer["pre_mlp_layer_norm"]["scale"])
+        mlp(f"{block}.1.DenseReluDense", layer["mlp"])
+    put("encoder.final_layer_norm.weight", encoder["encoder_norm"]["scale"])
+    for i in range(c.num_decoder_layers):
+        block, layer = f"decoder.block.{i}.layer", decoder[f"layers_{i}"]
+        put(f"{block}.0.layer_norm.weight", layer["pre_self_attention_layer_norm"]["scale"])
+        attention(f"{block}.0.SelfAttention", layer["self_attention"])
+        put(f"{block}.1.layer_norm.weight", layer["pre_cross_attention_layer_norm"]["scale"])
+        attention(f"{block}.1.EncDecAttention", layer["encoder_decoder_attention"])
+        put(f"{block}.2.layer_norm.weight", layer["pre_mlp_layer_norm"]["scale"])
+        mlp(f"{block}.2.DenseReluDense", layer["mlp"])
+    put("decoder.final_layer_norm.weight", decoder["decoder_norm"]["scale"])
+    put("lm_head.weight", decoder["logits_dense"]["kernel"].T)
+    return out
+
+
+def read_hf_dir(hf_dir: str, *, scan_layers: bool = False) -> tuple[T5Config, dict]:
+    """(T5Config, flan_jax params) from an HF directory: config.json plus model.safetensors
+    or a sharded model.safetensors.index.json. Raises naming what is missing or refused."""
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"{config_path} not found: --hf_dir must be a Hugging Face T5 directory "
+            "(config.json, model.safetensors, spiece.model), e.g. from save_pretrained"
+        )
+    with open(config_path) as f:
+        config = t5_config_from_hf(json.load(f))
+    config = dataclasses.replace(config, scan_layers=scan_layers)
+    return config, params_from_hf(_read_safetensors(hf_dir), config)
+
+
+def _read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
+    single = os.path.join(hf_dir, "model.safetensors")
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return load_file(single)
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(os.path.join(hf_dir, shard)))
+        return state
+    raise FileNotFoundError(
+        f"{hf_dir} has neither model.safetensors nor model.safetensors.index.json; "
+        "only safetensors weights are read (convert pytorch_model.bin with "
+        "transformers' save_pretrained(safe_serialization=True))"
+    )
+
+
+def model_gin(config: T5Config, vocabulary_path: str | None, source: str) -> str:
+    """A gin model file for `config`: the shared T5 v1.1 file with this config's numbers."""
+    c = config
+    lines = [
+        f"# T5 v1.1 imported from {source} by flan_jax.interop.hf_t5.",
+        "from __gin__ import dynamic_registration",
+        "from flan_jax.models import t5",
+        "",
+        "include 'models/t5_1_1/architecture.gin'",
+        "",
+        f"VOCAB_SIZE = {c.vocab_size}",
+        f"DROPOUT_RATE = {c.dropout_rate!r}  # the HF config's; the paper finetuned with 0.05",
+        f"SCAN_LAYERS = {c.scan_layers}  # fixed by the checkpoint's parameter layout",
+    ]
+    if vocabulary_path is not None:
+        lines.append(f"VOCABULARY_PATH = {vocabulary_path!r}")
+    lines += ["", "t5.T5Config:"]
+    for field in (
+        "d_model",
+        "num_heads",
+        "d_kv",
+        "d_ff",
+        "num_encoder_layers",
+        "num_decoder_layers",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+        "layer_norm_epsilon",
+    ):
+        lines.append(f"  {field} = {getattr(c, field)!r}")
+    return "\n".join(lines) + "\n"
+
+
+def import_hf(hf_dir: str, out: str, *, scan_layers: bool = False) -> None:
+    """HF dir -> OUT/checkpoints/0 (Orbax, {"params": ...}), OUT/model.gin, OUT/spiece.model."""
+    out = os.path.abspath(out)
+    if os.path.exists(os.path.join(out, "checkpoints")):
+        raise FileExistsError(f"{out} already holds checkpoints; pass a new --out or delete it")
+    config, params = read_hf_dir(hf_dir, scan_layers=scan_layers)
+    os.makedirs(out, exist_ok=True)
+    vocabulary = os.path.join(hf_dir, VOCABULARY_FILE)
+    vocabulary_path = None
+    if os.path.isfile(vocabulary):
+        vocabulary_path = os.path.join(out, VOCABULARY_FILE)
+        shutil.copyfile(vocabulary, vocabulary_path)
+    else:
+        print(
+            f"warning: {vocabulary} not found; pass --vocabulary to flan_jax.infer",
+            file=sys.stderr,
+        )
+    checkpointer = checkpoints.Checkpointer(out, max_to_keep=None, async_save=False)
+    try:
+        source = {"imported_from": os.path.abspath(hf_dir)}
+        checkpointer.save(0, {"params": params}, source, force=True)
+    finally:
+        checkpointer.close()
+    with open(os.path.join(out, "model.gin"), "w") as f:
+        f.write(model_gin(config, vocabulary_path, os.path.abspath(hf_dir)))
+    print(f"imported {hf_dir} into {out}: use INITIAL_CHECKPOINT_PATH={out!r} and {out}/model.gin")
+
+
+def export_hf(
+    checkpoint: str, out: str, *, gin_file: str | None = None, vocabulary: str | None = None
+) -> None:
+    """flan_jax checkpoint -> OUT/{model.safetensors, config.json, spiece.model when known}."""
+    gin_file = gin_file or gin_utils.model_gin_for_checkpoint(checkpoint)
+    model, vocabulary_path = gin_utils.load_model(gin_file)
+    config = model.config
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        nn.unbox(jax.eval_shape(model.init, jax.random.key(0))),
+    )
+    params = checkpoints.restore_params(checkpoint, abstract)
+    os.makedirs(out, exist_ok=True)
+    save_file(params_to_hf(params, config), os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(hf_config_from_t5(config), f, indent=2)
+    vocabulary = vocabulary or vocabulary_path
+    if vocabulary and os.path.isfile(vocabulary):
+        shutil.copyfile(vocabulary, os.path.join(out, VOCABULARY_FILE))
+    else:
+        print("warning: no vocabulary known; copy spiece.model into the export", file=sys.stderr)
+    print(f"exported {checkpoint} to {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    imp = commands.add_parser("import", help="HF directory -> flan_jax checkpoint + model.gin")
+    imp.add_argument("--hf_dir", required=True)
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--scan_layers", action="store_true", help="stack layers for scan_layers=True")
+    exp = commands.add_parser("export", help="flan_jax checkpoint -> HF directory")
+    exp.add_argument("--checkpoint", required=True, help="model dir or checkpoints/<step> dir")
+    exp.add_argument("--out", required=True)
+    exp.add_argument(
+        "--gin_file", help="model gin file (default: model.gin or config.gin by the checkpoint)"
+    )
+    exp.add_argument("--vocabulary", help="spiece.model to copy (default: gin VOCABULARY_PATH)")
+    args = parser.parse_args(argv)
+    if args.command == "import":
+        import_hf(args.hf_dir, args.out, scan_layers=args.scan_layers)
+    else:
+        export_hf(args.checkpoint, args.out, gin_file=args.gin_file, vocabulary=args.vocabulary)
+
+
+if __name__ == "__main__":
+    main()

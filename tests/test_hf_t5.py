@@ -1,0 +1,161 @@
+"""The HF <-> flan_jax command line: import, restore, export, against transformers' T5."""
+
+import dataclasses
+import filecmp
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from flan_jax import checkpoints, gin_utils
+from flan_jax.interop import hf_t5
+from flan_jax.models.base import EncoderDecoderModel
+from test_t5 import HF_CONFIGS, TOL, _hf_model, _padded_tokens, _shift_right
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TEXT = [
+    "translate the sentence into french please",
+    "what is the answer to the question below",
+    "the quick brown fox jumps over the lazy dog",
+    "options yes no maybe",
+]
+
+
+def save_hf_dir(path, hf_model, *, max_shard_size=None):
+    """save_pretrained plus a spiece.model, as a Flan-T5 hub directory holds them."""
+    from tasks import vocab
+
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    hf_model.save_pretrained(path, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(vocab.CACHE_DIR_ENV, os.path.join(path, "cache"))
+        spm_file = vocab.sentencepiece_vocabulary(TEXT, "hf_test", hf_model.config.vocab_size)
+    os.replace(spm_file.sentencepiece_model_file, os.path.join(path, "spiece.model"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return _hf_model(seed=0, overrides=HF_CONFIGS[0])
+
+
+@pytest.fixture(scope="module")
+def hf_dir(hf_model, tmp_path_factory):
+    return save_hf_dir(tmp_path_factory.mktemp("hf"), hf_model)
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("imported"))
+    hf_t5.main(["import", "--hf_dir", hf_dir, "--out", out])
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    targets = _padded_tokens(rng, [9, 4], 9, eos=True)
+    return {
+        "encoder_input_tokens": _padded_tokens(rng, [11, 6], 11),
+        "decoder_input_tokens": _shift_right(targets),
+    }
+
+
+def hf_logits(hf_model, batch):
+    b = {k: torch.from_numpy(v).long() for k, v in batch.items()}
+    with torch.no_grad():
+        return hf_model(
+            input_ids=b["encoder_input_tokens"],
+            attention_mask=(b["encoder_input_tokens"] != 0).long(),
+            decoder_input_ids=b["decoder_input_tokens"],
+        ).logits.numpy()
+
+
+def abstract_params(model):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        nn.unbox(jax.eval_shape(model.init, jax.random.key(0))),
+    )
+
+
+def restore(out):
+    """(model, params) as a run with INITIAL_CHECKPOINT_PATH=out and out/model.gin gets them."""
+    model, _ = gin_utils.load_model(os.path.join(out, "model.gin"))
+    return model, checkpoints.restore_params(out, abstract_params(model))
+
+
+def test_imported_checkpoint_gives_hf_logits(imported, hf_model, batch):
+    model, params = restore(imported)
+    np.testing.assert_allclose(
+        np.asarray(model._logits(params, batch)), hf_logits(hf_model, batch), **TOL
+    )
+
+
+def test_model_gin_builds_the_hf_config(imported, hf_dir):
+    model, vocabulary = gin_utils.load_model(os.path.join(imported, "model.gin"))
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        assert model.config == hf_t5.t5_config_from_hf(json.load(f))
+    assert vocabulary == os.path.join(imported, "spiece.model")
+    assert filecmp.cmp(vocabulary, os.path.join(hf_dir, "spiece.model"), shallow=False)
+
+
+def test_sharded_safetensors_import_the_same_params(hf_model, hf_dir, tmp_path):
+    sharded = save_hf_dir(tmp_path / "sharded", hf_model, max_shard_size="20KB")
+    assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+    _, expected = hf_t5.read_hf_dir(hf_dir)
+    _, params = hf_t5.read_hf_dir(sharded)
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+def test_scan_layers_import_gives_hf_logits(hf_dir, hf_model, batch, tmp_path):
+    hf_t5.main(["import", "--hf_dir", hf_dir, "--out", str(tmp_path), "--scan_layers"])
+    model, params = restore(str(tmp_path))
+    assert model.config.scan_layers
+    assert params["encoder"]["layers"]["mlp"]["wo"]["kernel"].shape[0] == 2
+    np.testing.assert_allclose(
+        np.asarray(model._logits(params, batch)), hf_logits(hf_model, batch), **TOL
+    )
+
+
+def test_export_loads_in_transformers_with_the_same_logits(imported, hf_model, batch, tmp_path):
+    hf_t5.main(["export", "--checkpoint", imported, "--out", str(tmp_path)])
+    exported = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+    assert exported.lm_head.weight.data_ptr() != exported.shared.weight.data_ptr()
+    np.testing.assert_allclose(hf_logits(exported, batch), hf_logits(hf_model, batch), **TOL)
+    assert os.path.exists(tmp_path / "spiece.model")
+
+
+def test_params_to_hf_inverts_params_from_hf(hf_model):
+    state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    config = hf_t5.t5_config_from_hf(hf_model.config.to_dict())
+    for scan_layers in (False, True):
+        c = dataclasses.replace(config, scan_layers=scan_layers)
+        back = hf_t5.params_to_hf(hf_t5.params_from_hf(state, c), c)
+        expected = {k: v for k, v in state.items() if not k.endswith("embed_tokens.weight")}
+        assert back.keys() == expected.keys()
+        for key in back:
+            np.testing.assert_array_equal(back[key], expected[key], err_msg=key)
+
+
+def test_import_refuses_a_config_it_cannot_represent(hf_dir, tmp_path):
+    relu = tmp_path / "relu"
+    relu.mkdir()
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        config = {**json.load(f), "feed_forward_proj": "relu", "is_gated_act": False}
+    (relu / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="feed_forward_proj='relu'"):
+        hf_t5.main(["import", "--hf_dir", str(relu), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_restoring_into_another_layout_names_the_missing_params(imported):
+    model, _ = gin_utils.load_model(os.path.join(imported, "model.gin"))
+    scanned = EncoderDecoderModel(dataclasses.replace(model.config, scan_layers=True))
+    with pytest.raises(ValueError, match=r"\['decoder'\]\['layers'\].*scan_layers"):
+        checkpoints.restore_params(imported, abstract_params(scanned))

@@ -1,0 +1,90 @@
+"""flan_jax.infer on JSONL against transformers' generate and log-likelihoods."""
+
+import json
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from flan_jax import infer
+from test_hf_t5 import TEXT, hf_dir, hf_model, imported  # noqa: F401 (fixtures)
+
+torch = pytest.importorskip("torch")
+
+MAX_DECODE_LENGTH = 24
+EXAMPLES = [
+    {"inputs": TEXT[0], "targets": "the quick fox"},
+    {"inputs": TEXT[1]},
+    {"inputs": TEXT[2], "targets": "yes", "id": 7},
+    {"inputs": "no"},
+    {"inputs": TEXT[3], "targets": "what is the answer"},
+]
+
+
+@pytest.fixture(scope="module")
+def input_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("infer") / "in.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    return str(path)
+
+
+def run(tmp_path, input_file, *source):
+    output = tmp_path / "out.jsonl"
+    infer.main([*source, "--input", input_file, "--output", str(output), "--batch_size", "8",
+                "--max_input_length", "64", "--max_decode_length", str(MAX_DECODE_LENGTH)])
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def expected(hf_model, hf_dir):  # noqa: F811
+    """HF's greedy text and summed target log-likelihood per example."""
+    sp = spm.SentencePieceProcessor(model_file=f"{hf_dir}/spiece.model")
+    results = []
+    for example in EXAMPLES:
+        ids = torch.tensor([sp.encode(example["inputs"]) + [1]])
+        with torch.no_grad():
+            generated = hf_model.generate(
+                input_ids=ids, do_sample=False, num_beams=1, max_new_tokens=MAX_DECODE_LENGTH
+            )[0, 1:].tolist()
+        if 1 in generated:
+            generated = generated[: generated.index(1)]
+        result = {"prediction": sp.decode(generated)}
+        if "targets" in example:
+            labels = torch.tensor([sp.encode(example["targets"]) + [1]])
+            with torch.no_grad():
+                logits = hf_model(input_ids=ids, labels=labels).logits
+            log_probs = torch.log_softmax(logits, -1)[0].gather(-1, labels[0, :, None])
+            result["score"] = float(log_probs.sum())
+        results.append(result)
+    return results
+
+
+def check(results, expected):
+    assert len(results) == len(EXAMPLES)
+    assert any(e["prediction"] for e in expected), "a random model should produce some text"
+    for example, result, reference in zip(EXAMPLES, results, expected):
+        assert {k: result[k] for k in example} == example  # input fields are passed through
+        assert result["prediction"] == reference["prediction"]
+        assert ("score" in result) == ("score" in reference)
+        if "score" in reference:
+            np.testing.assert_allclose(result["score"], reference["score"], rtol=1e-3, atol=1e-3)
+
+
+def test_infer_on_an_hf_dir_matches_hf(hf_dir, input_file, expected, tmp_path):  # noqa: F811
+    check(run(tmp_path, input_file, "--hf_dir", hf_dir), expected)
+
+
+def test_infer_on_an_imported_checkpoint_matches_hf(
+    imported, input_file, expected, tmp_path  # noqa: F811
+):
+    check(run(tmp_path, input_file, "--checkpoint", imported), expected)
+
+
+@pytest.mark.parametrize(
+    "line", ['{"inputs": "ok"', '["inputs"]', '{"targets": "x"}', '{"inputs": 3}']
+)
+def test_malformed_line_names_file_and_line(tmp_path, line):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"inputs": "fine"}\n\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"{path}:3: "):
+        infer.read_jsonl(str(path))
