@@ -72,14 +72,18 @@ def train_dataset(
     return ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
 
 
+def place(batch: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """Numpy global batch -> arrays sharded over the mesh's batch axis; each host transfers
+    only the rows its own devices hold."""
+    return {
+        name: jax.make_array_from_callback(value.shape, sharding, value.__getitem__)
+        for name, value in batch.items()
+    }
+
+
 def global_batches(
     dataset: tf.data.Dataset, partitioner: partitioning.Partitioner
 ) -> Iterator[dict[str, jax.Array]]:
-    """Numpy global batches -> arrays sharded over the mesh's batch axis, each host
-    transferring only the rows its own devices hold."""
     sharding = partitioner.batch_sharding()
     for batch in dataset.as_numpy_iterator():
-        yield {
-            name: jax.make_array_from_callback(value.shape, sharding, value.__getitem__)
-            for name, value in batch.items()
-        }
+        yield place(batch, sharding)

@@ -6,7 +6,6 @@ import functools
 import logging
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 import seqio
 
@@ -59,13 +58,15 @@ class PredictionEvaluator:
     def _predict_fn(self, params, indexed_ds) -> list[tuple[int, list[int]]]:
         outputs = []
         for indices, features in indexed_ds.batch(self.batch_size).as_numpy_iterator():
-            tokens = features["encoder_input_tokens"]
-            n = len(tokens)
-            # The last batch is padded to the compiled batch size with empty inputs.
-            padded = np.zeros((self.batch_size, tokens.shape[1]), tokens.dtype)
-            padded[:n] = tokens
-            inputs = jax.make_array_from_callback(padded.shape, self._batch_sharding, padded.__getitem__)
-            predictions = np.asarray(self._predict(params, {"encoder_input_tokens": inputs}))
+            n = len(indices)
+            # Every feature goes in (the model takes what it decodes from); the last batch
+            # is padded to the compiled batch size with empty rows.
+            padded = {}
+            for name, value in features.items():
+                padded[name] = np.zeros((self.batch_size, *value.shape[1:]), value.dtype)
+                padded[name][:n] = value
+            batch = data.place(padded, self._batch_sharding)
+            predictions = np.asarray(self._predict(params, batch))
             outputs.extend(zip(indices.tolist(), predictions[:n].tolist()))
         return outputs
 

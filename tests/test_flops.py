@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from flan_jax import flops
-from flan_jax.models import base, t5
+from flan_jax.models import base, decoder, t5
 
 
 def xla_train_flops(model, batch):
@@ -29,6 +29,20 @@ def test_t5_flops_match_what_xla_compiles():
     ours = b * flops.train_flops_per_sequence(config, {"inputs": inputs, "targets": targets})
     # XLA also counts elementwise work, which our matmul count leaves out.
     assert 1.0 <= xla_train_flops(base.EncoderDecoderModel(config), batch) / ours < 1.03
+
+
+def test_decoder_flops_match_what_xla_compiles():
+    config = decoder.DecoderConfig(
+        vocab_size=2048, d_model=256, num_heads=4, head_dim=64, d_ff=1024, num_layers=3
+    )
+    b, inputs, targets = 2, 64, 32
+    ones = jnp.ones((b, inputs + targets), jnp.int32)
+    batch = {
+        "decoder_input_tokens": ones, "decoder_target_tokens": ones,
+        "decoder_loss_weights": ones, "decoder_causal_attention": ones,
+    }
+    ours = b * flops.train_flops_per_sequence(config, {"inputs": inputs, "targets": targets})
+    assert 1.0 <= xla_train_flops(base.DecoderOnlyModel(config), batch) / ours < 1.03
 
 
 def test_peak_is_per_device_times_devices():

@@ -133,3 +133,15 @@ def test_sigkill_then_restart_reproduces_every_loss(tmp_path):
     expected = logged_losses(straight)
     assert sorted(expected) == list(range(1, 9))
     assert logged_losses(killed) == expected
+
+
+def test_decoder_only_model_trains_and_evaluates_on_the_same_path(tmp_path):
+    state, results = train_in_process(
+        tmp_path, 2, "--gin_file=gin/models/palm/tiny.gin", "--gin.PREDICT_EVAL=True",
+        "--gin.EVAL_NUM_EXAMPLES=4",
+    )
+    assert "decoder_norm" in state.params and "encoder" not in state.params  # the PaLM model
+    assert list(results) == ["step 0", "step 2"]
+    assert set(results["step 2"]) == {
+        "demo_arithmetic_cot", "demo_sort", "demo_compare_options", "demo_antonyms_fewshot"
+    }
