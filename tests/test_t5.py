@@ -124,7 +124,7 @@ def test_score_batch_matches_hf_log_likelihood(case):
 
 
 def test_greedy_predict_matches_hf_generate(case):
-    model, length = case["model"], 12
+    model, length = case["model"], 20
     tokens = _padded_tokens(np.random.default_rng(7), [16, 11, 6, 3, 16, 9], 16)
     predict = jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=length))
     ours = np.asarray(predict(case["params"], {"encoder_input_tokens": tokens}))
