@@ -1,4 +1,5 @@
-"""Decode-and-score evaluation of each task's split, through seqio's own Evaluator."""
+"""Per-task evaluation during and after training: decode-and-score through seqio's own
+Evaluator, and teacher-forced loss / token accuracy."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import functools
 import logging
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
+import tensorflow as tf
 
-from flan_jax import data, partitioning
+from flan_jax import data, partitioning, trainer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,64 @@ class PredictionEvaluator:
             task: {name: float(getattr(value, "value", value)) for name, value in task_metrics.items()}
             for task, task_metrics in metrics.result().items()
         }
+
+
+class TeacherForcedEvaluator:
+    """Loss and token accuracy on each task's split, teacher-forced: no decoding, so cheap
+    enough to run every few hundred steps. The batches are built once and kept in memory."""
+
+    def __init__(
+        self,
+        mixture_or_task_name: str,
+        task_feature_lengths: Mapping[str, int],
+        model,
+        train: trainer.Trainer,
+        *,
+        batch_size: int,
+        split: str = "validation",
+        num_examples: int | None = None,
+    ):
+        self._eval_step = train.eval_step
+        self._sharding = train.partitioner.batch_sharding()
+        tasks = seqio.dataset_providers.get_subtasks(data.get_mixture_or_task(mixture_or_task_name))
+        self._batches = {}
+        for task in tasks:
+            if split not in task.splits:
+                continue
+            ds = seqio.get_dataset(
+                task.name,
+                task_feature_lengths=dict(task_feature_lengths),
+                dataset_split=split,
+                shuffle=False,
+                num_epochs=1,
+                feature_converter=data.feature_converter(model, pack=False),
+            )
+            if num_examples is not None:
+                ds = ds.take(num_examples)
+            # Padding rows have zero loss weight, so they change no sum.
+            ds = ds.batch(batch_size).map(lambda b: _pad_rows(b, batch_size))
+            self._batches[task.name] = list(ds.as_numpy_iterator())
+
+    def evaluate(self, params) -> TaskMetrics:
+        results = {}
+        for task, batches in self._batches.items():
+            sums = None
+            for batch in batches:
+                step_sums = self._eval_step(params, data.place(batch, self._sharding))
+                sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+            metrics = trainer.normalize_sums(sums)
+            results[task] = {
+                "teacher_forced/loss": float(metrics["loss"]),
+                "teacher_forced/token_accuracy": float(metrics["accuracy"]),
+            }
+        return results
+
+
+def _pad_rows(batch, batch_size):
+    return {
+        name: tf.pad(value, [[0, batch_size - tf.shape(value)[0]]] + [[0, 0]] * (value.shape.rank - 1))
+        for name, value in batch.items()
+    }
 
 
 def format_table(columns: Mapping[str, TaskMetrics]) -> str:

@@ -67,10 +67,15 @@ def train(
     eval_split: str = "validation",
     eval_num_examples: int | None = None,
     eval_batch_size: int | None = None,
+    eval_every: int | None = None,
     predict_eval: bool = True,
     peak_flops_per_device: float | None = None,
 ) -> tuple[TrainState, dict]:
-    """Trains to `train_steps`; returns the final state and {"before"/"after": per-task metrics}."""
+    """Trains to `train_steps`; returns the final state and the decode-and-score results by step.
+
+    `predict_eval` decodes each task's `eval_split` before and after training; `eval_every`
+    measures its teacher-forced loss and token accuracy every that many steps.
+    """
     model_dir = os.path.abspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     if jax.process_index() == 0:
@@ -128,6 +133,18 @@ def train(
         )
         evaluate(start_step)
 
+    teacher_forced = None
+    if eval_every:
+        teacher_forced = evaluation.TeacherForcedEvaluator(
+            mixture_or_task_name,
+            task_feature_lengths,
+            model,
+            trainer,
+            batch_size=eval_batch_size or batch_size,
+            split=eval_split,
+            num_examples=eval_num_examples,
+        )
+
     dataset = data.train_dataset(
         mixture_or_task_name,
         task_feature_lengths,
@@ -146,6 +163,11 @@ def train(
             step += 1
             if progress.should_log(step):
                 progress.train(step, metrics)
+            if teacher_forced and (step % eval_every == 0 or step == train_steps):
+                for task, values in teacher_forced.evaluate(state.params).items():
+                    progress.scalars(f"eval/{task}", step, values)
+                    shown = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in values.items())
+                    print(f"  eval {task}: {shown}", flush=True)
             if preemption.requested:
                 checkpointer.save(step, state, {**identity, "step": step}, force=True)
                 print(f"checkpoint at step {step} saved after SIGTERM; exiting.", flush=True)

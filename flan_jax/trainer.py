@@ -23,7 +23,7 @@ class TrainState:
     opt_state: Any
 
 
-def _normalize(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def normalize_sums(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """Per-token metrics from the model's sums over tokens."""
     tokens = jnp.maximum(sums["num_tokens"], 1.0)
     return {
@@ -145,7 +145,7 @@ class Trainer:
         grads = jax.tree.map(lambda g, p: (g / num_tokens).astype(p.dtype), grads, state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = _normalize(sums)
+        metrics = normalize_sums(sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["nonpadding_fraction"] = sums["num_tokens"] / batch["decoder_target_tokens"].size
         if self.learning_rate_fn is not None:
@@ -153,6 +153,7 @@ class Trainer:
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step(self, params, batch: Batch):
-        """Teacher-forced metrics on one batch (no dropout)."""
+        """Teacher-forced metric sums on one batch (no dropout); add them over batches, then
+        `normalize_sums`, so every token of a split weighs the same."""
         _, sums = self.model.loss_fn(params, batch, None)
-        return _normalize(sums)
+        return sums

@@ -145,3 +145,11 @@ def test_decoder_only_model_trains_and_evaluates_on_the_same_path(tmp_path):
     assert set(results["step 2"]) == {
         "demo_arithmetic_cot", "demo_sort", "demo_compare_options", "demo_antonyms_fewshot"
     }
+
+
+def test_teacher_forced_eval_is_logged_every_n_steps(tmp_path, capsys):
+    train_in_process(tmp_path, 4, "--gin.EVAL_EVERY=2", "--gin.EVAL_NUM_EXAMPLES=6")
+    out = capsys.readouterr().out
+    assert out.count("eval demo_sort: loss") == 2  # steps 2 and 4
+    events = os.listdir(tmp_path / "eval" / "demo_sort")
+    assert any(name.startswith("events.out.tfevents") for name in events)
