@@ -1,7 +1,7 @@
 """Meshes, logical-axis rules and shardings: what T5X's pjit partitioner did, on `jax.jit`.
 
 Models name their axes (`batch`, `embed`, `mlp`, ...); the rules here map those names to the
-mesh axes `data` and `model`. Nothing in this module knows about layers.
+mesh axes `replica` (across slices), `data` and `model`. Nothing here knows about layers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 LogicalRules = Sequence[tuple[str, Any]]
@@ -26,7 +27,9 @@ def logical_axis_rules(
 
     A logical name may appear twice; flax takes the first rule whose mesh axis is still free
     in that array, so `embed` lands on `data` for parameters and stays unsharded (or on
-    `model`) for activations, whose `batch` already holds `data`.
+    `model`) for activations, whose `batch` already holds `data`. Batches split over slices
+    too (`replica`); parameters are sharded within a slice and copied across slices, so only
+    gradients cross the slow network between slices.
     """
     if parameter_partitioning_dims not in (1, 2) or activation_partitioning_dims not in (1, 2):
         raise ValueError(
@@ -35,7 +38,7 @@ def logical_axis_rules(
             f"{activation_partitioning_dims}"
         )
     rules = [
-        ("batch", "data"),
+        ("batch", ("replica", "data")),
         ("vocab", "model"),
         ("mlp", "model"),
         ("heads", "model"),
@@ -56,26 +59,41 @@ def logical_axis_rules(
 def create_mesh(
     model_parallel_size: int = 1,
     mesh_shape: Sequence[int] | None = None,
+    num_slices: int = 1,
     devices: Sequence[jax.Device] | None = None,
 ) -> jax.sharding.Mesh:
-    """A (`data`, `model`) mesh over all devices; `model` is the inner, fastest-linked axis."""
+    """A (`replica`, `data`, `model`) mesh over all devices.
+
+    `replica` spans the `num_slices` TPU slices (linked by the data-center network); `data`
+    and `model` (given by `model_parallel_size`, or `mesh_shape` = (data, model)) lie within
+    one slice, `model` innermost so it gets the fastest links.
+    """
     devices = list(devices if devices is not None else jax.devices())
+    if num_slices < 1 or len(devices) % num_slices:
+        raise ValueError(
+            f"num_slices={num_slices} must divide the number of devices ({len(devices)})."
+        )
+    per_slice = len(devices) // num_slices
     if mesh_shape is None:
-        if model_parallel_size < 1 or len(devices) % model_parallel_size:
+        if model_parallel_size < 1 or per_slice % model_parallel_size:
             raise ValueError(
-                f"model_parallel_size={model_parallel_size} must divide the number of devices "
-                f"({len(devices)}); pick one of {_divisors(len(devices))}."
+                f"model_parallel_size={model_parallel_size} must divide the {per_slice} devices "
+                f"of a slice; pick one of {_divisors(per_slice)}."
             )
-        mesh_shape = (len(devices) // model_parallel_size, model_parallel_size)
+        mesh_shape = (per_slice // model_parallel_size, model_parallel_size)
     mesh_shape = tuple(mesh_shape)
-    if int(np.prod(mesh_shape)) != len(devices) or len(mesh_shape) != 2:
+    if len(mesh_shape) != 2 or int(np.prod(mesh_shape)) != per_slice:
         raise ValueError(
             f"mesh_shape={mesh_shape} must be (data, model) with data * model == "
-            f"{len(devices)} devices."
+            f"{per_slice} devices per slice ({len(devices)} devices, {num_slices} slices)."
         )
-    return jax.make_mesh(
-        mesh_shape, ("data", "model"), axis_types=(AxisType.Auto,) * 2, devices=devices
-    )
+    names, auto = ("replica", "data", "model"), (AxisType.Auto,) * 3
+    if num_slices > 1 and hasattr(devices[0], "slice_index"):
+        grid = mesh_utils.create_hybrid_device_mesh(
+            (1, *mesh_shape), (num_slices, 1, 1), devices=devices
+        )
+        return jax.sharding.Mesh(grid, names, axis_types=auto)
+    return jax.make_mesh((num_slices, *mesh_shape), names, axis_types=auto, devices=devices)
 
 
 def _divisors(n: int) -> list[int]:
@@ -91,7 +109,7 @@ class Partitioner:
 
     @property
     def data_parallel_size(self) -> int:
-        return self.mesh.shape["data"]
+        return self.mesh.shape["replica"] * self.mesh.shape["data"]
 
     @contextlib.contextmanager
     def context(self):
@@ -118,8 +136,8 @@ class Partitioner:
         if batch_size % self.data_parallel_size:
             raise ValueError(
                 f"batch size {batch_size} is not divisible by the data-parallel size "
-                f"{self.data_parallel_size} (mesh {dict(self.mesh.shape)}); use a multiple of "
-                f"{self.data_parallel_size} or a larger model_parallel_size."
+                f"{self.data_parallel_size} (replica x data of mesh {dict(self.mesh.shape)}); "
+                f"use a multiple of {self.data_parallel_size} or a larger model_parallel_size."
             )
 
     def partition(

@@ -9,24 +9,36 @@ from flan_jax import partitioning
 
 def test_mesh_over_all_devices_with_model_axis_inner():
     mesh = partitioning.create_mesh(model_parallel_size=2)
-    assert dict(mesh.shape) == {"data": 4, "model": 2}
+    assert dict(mesh.shape) == {"replica": 1, "data": 4, "model": 2}
     # `model` is the inner axis: neighbours in device order share a data row.
-    assert [d.id for d in mesh.devices[0]] == [0, 1]
+    assert [d.id for d in mesh.devices[0, 0]] == [0, 1]
+
+
+def test_slices_form_the_outer_replica_axis():
+    mesh = partitioning.create_mesh(model_parallel_size=2, num_slices=2)
+    assert dict(mesh.shape) == {"replica": 2, "data": 2, "model": 2}
+    assert sorted(d.id for d in mesh.devices[0].flat) == [0, 1, 2, 3]
+    p = partitioning.Partitioner(mesh, partitioning.logical_axis_rules(2, 1))
+    assert p.data_parallel_size == 4
+    assert p.sharding(("batch", "length")).spec == P(("replica", "data"), None)
+    assert p.sharding(("embed", "mlp")).spec == P("data", "model")  # copied across slices
 
 
 def test_mesh_errors_name_the_value_and_the_fix():
     with pytest.raises(ValueError, match=r"model_parallel_size=3 .* \[1, 2, 4, 8\]"):
         partitioning.create_mesh(model_parallel_size=3)
-    with pytest.raises(ValueError, match=r"mesh_shape=\(2, 2\).*8 devices"):
+    with pytest.raises(ValueError, match=r"mesh_shape=\(2, 2\).*8 devices per slice"):
         partitioning.create_mesh(mesh_shape=(2, 2))
+    with pytest.raises(ValueError, match=r"num_slices=3 must divide .* \(8\)"):
+        partitioning.create_mesh(num_slices=3)
 
 
 @pytest.mark.parametrize(
     "param_dims, act_dims, expected_param, expected_activation",
     [
-        (1, 1, P(None, "model"), P("data", None, None)),
-        (2, 1, P("data", "model"), P("data", None, None)),
-        (1, 2, P(None, "model"), P("data", None, "model")),
+        (1, 1, P(None, "model"), P(("replica", "data"), None, None)),
+        (2, 1, P("data", "model"), P(("replica", "data"), None, None)),
+        (1, 2, P(None, "model"), P(("replica", "data"), None, "model")),
     ],
 )
 def test_rules_map_logical_axes(param_dims, act_dims, expected_param, expected_activation):

@@ -8,9 +8,10 @@ from flan_jax.models import base
 from flan_jax.trainer import Trainer
 
 
-def make_trainer(config, mesh_shape=(8, 1), num_microbatches=1, learning_rate=1e-2):
+def make_trainer(config, mesh_shape=(8, 1), num_microbatches=1, learning_rate=1e-2, num_slices=1):
     partitioner = partitioning.Partitioner(
-        partitioning.create_mesh(mesh_shape=mesh_shape), partitioning.logical_axis_rules()
+        partitioning.create_mesh(mesh_shape=mesh_shape, num_slices=num_slices),
+        partitioning.logical_axis_rules(),
     )
     schedule = optim.learning_rate_schedule(learning_rate)
     return Trainer(
@@ -57,6 +58,9 @@ def test_same_losses_on_every_mesh_shape(tiny_config, fixed_batch):
     for mesh_shape in [(4, 2), (2, 4), (1, 8)]:
         _, losses, _ = run_steps(make_trainer(tiny_config, mesh_shape), fixed_batch, 5)
         np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=str(mesh_shape))
+    # Two slices of (2, 2): data parallel across slices as well.
+    _, losses, _ = run_steps(make_trainer(tiny_config, (2, 2), num_slices=2), fixed_batch, 5)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg="2 slices")
 
 
 def test_state_is_sharded_by_the_logical_rules(tiny_config):
