@@ -8,7 +8,6 @@ import logging
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -126,10 +125,12 @@ class TeacherForcedEvaluator:
     def evaluate(self, params) -> TaskMetrics:
         results = {}
         for task, batches in self._batches.items():
-            sums = None
+            # Summed on the host: every process reads the replicated sums of each batch.
+            sums = {}
             for batch in batches:
-                step_sums = self._eval_step(params, data.place(batch, self._sharding))
-                sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+                step_sums = jax.device_get(self._eval_step(params, data.place(batch, self._sharding)))
+                for name, value in step_sums.items():
+                    sums[name] = sums.get(name, 0.0) + np.float64(value)
             metrics = trainer.normalize_sums(sums)
             results[task] = {
                 "teacher_forced/loss": float(metrics["loss"]),
