@@ -1,5 +1,7 @@
 """PaLM-style decoder-only model: KV cache, prefix-LM mask, packing, loss, sizes, training."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 
 from flan_jax import gin_utils, optim, partitioning
 from flan_jax.models.base import DecoderOnlyModel
-from flan_jax.models.decoder import DecoderConfig
+from flan_jax.models.decoder import DecoderConfig, scan_params, unscan_params
 from flan_jax.trainer import Trainer
 
 CONFIG = DecoderConfig(vocab_size=64, d_model=32, num_heads=4, head_dim=8, d_ff=64, num_layers=2)
@@ -198,3 +200,58 @@ def test_training_reduces_loss_on_a_sharded_mesh():
     assert float(metrics["num_tokens"]) == (1 - prefix).sum()
     query = state.params["layers_0"]["attention"]["query"]["kernel"]
     assert query.sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
+
+
+def test_scanned_rematerialized_layers_give_the_same_logits_and_predictions(
+    model_and_params, prefix_batch
+):
+    model, params = model_and_params
+    # remat too: the decoding cache must pass through both lifted transforms.
+    scanned = DecoderOnlyModel(dataclasses.replace(CONFIG, scan_layers=True, remat_policy="full"))
+    scanned_params = scan_params(params, CONFIG)
+    jax.tree.map(np.testing.assert_array_equal, unscan_params(scanned_params, CONFIG), params)
+    np.testing.assert_allclose(
+        _logits(scanned, scanned_params, prefix_batch),
+        _logits(model, params, prefix_batch),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Beam search reorders every cache leaf along axis 0, so the layer axis must not be there.
+    for kw in ({}, {"num_beams": 3, "num_decodes": 2}):
+        predict = lambda m: jax.jit(lambda p, b: m.predict_batch(p, b, max_decode_length=5, **kw))
+        np.testing.assert_array_equal(
+            predict(scanned)(scanned_params, prefix_batch), predict(model)(params, prefix_batch)
+        )
+
+
+def test_scanned_params_carry_a_leading_layers_axis():
+    P = jax.sharding.PartitionSpec
+    config = dataclasses.replace(CONFIG, num_layers=3, scan_layers=True)
+    abstract = jax.eval_shape(DecoderOnlyModel(config).init, jax.random.key(0))
+    specs = nn.get_partition_spec(abstract)
+    assert specs["layers"]["mlp"]["wo"]["kernel"] == P("layers", "mlp", "embed")
+    assert specs["token_embedder"]["embedding"] == P("vocab", "embed")
+    shapes = nn.unbox(abstract)
+    assert shapes["layers"]["pre_layer_norm"]["scale"].shape == (3, CONFIG.d_model)
+    assert "layers_0" not in shapes
+
+
+@pytest.mark.parametrize("policy, scan_layers", [("full", True), ("dots", False)])
+def test_remat_gives_the_same_loss_and_grads(policy, scan_layers):
+    config = dataclasses.replace(CONFIG, dropout_rate=0.1, scan_layers=scan_layers)
+    plain = DecoderOnlyModel(config)
+    remat = DecoderOnlyModel(dataclasses.replace(config, remat_policy=policy))
+    params = nn.unbox(plain.init(jax.random.key(0)))
+    batch = _converted(pack=True)
+    # Dropout on: remat must replay the same masks in the backward pass.
+    dropout_rng = jax.random.key(1, impl="rbg")
+    grad = lambda m: jax.jit(jax.value_and_grad(lambda p: m.loss_fn(p, batch, dropout_rng)[0]))
+    loss, grads = grad(plain)(params)
+    remat_loss, remat_grads = grad(remat)(params)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads)
+
+
+def test_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="DecoderConfig.remat_policy='everything'.*'dots'"):
+        dataclasses.replace(CONFIG, remat_policy="everything")

@@ -27,6 +27,7 @@ from flan_jax.models.layers import (
     mask_to_bias,
     segment_mask,
 )
+from flan_jax.models.scan import apply_layers, check_remat_policy, stack_layers, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +45,13 @@ class DecoderConfig:
     rope_max_wavelength: float = 10_000.0
     dtype: str = "float32"  # activations; "bfloat16" for TPU/GPU training
     param_dtype: str = "float32"
+    # One scanned layer instead of a Python loop (params get a leading "layers" axis, see
+    # scan_params), and what each layer keeps for the backward pass: see flan_jax.models.scan.
+    scan_layers: bool = False
+    remat_policy: str = "none"
 
     def __post_init__(self):
+        check_remat_policy(self)
         check_dtypes(self)
         if self.head_dim % 2:
             raise ValueError(
@@ -62,7 +68,10 @@ def prefix_lm_mask(prefix_mask: jax.Array) -> jax.Array:
 
 
 class DecoderLayer(nn.Module):
-    """Parallel block: attention and MLP read the same normed input, their sum is added."""
+    """Parallel block: attention and MLP read the same normed input, their sum is added.
+
+    Positional arguments and an (x, None) result: the calling convention of apply_layers.
+    """
 
     config: DecoderConfig
 
@@ -72,7 +81,6 @@ class DecoderLayer(nn.Module):
         x,
         positions,
         bias,
-        *,
         enable_dropout=False,
         decode=False,
         decode_index=None,
@@ -100,11 +108,12 @@ class DecoderLayer(nn.Module):
             y, enable_dropout=enable_dropout
         )
         y = nn.Dropout(c.dropout_rate)(attention + mlp, deterministic=not enable_dropout)
-        return nn.with_logical_constraint(x + y, ("batch", "length", "embed"))
+        return nn.with_logical_constraint(x + y, ("batch", "length", "embed")), None
 
 
 class Decoder(nn.Module):
-    """Decoder stack with tied output layer; params: token_embedder, layers_i, decoder_norm.
+    """Decoder stack with tied output layer; params: token_embedder, layers_i (or one
+    scanned `layers`), decoder_norm.
 
     decode=True runs incremental decoding over the "cache" collection. The call that
     creates the cache prefills it with the given tokens [B, T] (pass max_decode_length, the
@@ -154,16 +163,19 @@ class Decoder(nn.Module):
         embedder = Embed(c.vocab_size, c.d_model, name="token_embedder", **dtypes(c))
         x = nn.Dropout(c.dropout_rate)(embedder(tokens), deterministic=not enable_dropout)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        for i in range(c.num_layers):
-            x = DecoderLayer(c, name=f"layers_{i}")(
-                x,
-                positions,
-                bias,
-                enable_dropout=enable_dropout,
-                decode=decode,
-                decode_index=decode_index,
-                max_decode_length=max_decode_length,
-            )
+        x = apply_layers(
+            DecoderLayer,
+            c,
+            c.num_layers,
+            (4, 5, 7),  # enable_dropout, decode, max_decode_length
+            x,
+            positions,
+            bias,
+            enable_dropout,
+            decode,
+            decode_index,
+            max_decode_length,
+        )
         x = RMSNorm(c.layer_norm_epsilon, name="decoder_norm", **dtypes(c))(x)
         logits = embedder.attend(x) / np.sqrt(c.d_model).astype(np.float32)
         if stepping:
@@ -171,3 +183,13 @@ class Decoder(nn.Module):
         return nn.with_logical_constraint(
             logits.astype(jnp.float32), ("batch", "length", "vocab")
         )
+
+
+def scan_params(params: dict, config: DecoderConfig) -> dict:
+    """Unscanned params (`layers_{i}` per layer) -> the scan_layers=True layout."""
+    return stack_layers(params, config.num_layers)
+
+
+def unscan_params(params: dict, config: DecoderConfig) -> dict:
+    """The inverse of scan_params: one `layers_{i}` subtree per layer."""
+    return unstack_layers(params, config.num_layers)

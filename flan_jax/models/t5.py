@@ -10,7 +10,6 @@ examples, and relative positions inside an example are unaffected by packing.
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,15 +25,7 @@ from flan_jax.models.layers import (
     mask_to_bias,
     segment_mask,
 )
-
-
-# remat_policy -> what jax.checkpoint saves ("full" saves nothing; "dots*" save matmul outputs).
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+from flan_jax.models.scan import apply_layers, check_remat_policy, stack_layers, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +49,11 @@ class T5Config:
     # stop growing with depth. Params then carry a leading "layers" axis (see scan_params).
     scan_layers: bool = False
     # What each layer keeps for the backward pass: "none" keeps everything; the others
-    # recompute activations (less memory, more FLOPs). See REMAT_POLICIES.
+    # recompute activations (less memory, more FLOPs). See scan.REMAT_POLICIES.
     remat_policy: str = "none"
 
     def __post_init__(self):
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"T5Config.remat_policy={self.remat_policy!r}: use one of {sorted(REMAT_POLICIES)}"
-            )
+        check_remat_policy(self)
         check_dtypes(self)
         if self.relative_attention_num_buckets < 4:
             raise ValueError(
@@ -164,32 +152,6 @@ class DecoderLayer(_Block):
         return self.mlp(x, enable_dropout), None
 
 
-def _apply_layers(layer_cls, config: T5Config, num_layers: int, static_argnums, x, *args):
-    """num_layers layers of layer_cls on x: a loop over `layers_{i}`, or one scanned `layers`.
-
-    static_argnums index the layer's __call__ arguments (self is 0); they are Python values
-    (flags, lengths) that remat must not trace. Call from a compact method: the layers
-    become children of that module.
-    """
-    policy = REMAT_POLICIES[config.remat_policy]
-    if config.remat_policy != "none":
-        layer_cls = nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)
-    if not config.scan_layers:
-        for i in range(num_layers):
-            x, _ = layer_cls(config, name=f"layers_{i}")(x, *args)
-        return x
-    stack = nn.scan(
-        layer_cls,
-        variable_axes={"params": 0, "cache": 0},
-        split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast,) * len(args),
-        length=num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-    )
-    x, _ = stack(config, name="layers")(x, *args)
-    return x
-
-
 class Encoder(nn.Module):
     config: T5Config
     shared_embedding: nn.Module
@@ -206,7 +168,7 @@ class Encoder(nn.Module):
 
         x = dropout(self.shared_embedding(tokens))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = _apply_layers(
+        x = apply_layers(
             EncoderLayer, c, c.num_encoder_layers, (3,), x, bias, enable_dropout
         )
         return dropout(_norm(c, "encoder_norm")(x))
@@ -269,7 +231,7 @@ class Decoder(nn.Module):
 
         x = dropout(self.shared_embedding(decoder_input_tokens))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = _apply_layers(
+        x = apply_layers(
             DecoderLayer,
             c,
             c.num_decoder_layers,
@@ -363,18 +325,12 @@ class T5(nn.Module):
 def scan_params(params: dict, config: T5Config) -> dict:
     """Unscanned params (`layers_{i}` per layer) -> the scan_layers=True layout, where each
     stack's `layers` holds every per-layer array stacked on a new leading axis."""
-    return _restack(params, config, lambda stack, n: {
-        **{k: v for k, v in stack.items() if not k.startswith("layers_")},
-        "layers": jax.tree.map(lambda *xs: np.stack(xs), *[stack[f"layers_{i}"] for i in range(n)]),
-    })
+    return _restack(params, config, stack_layers)
 
 
 def unscan_params(params: dict, config: T5Config) -> dict:
     """The inverse of scan_params: one `layers_{i}` subtree per layer."""
-    return _restack(params, config, lambda stack, n: {
-        **{k: v for k, v in stack.items() if k != "layers"},
-        **{f"layers_{i}": jax.tree.map(lambda x: x[i], stack["layers"]) for i in range(n)},
-    })
+    return _restack(params, config, unstack_layers)
 
 
 def _restack(params, config, convert):
