@@ -103,11 +103,6 @@ def _tokens(vocabulary, texts: Sequence[str], length: int) -> tuple[np.ndarray, 
     return rows, trimmed
 
 
-def _detokenize(vocabulary, ids: Sequence[int]) -> str:
-    ids = list(ids)
-    return vocabulary.decode(ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids)
-
-
 def infer(
     examples: list[dict],
     model,
@@ -172,9 +167,9 @@ def infer(
         for row, example in enumerate(chunk):
             result = dict(example)
             if num_decodes > 1:
-                result["prediction"] = [_detokenize(vocabulary, p) for p in predictions[row]]
+                result["prediction"] = [vocabulary.decode(p) for p in predictions[row]]
             else:
-                result["prediction"] = _detokenize(vocabulary, predictions[row])
+                result["prediction"] = vocabulary.decode(predictions[row])
             if "targets" in example:
                 result["score"] = float(scores[row])
             results.append(result)
