@@ -20,10 +20,11 @@ setuptools.setup(
         "gin-config>=0.5",
         "sentencepiece>=0.2",
         "tensorboardX>=2.6",
+        "matplotlib>=3.8",
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", "transformers>=5", "safetensors"],
+        "test": ["pytest", "torch==2.13.0", "transformers>=5", "safetensors", "jax[tpu]"],
         "hf": ["safetensors"],
         "tpu": ["jax[tpu]"],
     },
