@@ -7,6 +7,7 @@ settings: every process and run that sees the same data agrees on the
 vocabulary, and changed data trains a new one instead of reusing a stale file.
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -22,6 +23,13 @@ from sentencepiece import sentencepiece_model_pb2
 
 CACHE_DIR_ENV = "FLAN_JAX_CACHE_DIR"
 DEMO_VOCAB_SIZE = 512
+
+# The T5 / Flan-T5 SentencePiece model (32,000 pieces; with 100 extra ids the 32,100 ids
+# that a 32,128-row embedding covers). A Hugging Face Flan-T5 directory's `spiece.model`
+# is the same file; point FLAN_JAX_VOCAB at a local copy where gs:// is out of reach.
+FLAN_VOCAB_ENV = "FLAN_JAX_VOCAB"
+T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+T5_EXTRA_IDS = 100
 
 # T5 conventions: pad 0, eos 1, unk 2, no bos. Digits are single pieces, so
 # numbers tokenize the same way wherever they appear. A small text may support
@@ -67,6 +75,17 @@ def sentencepiece_vocabulary(
     if not os.path.exists(path):
         _train(lines, vocab_size, path)
     return seqio.SentencePieceVocabulary(path, extra_ids=0)
+
+
+def flan_vocabulary() -> seqio.SentencePieceVocabulary:
+    """The vocabulary of the Flan tasks and the evaluation suites: $FLAN_JAX_VOCAB, else T5's."""
+    return _sentencepiece_file(os.environ.get(FLAN_VOCAB_ENV) or T5_VOCAB_PATH)
+
+
+@functools.cache
+def _sentencepiece_file(path: str) -> seqio.SentencePieceVocabulary:
+    # One object per path: seqio compares output features' vocabularies when mixing tasks.
+    return seqio.SentencePieceVocabulary(path, extra_ids=T5_EXTRA_IDS)
 
 
 def demo_vocabulary() -> seqio.SentencePieceVocabulary:
