@@ -10,10 +10,12 @@ Patterns use `{field}` slots (`{{` and `}}` for literal braces). A pattern is pa
 Python, into literal parts and field names; rendering joins the parts with `tf.strings.join`,
 so a field's value is never read as a pattern or a regex.
 
-Room to grow without rewriting: another `OptionsFormat` gives other option headers and
-bullets; a preprocessor between `add_exemplars` and `join_exemplars`, which keep exemplars
-as string vectors, can prune them to a token budget; every preprocessor here passes the
-example's other features through, so per-example metadata rides along.
+Answer options render in one `OptionsFormat` or, per example, in one drawn from several
+(headers, bullets, lettered or numbered labels; a labelled list rewrites the target to the
+answer's label). Few-shot prompts keep exemplars as string vectors until `join_exemplars`,
+which writes them with the template's delimiters and drops the last ones until the prompt
+fits a token budget. Every preprocessor passes the example's other features through and adds
+`template_index`, so per-example metadata rides along.
 """
 
 import dataclasses
@@ -31,21 +33,113 @@ COT_ANSWER_PREFIX = "So the answer is"
 
 EXEMPLAR_INPUTS = "exemplar_inputs"
 EXEMPLAR_TARGETS = "exemplar_targets"
+# Per-example metadata: which template of the cycle rendered the example.
+TEMPLATE_INDEX = "template_index"
 
 # Exemplar candidates are shuffled through a buffer of this many examples.
 _EXEMPLAR_SHUFFLE_BUFFER = 10_000
 
+LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+NUMBERS = tuple(str(n) for n in range(1, len(LETTERS) + 1))
+_LABEL_SLOT = "{}"
+
 
 @dataclasses.dataclass(frozen=True)
 class OptionsFormat:
-    """How `{options_}` lists answer options: a header line, then one bulleted line each."""
+    """How `{options_}` lists answer options: a header line, then one bulleted line each.
+
+    With `labels` (e.g. `LETTERS`), `bullet` holds a `{}` that takes each option's label,
+    like `"({}) "`, and a template that shows the options answers with the label: a target
+    equal to one of the options is rewritten to its label.
+    """
 
     header: str = "OPTIONS:"
     bullet: str = "- "
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if bool(self.labels) != (_LABEL_SLOT in self.bullet):
+            raise ValueError(
+                f"OptionsFormat bullet {self.bullet!r} with labels {self.labels!r}: a labelled "
+                "format needs '{}' in its bullet (e.g. '({}) '), an unlabelled one must not "
+                "have it."
+            )
 
     def render(self, options: tf.Tensor) -> tf.Tensor:
-        lines = tf.strings.join([self.bullet, options])
-        return tf.strings.join([self.header, "\n", tf.strings.reduce_join(lines, separator="\n")])
+        return _OptionsTable((self,)).render(options, 0)
+
+
+# Randomized option lists, in the spirit of Flan's: several headers and bullet styles.
+RANDOM_OPTIONS_FORMATS = (
+    OptionsFormat(),
+    OptionsFormat("Options:", "- "),
+    OptionsFormat("Choose your answer from:", "* "),
+    OptionsFormat("Select from the following.", "+ "),
+    OptionsFormat("Pick your answer from:", "({}) ", LETTERS),
+    OptionsFormat("Answer choices:", "{}. ", LETTERS),
+    OptionsFormat("Possible answers:", "{}) ", NUMBERS),
+)
+
+
+class _OptionsTable:
+    """Several OptionsFormats as tensors, so the format can be picked per example in-graph."""
+
+    def __init__(self, formats: Sequence[OptionsFormat]):
+        formats = _as_tuple(formats, OptionsFormat, "OptionsFormat")
+        self.size = len(formats)
+        width = max(len(f.labels) for f in formats) or 1
+        prefixes, suffixes = zip(*(f.bullet.partition(_LABEL_SLOT)[::2] for f in formats))
+        self._headers = tf.constant([f.header for f in formats])
+        self._prefixes = tf.constant(prefixes)
+        self._suffixes = tf.constant(suffixes)
+        self._labels = tf.constant([list(f.labels) + [""] * (width - len(f.labels)) for f in formats])
+        self._max_options = tf.constant([len(f.labels) or 2**62 for f in formats], tf.int64)
+        self._labelled = tf.constant([bool(f.labels) for f in formats])
+        unlabelled = [i for i, f in enumerate(formats) if not f.labels]
+        self._fallback = tf.constant(unlabelled[0] if unlabelled else 0, tf.int64)
+
+    def usable(self, options, choice) -> tf.Tensor:
+        """`choice`, or the first unlabelled format when the options outnumber its labels."""
+        fits = tf.size(options, tf.int64) <= tf.gather(self._max_options, choice)
+        return tf.where(fits, tf.cast(choice, tf.int64), self._fallback)
+
+    def render(self, options, choice) -> tf.Tensor:
+        choice = self.usable(options, choice)
+        count = tf.size(options)
+        tf.debugging.assert_less_equal(
+            tf.cast(count, tf.int64),
+            tf.gather(self._max_options, choice),
+            message="An example has more answer options than its OptionsFormat has labels; "
+            "add labels or use an unlabelled format.",
+        )
+        labels = tf.gather(self._labels, choice)[: tf.minimum(count, tf.shape(self._labels)[1])]
+        labels = tf.pad(labels, [[0, count - tf.size(labels)]])
+        lines = tf.strings.join(
+            [tf.gather(self._prefixes, choice), labels, tf.gather(self._suffixes, choice), options]
+        )
+        return tf.strings.join(
+            [tf.gather(self._headers, choice), "\n", tf.strings.reduce_join(lines, separator="\n")]
+        )
+
+    def relabel(self, options, target, choice) -> tf.Tensor:
+        """The target's label when the format is labelled and the target is an option."""
+        choice = self.usable(options, choice)
+        matches = tf.equal(options, target)
+        found = tf.reduce_any(matches) & tf.gather(self._labelled, choice)
+        position = tf.argmax(tf.cast(matches, tf.int32))
+        # Unlabelled formats have a row of one "", so clamp; their target is kept anyway.
+        position = tf.minimum(position, tf.cast(tf.shape(self._labels)[1] - 1, tf.int64))
+        label = tf.gather(tf.gather(self._labels, choice), position)
+        return tf.where(found, label, target)
+
+    def choose(self, index, seed: int) -> tf.Tensor:
+        """A format per example: pseudo-random from (seed, position), so it is reproducible."""
+        if self.size == 1:
+            return tf.constant(0, tf.int64)
+        return tf.random.stateless_uniform(
+            [], seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)]),
+            maxval=self.size, dtype=tf.int64,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +188,27 @@ class Template:
         parts = self._inputs_parts + self._targets_parts
         return tuple(text for text, is_field in parts if not is_field)
 
+    @property
+    def shows_options(self) -> bool:
+        """Whether the inputs list the answer options."""
+        return (OPTIONS_SLOT, True) in self._inputs_parts
+
+    def without_options(self) -> "Template":
+        """The same template with `{options_}` and the blank lines around it removed: the
+        no-options variant of a Flan template."""
+        if not self.shows_options:
+            return self
+        before, _, after = self.inputs.partition("{" + OPTIONS_SLOT + "}")
+        before, after = before.rstrip(" \n"), after.lstrip(" \n")
+        joiner = "\n" if before and after else ""
+        return Template(before + joiner + after, self.targets)
+
     def render(
         self, features: Mapping[str, tf.Tensor], options_format: OptionsFormat = OptionsFormat()
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """The (inputs, targets) scalar strings of one example."""
-        missing = self.fields - set(features)
-        if missing:
-            raise KeyError(
-                f"Template {self.inputs!r} -> {self.targets!r} needs features {sorted(missing)}, "
-                f"but the example has only {sorted(features)}; add them in the data source or "
-                "in a preprocessor that runs before templating."
-            )
-        return (
-            _render_parts(self._inputs_parts, features, options_format),
-            _render_parts(self._targets_parts, features, options_format),
-        )
+        inputs, targets = _render_all((self,), features, _OptionsTable((options_format,)), [0])
+        return inputs[0], targets[0]
 
 
 def cot_template(inputs: str, trigger: str = COT_TRIGGER) -> Template:
@@ -124,21 +224,30 @@ def cot_template(inputs: str, trigger: str = COT_TRIGGER) -> Template:
 def apply_templates(
     dataset: tf.data.Dataset,
     templates: Sequence[Template],
-    options_format: OptionsFormat = OptionsFormat(),
+    options_format: OptionsFormat | Sequence[OptionsFormat] = OptionsFormat(),
+    seed: int = 0,
 ) -> tf.data.Dataset:
-    """Sets "inputs" and "targets"; example i uses templates[i % len(templates)].
+    """Sets "inputs", "targets" and "template_index"; example i uses templates[i % len].
 
     Cycling rather than sampling makes an example's text a function of its position in the
     split, the same on every run and restart. Positions count within the stream this
     preprocessor sees, so a split sharded by example before templating cycles per shard.
-    Other features pass through.
+    Several option formats: each example gets one drawn from (seed, position). Other
+    features pass through.
     """
-    templates = _check_templates(templates)
+    templates = _as_tuple(templates, Template, "Template")
+    table = _OptionsTable(_formats(options_format))
 
     def render(index, example):
-        inputs, targets = _render_all(templates, example, options_format)
         choice = index % len(templates)
-        return {**example, "inputs": inputs[choice], "targets": targets[choice]}
+        format_choice = table.choose(index, seed)
+        inputs, targets = _render_all(templates, example, table, [format_choice] * len(templates))
+        return {
+            **example,
+            "inputs": inputs[choice],
+            "targets": targets[choice],
+            TEMPLATE_INDEX: choice,
+        }
 
     return dataset.enumerate().map(render, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -147,19 +256,22 @@ def add_exemplars(
     dataset: tf.data.Dataset,
     templates: Sequence[Template],
     k: int,
-    options_format: OptionsFormat = OptionsFormat(),
+    options_format: OptionsFormat | Sequence[OptionsFormat] = OptionsFormat(),
     num_candidates: int | None = None,
     shuffle_seed: int = 0,
+    exemplar_dataset: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Templates each example as `apply_templates` does, and attaches k exemplars.
 
-    Exemplars are other examples of the same split, rendered with the query's template, kept
-    as string vectors under "exemplar_inputs" and "exemplar_targets". They come from a
-    shuffled, repeated pass over the split (with a fixed seed, so deterministic). Of every
-    `num_candidates` (default 2k) candidates, those whose rendered inputs equal the query's
-    are dropped: an example never serves as its own exemplar, nor does a duplicate of it.
+    Exemplars are examples of `exemplar_dataset` (default: the same split), rendered with
+    the query's template, kept as string vectors under "exemplar_inputs" and
+    "exemplar_targets". They come from a shuffled, repeated pass (with a fixed seed, so
+    deterministic). Of every `num_candidates` (default 2k) candidates, those whose rendered
+    inputs equal the query's are dropped: an example never serves as its own exemplar, nor
+    does a duplicate of it. With several option formats, template t uses format t % len, so
+    the exemplars and the query list their options alike.
     """
-    templates = _check_templates(templates)
+    templates = _as_tuple(templates, Template, "Template")
     if k < 1:
         raise ValueError(f"few-shot needs k >= 1 exemplars; got k={k}.")
     num_candidates = num_candidates or 2 * k
@@ -167,12 +279,15 @@ def add_exemplars(
         raise ValueError(
             f"num_candidates={num_candidates} is below k={k}; pass at least k (default 2k)."
         )
+    table = _OptionsTable(_formats(options_format))
+    format_choices = [t % table.size for t in range(len(templates))]
 
     def render_all(example):
-        return _render_all(templates, example, options_format)
+        return _render_all(templates, example, table, format_choices)
 
     candidates = (
-        dataset.map(render_all, num_parallel_calls=tf.data.AUTOTUNE)
+        (dataset if exemplar_dataset is None else exemplar_dataset)
+        .map(render_all, num_parallel_calls=tf.data.AUTOTUNE)
         .shuffle(_EXEMPLAR_SHUFFLE_BUFFER, seed=shuffle_seed)
         .repeat()
         .batch(num_candidates)
@@ -180,7 +295,7 @@ def add_exemplars(
 
     def attach(indexed, candidate_batch):
         index, example = indexed
-        inputs, targets = _render_all(templates, example, options_format)
+        inputs, targets = render_all(example)
         choice = index % len(templates)
         query = inputs[choice]
         candidate_inputs = candidate_batch[0][:, choice]
@@ -203,6 +318,7 @@ def add_exemplars(
             **example,
             "inputs": query,
             "targets": targets[choice],
+            TEMPLATE_INDEX: choice,
             EXEMPLAR_INPUTS: exemplar_inputs,
             EXEMPLAR_TARGETS: exemplar_targets,
         }
@@ -213,29 +329,57 @@ def add_exemplars(
 
 
 def join_exemplars(
-    dataset: tf.data.Dataset, fewshot_format: FewShotFormat = FewShotFormat()
+    dataset: tf.data.Dataset,
+    fewshot_format: FewShotFormat | Sequence[FewShotFormat] = FewShotFormat(),
+    max_input_tokens: int | None = None,
+    vocabulary=None,
 ) -> tf.data.Dataset:
-    """Writes the exemplars and the query into one few-shot "inputs" string."""
-    fmt = fewshot_format
+    """Writes the exemplars and the query into one few-shot "inputs" string.
+
+    Several formats: template t's examples use format t % len (per-template delimiters).
+    With `max_input_tokens` (and the `vocabulary` that counts them), trailing exemplars are
+    dropped until the prompt fits; a query too long on its own keeps no exemplars.
+    """
+    formats = _as_tuple(
+        (fewshot_format,) if isinstance(fewshot_format, FewShotFormat) else fewshot_format,
+        FewShotFormat,
+        "FewShotFormat",
+    )
+    if max_input_tokens is not None and vocabulary is None:
+        raise ValueError(
+            f"max_input_tokens={max_input_tokens} needs the vocabulary that counts the tokens."
+        )
+    table = {
+        field: tf.constant([getattr(f, field) for f in formats])
+        for field in ("input_prefix", "target_prefix", "example_separator")
+    }
+    query_suffixes = tf.constant([f.target_prefix.rstrip(" ") for f in formats])
 
     def join(example):
+        which = tf.cast(example[TEMPLATE_INDEX], tf.int64) % len(formats)
+        input_prefix = tf.gather(table["input_prefix"], which)
         shots = tf.strings.join(
             [
-                fmt.input_prefix,
+                input_prefix,
                 example[EXEMPLAR_INPUTS],
-                fmt.target_prefix,
+                tf.gather(table["target_prefix"], which),
                 example[EXEMPLAR_TARGETS],
-                fmt.example_separator,
+                tf.gather(table["example_separator"], which),
             ]
         )
-        inputs = tf.strings.join(
-            [
-                tf.strings.reduce_join(shots),
-                fmt.input_prefix,
-                example["inputs"],
-                fmt.target_prefix.rstrip(" "),
-            ]
+        query = tf.strings.join(
+            [input_prefix, example["inputs"], tf.gather(query_suffixes, which)]
         )
+        k = shots.shape[0]
+        prompts = tf.stack(
+            [tf.strings.join([tf.strings.reduce_join(shots[:j]), query]) for j in range(k + 1)]
+        )
+        if max_input_tokens is None:
+            inputs = prompts[-1]
+        else:
+            lengths = vocabulary.encode_tf(prompts).row_lengths()
+            fits = lengths <= max_input_tokens
+            inputs = prompts[tf.reduce_max(tf.where(fits, tf.range(k + 1, dtype=tf.int64), 0))]
         rest = {
             key: value
             for key, value in example.items()
@@ -250,16 +394,19 @@ def few_shot(
     dataset: tf.data.Dataset,
     templates: Sequence[Template],
     k: int,
-    fewshot_format: FewShotFormat = FewShotFormat(),
-    options_format: OptionsFormat = OptionsFormat(),
+    fewshot_format: FewShotFormat | Sequence[FewShotFormat] = FewShotFormat(),
+    options_format: OptionsFormat | Sequence[OptionsFormat] = OptionsFormat(),
     num_candidates: int | None = None,
     shuffle_seed: int = 0,
+    max_input_tokens: int | None = None,
+    vocabulary=None,
+    exemplar_dataset: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """k-shot prompts: `add_exemplars`, then `join_exemplars`."""
     dataset = add_exemplars(
-        dataset, templates, k, options_format, num_candidates, shuffle_seed
+        dataset, templates, k, options_format, num_candidates, shuffle_seed, exemplar_dataset
     )
-    return join_exemplars(dataset, fewshot_format)
+    return join_exemplars(dataset, fewshot_format, max_input_tokens, vocabulary)
 
 
 def _parse(pattern: str) -> tuple[tuple[str, bool], ...]:
@@ -287,13 +434,13 @@ def _parse(pattern: str) -> tuple[tuple[str, bool], ...]:
     return tuple(parts)
 
 
-def _render_parts(parts, features, options_format: OptionsFormat) -> tf.Tensor:
+def _render_parts(parts, features, options_table: _OptionsTable, choice) -> tf.Tensor:
     pieces = [""]
     for text, is_field in parts:
         if not is_field:
             pieces.append(text)
         elif text == OPTIONS_SLOT:
-            pieces.append(options_format.render(_options(features)))
+            pieces.append(options_table.render(_options(features), choice))
         else:
             pieces.append(_field_text(features, text))
     return tf.strings.join(pieces)
@@ -327,21 +474,34 @@ def _options(features) -> tf.Tensor:
     return options
 
 
-def _render_all(templates, example, options_format):
-    """(inputs, targets): string vectors with one rendering per template."""
-    rendered = [template.render(example, options_format) for template in templates]
-    return (
-        tf.stack([inputs for inputs, _ in rendered]),
-        tf.stack([targets for _, targets in rendered]),
-    )
+def _render_all(templates, example, options_table, format_choices):
+    """(inputs, targets): string vectors with one rendering per template, template t with
+    options format `format_choices[t]`."""
+    inputs, targets = [], []
+    for template, choice in zip(templates, format_choices):
+        missing = template.fields - set(example)
+        if missing:
+            raise KeyError(
+                f"Template {template.inputs!r} -> {template.targets!r} needs features "
+                f"{sorted(missing)}, but the example has only {sorted(example)}; add them in "
+                "the data source or in a preprocessor that runs before templating."
+            )
+        inputs.append(_render_parts(template._inputs_parts, example, options_table, choice))
+        target = _render_parts(template._targets_parts, example, options_table, choice)
+        if template.shows_options:
+            target = options_table.relabel(_options(example), target, choice)
+        targets.append(target)
+    return tf.stack(inputs), tf.stack(targets)
 
 
-def _check_templates(templates: Sequence[Template]) -> tuple[Template, ...]:
-    if isinstance(templates, Template):
-        raise TypeError(
-            f"Expected a sequence of Template, got one: {templates!r}; wrap it in a list."
-        )
-    templates = tuple(templates)
-    if not templates or not all(isinstance(t, Template) for t in templates):
-        raise ValueError(f"Expected a non-empty sequence of Template; got {templates!r}.")
-    return templates
+def _formats(options_format) -> tuple[OptionsFormat, ...]:
+    return (options_format,) if isinstance(options_format, OptionsFormat) else options_format
+
+
+def _as_tuple(items, kind, name: str) -> tuple:
+    if isinstance(items, kind):
+        raise TypeError(f"Expected a sequence of {name}, got one: {items!r}; wrap it in a list.")
+    items = tuple(items)
+    if not items or not all(isinstance(item, kind) for item in items):
+        raise ValueError(f"Expected a non-empty sequence of {name}; got {items!r}.")
+    return items

@@ -162,3 +162,83 @@ def test_template_reports_its_fields_and_literals():
     template = Template("Q: {question}\n{options_}", "{answer}.")
     assert template.fields == {"question", "options", "answer"}
     assert template.literals == ("Q: ", "\n", ".")
+
+
+def test_without_options_drops_the_slot_and_its_blank_lines():
+    template = Template("{premise}\n\nTrue?\n\n{options_}", "{answer}")
+    assert template.without_options() == Template("{premise}\n\nTrue?", "{answer}")
+    middle = Template("Q: {q}\n{options_}\nAnswer:", "{a}")
+    assert middle.without_options().inputs == "Q: {q}\nAnswer:"
+    assert Template("{q}", "{a}").without_options() == Template("{q}", "{a}")
+
+
+def test_labelled_options_rewrite_the_target_to_the_label():
+    lettered = templates.OptionsFormat("Pick one:", "({}) ", templates.LETTERS)
+    numbered = templates.OptionsFormat("Answers:", "{}. ", templates.NUMBERS)
+    template = Template("{q}\n{options_}", "{answer}")
+    rows = [{"q": "Sky?", "options": ["red", "blue", "green"], "answer": "blue"}]
+    (out,) = _texts(templates.apply_templates(_dataset(rows), [template], lettered))
+    assert out == {"q": "Sky?", "answer": "blue", "inputs": "Sky?\nPick one:\n(A) red\n(B) blue\n(C) green", "targets": "B"}
+    (out,) = _texts(templates.apply_templates(_dataset(rows), [template], numbered))
+    assert (out["inputs"], out["targets"]) == ("Sky?\nAnswers:\n1. red\n2. blue\n3. green", "2")
+    # A template that does not list the options keeps the answer text.
+    (out,) = _texts(templates.apply_templates(_dataset(rows), [Template("{q}", "{answer}")], lettered))
+    assert out["targets"] == "blue"
+    with pytest.raises(ValueError, match="needs '{}' in its bullet"):
+        templates.OptionsFormat("H:", "- ", templates.LETTERS)
+
+
+def test_several_option_formats_are_drawn_per_example_from_the_seed():
+    template = Template("{q}\n{options_}", "{answer}")
+    rows = [{"q": str(i), "options": ["yes", "no"], "answer": "yes"} for i in range(40)]
+    formats = templates.RANDOM_OPTIONS_FORMATS
+    first = _texts(templates.apply_templates(_dataset(rows), [template], formats, seed=3))
+    assert first == _texts(templates.apply_templates(_dataset(rows), [template], formats, seed=3))
+    assert first != _texts(templates.apply_templates(_dataset(rows), [template], formats, seed=4))
+    headers = {out["inputs"].split("\n")[1] for out in first}
+    assert len(headers) >= 4 and headers <= {f.header for f in formats}
+
+
+def test_template_index_is_recorded_and_picks_the_few_shot_delimiters():
+    cycle = [Template("A {q}", "{a}"), Template("B {q}", "{a}")]
+    rows = [{"q": str(i), "a": str(i)} for i in range(8)]
+    formats = [templates.FewShotFormat(), templates.FewShotFormat("Input: ", "\nOutput: ")]
+    dataset = templates.few_shot(_dataset(rows), cycle, k=1, fewshot_format=formats)
+    for index, example in enumerate(dataset.as_numpy_iterator()):
+        assert example[templates.TEMPLATE_INDEX] == index % 2
+        inputs = example["inputs"].decode()
+        if index % 2:
+            assert inputs.startswith("Input: B ") and inputs.endswith(f"Input: B {index}\nOutput:")
+        else:
+            assert inputs.startswith("Q: A ") and inputs.endswith(f"Q: A {index}\nA:")
+
+
+def test_exemplars_are_pruned_to_the_token_budget():
+    from tasks import vocab
+
+    vocabulary = vocab.demo_vocabulary()
+    rows = [{"q": f"question number {i} is about apples and books", "a": str(i)} for i in range(12)]
+    template = [Template("{q}", "{a}")]
+    full = _texts(templates.few_shot(_dataset(rows), template, k=4))
+    lengths = [len(vocabulary.encode(out["inputs"])) for out in full]
+    budget = min(lengths) - 1
+    pruned = _texts(
+        templates.few_shot(_dataset(rows), template, k=4, max_input_tokens=budget, vocabulary=vocabulary)
+    )
+    for short, long in zip(pruned, full):
+        assert len(vocabulary.encode(short["inputs"])) <= budget
+        assert long["inputs"].endswith(short["inputs"].split("\n\n")[-1])
+        assert 1 <= short["inputs"].count("\nA: ") < 4  # trailing exemplars dropped, not all
+    with pytest.raises(ValueError, match="needs the vocabulary"):
+        templates.join_exemplars(_dataset(rows), max_input_tokens=10)
+
+
+def test_exemplars_can_come_from_another_split():
+    rows = [{"q": f"v{i}", "a": "x"} for i in range(3)]
+    train = [{"q": f"t{i}", "a": "y"} for i in range(5)]
+    out = _texts(
+        templates.few_shot(_dataset(rows), [Template("{q}", "{a}")], k=2, exemplar_dataset=_dataset(train))
+    )
+    for example in out:
+        pairs, _ = _shots(example["inputs"])
+        assert all(q.startswith("t") and a == "y" for q, a in pairs)

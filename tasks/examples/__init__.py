@@ -1,0 +1,1 @@
+"""Example modules for users: see `user_task.py`."""

@@ -1,0 +1,21 @@
+"""The Flan collection as seqio tasks and mixtures; importing registers them all.
+
+Muffin and T0-SF read TFDS datasets (TFDS_DATA_DIR), NIV2 a natural-instructions checkout
+($FLAN_JAX_NIV2_DIR) and CoT FLAN's TSV files ($FLAN_JAX_COT_DIR); see `mixtures` for the
+mixture names.
+"""
+
+from tasks.flan import cot, muffin, niv2, sources, t0sf  # noqa: F401  (registration)
+from tasks.flan import mixtures  # noqa: F401  (registers the mixtures of the tasks above)
+
+
+def register_all() -> list[str]:
+    """Registers every task and mixture again, reading the environment anew (the
+    vocabulary in $FLAN_JAX_VOCAB, the NIV2 directory); returns the mixture names."""
+    muffin.register()
+    t0sf.register()
+    cot.register()
+    niv2_dir = sources.data_dir(sources.NIV2_DIR_ENV)
+    if niv2_dir:
+        niv2.register(niv2_dir)
+    return mixtures.register_all()

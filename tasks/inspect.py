@@ -1,0 +1,212 @@
+"""What a mixture feeds the model: `python -m tasks.inspect MIXTURE`.
+
+Prints each task's rate, cap, example count, share of examples and of tokens, and the
+epochs it gets over a run of --steps x --batch_size, then renders --num_prompts prompts.
+Token counts come from the first --sample_examples examples of each task. A task whose
+data is missing is listed with the reason and the variable to set; its rate still shows
+(a Flan task of unknown size counts as its cap).
+
+  python -m tasks.inspect flan_demo --steps 1500 --batch_size 32
+  python -m tasks.inspect flan2022_b --steps 14000 --batch_size 64 --num_prompts 3
+  python -m tasks.inspect --gin_file=gin/mixtures/flan2022.gin --gin.COT_RATIO=0.1
+  python -m tasks.inspect --gin_file=my_run.gin   # the run's mixture, user modules included
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin
+import numpy as np
+import seqio
+
+from flan_jax import gin_utils
+from flan_jax.data import get_mixture_or_task
+
+DEFAULT_MODULES = ("tasks.demo", "tasks.flan")
+
+
+def parse_lengths(text: str) -> dict[str, int]:
+    try:
+        pairs = (item.split("=") for item in text.split(",") if item)
+        return {key.strip(): int(value) for key, value in pairs}
+    except ValueError:
+        raise ValueError(
+            f"--feature_lengths={text!r}: write name=length pairs, e.g. inputs=2048,targets=512."
+        ) from None
+
+
+def rates(mixture_or_task) -> tuple[dict[str, float], list[str]]:
+    """Normalized rate per task name, and notes on what could not be known."""
+    from tasks.flan import mixtures
+
+    if isinstance(mixture_or_task, seqio.Task):
+        return {mixture_or_task.name: 1.0}, []
+    notes = []
+    spec = mixtures.SPECS.get(mixture_or_task.name)
+    if spec is not None:
+        try:
+            raw = mixtures.plan(*spec)
+        except ValueError as e:
+            notes.append(str(e))
+            raw = mixtures.plan(*spec, strict=False)
+    else:
+        raw = {task.name: mixture_or_task.get_rate(task) for task in mixture_or_task.tasks}
+    total = sum(raw.values()) or 1.0
+    return {name: rate / total for name, rate in raw.items()}, notes
+
+
+def sample(task: seqio.Task, lengths, count: int) -> list[dict]:
+    dataset = task.get_dataset(lengths, split="train", shuffle=False, num_epochs=1)
+    return list(dataset.take(count).as_numpy_iterator())
+
+
+def cap_of(task_name: str):
+    from tasks.flan import mixtures
+
+    family = mixtures.family_of(task_name)
+    return mixtures.CAPS[family] if family else None
+
+
+def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=None):
+    out = out or sys.stdout
+    mixture = get_mixture_or_task(name)
+    shares, notes = rates(mixture)
+    rows, samples, missing = [], {}, {}
+    for task_name, share in sorted(shares.items(), key=lambda item: -item[1]):
+        task = seqio.get_mixture_or_task(task_name)
+        try:
+            count = task.num_input_examples("train")
+        except Exception:
+            count = None
+        try:
+            samples[task_name] = sample(task, lengths, sample_examples)
+        except Exception as e:  # Missing data: report it, keep the rest of the table.
+            missing[task_name] = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        rows.append((task_name, share, cap_of(task_name), count))
+
+    def mean_tokens(task_name, feature):
+        examples = samples.get(task_name)
+        return float(np.mean([len(ex[feature]) for ex in examples])) if examples else None
+
+    token_weight = {
+        t: share * (mean_tokens(t, "inputs") + mean_tokens(t, "targets"))
+        for t, share, _, _ in rows
+        if samples.get(t)
+    }
+    token_total = sum(token_weight.values()) or 1.0
+    # Packing puts several examples in a row: estimate how many from the mean lengths.
+    known = [(s, mean_tokens(t, "inputs"), mean_tokens(t, "targets")) for t, s, _, _ in rows if samples.get(t)]
+    per_row = 1.0
+    if known:
+        weight = sum(s for s, _, _ in known) or 1.0
+        mean_in = sum(s * i for s, i, _ in known) / weight
+        mean_out = sum(s * o for s, _, o in known) / weight
+        per_row = max(1.0, min(lengths["inputs"] / max(mean_in, 1.0), lengths.get("targets", lengths["inputs"]) / max(mean_out, 1.0)))
+    seen = steps * batch_size * per_row
+
+    print(
+        f"{name}: {len(rows)} tasks; {steps} steps x batch {batch_size}, about {per_row:.1f} "
+        f"packed examples per row ({seen:,.0f} examples); lengths {lengths}",
+        file=out,
+    )
+    header = f"{'task':<58} {'rate':>7} {'cap':>7} {'examples':>9} {'ex.share':>8} {'tok.share':>9} {'tok in/out':>11} {'epochs':>7}"
+    print(header, file=out)
+    for task_name, share, cap, count in rows:
+        tokens_in, tokens_out = mean_tokens(task_name, "inputs"), mean_tokens(task_name, "targets")
+        tok_share = f"{100 * token_weight[task_name] / token_total:8.2f}%" if task_name in token_weight else f"{'?':>9}"
+        tok = f"{tokens_in:.0f}/{tokens_out:.0f}" if tokens_in is not None else "?"
+        epochs = f"{seen * share / count:7.2f}" if count else f"{'?':>7}"
+        print(
+            f"{task_name:<58} {share:7.4f} {cap if cap else '-':>7} {count if count is not None else '?':>9} "
+            f"{100 * share:7.2f}% {tok_share} {tok:>11} {epochs}",
+            file=out,
+        )
+    for note in notes:
+        print(f"note: {note}", file=out)
+    if missing:
+        print(f"missing data for {len(missing)} tasks (their rows show rates only):", file=out)
+        for reason in sorted(set(missing.values())):
+            tasks = [t for t, r in missing.items() if r == reason]
+            print(f"  {len(tasks)} tasks, e.g. {tasks[0]}: {reason}", file=out)
+    render(rows, samples, num_prompts, out)
+
+
+def render(rows, samples, num_prompts, out) -> None:
+    """Prompts drawn like the mixture draws them: tasks by rate (fixed seed)."""
+    available = [(t, s) for t, s, _, _ in rows if samples.get(t)]
+    if not available or num_prompts <= 0:
+        return
+    rng = np.random.default_rng(0)
+    weights = np.array([s for _, s in available]) + 1e-12
+    used: dict[str, int] = {}
+    for number in range(num_prompts):
+        task_name = available[rng.choice(len(available), p=weights / weights.sum())][0]
+        examples = samples[task_name]
+        example = examples[used.get(task_name, 0) % len(examples)]
+        used[task_name] = used.get(task_name, 0) + 1
+        meta = ", ".join(
+            f"{key} {example[key].decode() if isinstance(example[key], bytes) else example[key]}"
+            for key in ("format", "template_index")
+            if key in example
+        )
+        print(f"\n--- prompt {number + 1}: {task_name}{' (' + meta + ')' if meta else ''}", file=out)
+        print(example["inputs_pretokenized"].decode(), file=out)
+        print("--- target", file=out)
+        print(example["targets_pretokenized"].decode(), file=out)
+
+
+def mixture_from_gin() -> str | None:
+    """MIXTURE_OR_TASK_NAME of the parsed gin files; `@mixtures.flan_mixture()` is called."""
+    try:
+        value = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+    except ValueError:
+        return None
+    if isinstance(value, gin.config.ConfigurableReference):
+        value = value.scoped_configurable_fn()
+    return value
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "mixture", nargs="?", help="a registered mixture or task; default: gin's MIXTURE_OR_TASK_NAME"
+    )
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--feature_lengths", default="inputs=2048,targets=512")
+    parser.add_argument("--num_prompts", type=int, default=2)
+    parser.add_argument("--sample_examples", type=int, default=16, help="examples per task for token counts")
+    parser.add_argument("--module", action="append", default=[], help="module to import (repeatable); "
+                        f"always: {', '.join(DEFAULT_MODULES)}")
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file(s): imports and bindings")
+    args, rest = parser.parse_known_args(argv)
+    bindings = [item[len("--gin."):] for item in rest if item.startswith("--gin.")]
+    if len(bindings) != len(rest):
+        parser.error(f"unrecognized arguments {rest}; gin bindings are --gin.NAME=VALUE")
+    for module in (*DEFAULT_MODULES, *args.module):
+        importlib.import_module(module)
+    if args.gin_file or bindings:
+        for path in [".", gin_utils.DEFAULT_SEARCH_PATH]:
+            gin.add_config_file_search_path(path)
+        gin.parse_config_files_and_bindings(args.gin_file, bindings)
+    name = args.mixture or mixture_from_gin()
+    if not name:
+        parser.error("name a MIXTURE, or pass a --gin_file that sets MIXTURE_OR_TASK_NAME")
+    inspect(
+        name,
+        args.steps,
+        args.batch_size,
+        parse_lengths(args.feature_lengths),
+        args.num_prompts,
+        args.sample_examples,
+    )
+
+
+if __name__ == "__main__":
+    main()
