@@ -87,13 +87,16 @@ def create_mesh(
             f"mesh_shape={mesh_shape} must be (data, model) with data * model == "
             f"{per_slice} devices per slice ({len(devices)} devices, {num_slices} slices)."
         )
-    names, auto = ("replica", "data", "model"), (AxisType.Auto,) * 3
-    if num_slices > 1 and hasattr(devices[0], "slice_index"):
+    # On a TPU torus an axis may span part of a physical axis (model 16 of an 8x8x8 slice).
+    if num_slices > 1 and getattr(devices[0], "slice_index", None) is not None:
         grid = mesh_utils.create_hybrid_device_mesh(
-            (1, *mesh_shape), (num_slices, 1, 1), devices=devices
+            (1, *mesh_shape), (num_slices, 1, 1), devices=devices, allow_split_physical_axes=True
         )
-        return jax.sharding.Mesh(grid, names, axis_types=auto)
-    return jax.make_mesh((num_slices, *mesh_shape), names, axis_types=auto, devices=devices)
+    else:
+        grid = mesh_utils.create_device_mesh(
+            (num_slices, *mesh_shape), devices=devices, allow_split_physical_axes=True
+        )
+    return jax.sharding.Mesh(grid, ("replica", "data", "model"), axis_types=(AxisType.Auto,) * 3)
 
 
 def _divisors(n: int) -> list[int]:
