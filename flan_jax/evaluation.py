@@ -1,11 +1,15 @@
 """Per-task evaluation during and after training: decode-and-score through seqio's own
-Evaluator, and teacher-forced loss / token accuracy."""
+Evaluator (greedy, sampled, or self-consistent), and teacher-forced loss / token accuracy."""
 
 from __future__ import annotations
 
+import collections
+import datetime
 import functools
 import logging
-from typing import Any, Mapping
+import sys
+import time
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -19,9 +23,83 @@ log = logging.getLogger(__name__)
 TaskMetrics = dict[str, dict[str, float]]
 
 
+def majority_vote(answers: Sequence[str]) -> int:
+    """Index of the sample self-consistency keeps: the first one whose answer is the most
+    frequent. Empty answers (nothing could be extracted) get no vote unless all are empty;
+    a tie goes to the answer that appeared first, so the vote is deterministic."""
+    counts = collections.Counter(answer for answer in answers if answer != "")
+    if not counts:
+        return 0
+    best = max(counts.values())
+    return next(i for i, answer in enumerate(answers) if counts.get(answer) == best)
+
+
+class Progress:
+    """Examples done of a total, rate and ETA, printed to stderr by process 0 at most every
+    `every_s` seconds (and when done)."""
+
+    def __init__(self, name: str, total: int, *, every_s: float = 10.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.done = 0
+        self._start = self._last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if jax.process_index() != 0 or (now - self._last < self.every_s and self.done < self.total):
+            return
+        self._last = now
+        rate = self.done / max(now - self._start, 1e-9)
+        eta = datetime.timedelta(seconds=round((self.total - self.done) / max(rate, 1e-9)))
+        print(
+            f"eval {self.name}: {self.done}/{self.total} examples "
+            f"({100 * self.done / max(self.total, 1):.0f}%)  {rate:.2f} examples/s  ETA {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@functools.cache
+def _predict_function(
+    model,
+    partitioner: partitioning.Partitioner,
+    params_treedef,
+    params_sharding_leaves: tuple,
+    *,
+    max_decode_length: int,
+    temperature: float,
+    num_samples: int,
+    seed: int,
+):
+    """The jitted decode for one setting, shared by every evaluator with that setting, so
+    suites of equal lengths (e.g. the CoT suites) compile once."""
+
+    def predict(params, batch, batch_index):
+        return model.predict_batch(
+            params,
+            batch,
+            max_decode_length=max_decode_length,
+            rng=jax.random.fold_in(jax.random.key(seed), batch_index),
+            temperature=temperature,
+            num_decodes=num_samples,
+        )
+
+    replicated = partitioner.replicated_sharding()
+    params_shardings = jax.tree.unflatten(params_treedef, params_sharding_leaves)
+    return partitioner.partition(
+        predict,
+        in_shardings=(params_shardings, partitioner.batch_sharding(), replicated),
+        out_shardings=replicated,
+    )
+
+
 class PredictionEvaluator:
-    """Greedy-decodes a task's (or every subtask of a mixture's) split, then applies the tasks'
-    own postprocessors and metric functions, so scores mean what the task author meant.
+    """Decodes a task's (or every subtask of a mixture's) split, then applies the tasks' own
+    postprocessors and metric functions, so scores mean what the task author meant.
+
+    Greedy by default; `temperature` > 0 samples. `num_samples` = k > 1 is self-consistency:
+    k sampled outputs per example, each reduced to its answer by the task's postprocessor, and
+    the sample with the majority answer (`majority_vote`) is the one scored.
     """
 
     def __init__(
@@ -35,10 +113,22 @@ class PredictionEvaluator:
         batch_size: int,
         split: str = "validation",
         num_examples: int | None = None,
+        temperature: float = 0.0,
+        num_samples: int = 1,
+        seed: int = 0,
+        show_progress: bool = False,
     ):
         partitioner.check_batch_size(batch_size)
         data.get_mixture_or_task(mixture_or_task_name)
+        if num_samples > 1 and temperature <= 0:
+            raise ValueError(
+                f"self-consistency over num_samples={num_samples} needs temperature > 0 (got "
+                f"{temperature}): greedy samples are all the same"
+            )
+        self.name = mixture_or_task_name
         self.batch_size = batch_size
+        self.num_samples = num_samples
+        self._show_progress = show_progress
         self._batch_sharding = partitioner.batch_sharding()
         self._evaluator = seqio.Evaluator(
             mixture_or_task_name,
@@ -48,17 +138,36 @@ class PredictionEvaluator:
             num_examples=num_examples,
             async_compute_metrics=False,
         )
-        self._predict = partitioner.partition(
-            functools.partial(model.predict_batch, max_decode_length=task_feature_lengths["targets"]),
-            in_shardings=(params_shardings, self._batch_sharding),
-            out_shardings=partitioner.replicated_sharding(),
+        # seqio calls predict_fn once per task with that task's cached dataset: knowing which
+        # task it is gives self-consistency the task's postprocessor.
+        tasks = {task.name: task for task in self._evaluator.eval_tasks}
+        self._task_of_dataset = {
+            id(ds): tasks[name] for name, ds in self._evaluator.cached_model_datasets.items()
+        }
+        self.num_eval_examples = sum(
+            int(ds.reduce(0, lambda count, _: count + 1))
+            for ds in self._evaluator.cached_task_datasets.values()
         )
+        self._predict = _predict_function(
+            model,
+            partitioner,
+            jax.tree.structure(params_shardings),
+            tuple(jax.tree.leaves(params_shardings)),
+            max_decode_length=task_feature_lengths["targets"],
+            temperature=temperature,
+            num_samples=num_samples,
+            seed=seed,
+        )
+        self._progress: Progress | None = None
+        self._batch_index = 0
+        self._outputs = {}
 
     @property
     def task_names(self) -> list[str]:
         return [task.name for task in self._evaluator.eval_tasks]
 
     def _predict_fn(self, params, indexed_ds) -> list[tuple[int, list[int]]]:
+        task = self._task_of_dataset[id(indexed_ds)]
         outputs = []
         for indices, features in indexed_ds.batch(self.batch_size).as_numpy_iterator():
             n = len(indices)
@@ -69,13 +178,29 @@ class PredictionEvaluator:
                 padded[name] = np.zeros((self.batch_size, *value.shape[1:]), value.dtype)
                 padded[name][:n] = value
             batch = data.place(padded, self._batch_sharding)
-            predictions = np.asarray(self._predict(params, batch))
+            predictions = np.asarray(self._predict(params, batch, np.int32(self._batch_index)))
+            self._batch_index += 1
+            if self.num_samples > 1:
+                predictions = np.stack([self._vote(task, samples) for samples in predictions[:n]])
             outputs.extend(zip(indices.tolist(), predictions[:n].tolist()))
+            if self._progress is not None:
+                self._progress.update(n)
         return outputs
+
+    @staticmethod
+    def _vote(task: seqio.Task, samples: np.ndarray) -> np.ndarray:
+        """The tokens of the sample self-consistency keeps among [num_samples, length]."""
+        vocabulary = task.output_features["targets"].vocabulary
+        texts = [vocabulary.decode(sample.tolist()) for sample in samples]
+        answers = [str(task.postprocess_fn(text, example=None, is_target=False)) for text in texts]
+        return samples[majority_vote(answers)]
 
     def evaluate(self, params, step: int | None = None) -> TaskMetrics:
         """{task name: {metric name: value}} for every task with metrics."""
-        metrics, _ = self._evaluator.evaluate(
+        self._batch_index = 0  # The same samples every time for the same params.
+        if self._show_progress:
+            self._progress = Progress(self.name, self.num_eval_examples)
+        metrics, self._outputs = self._evaluator.evaluate(
             compute_metrics=True,
             step=step,
             predict_fn=functools.partial(self._predict_fn, params),
@@ -84,6 +209,82 @@ class PredictionEvaluator:
             task: {name: float(getattr(value, "value", value)) for name, value in task_metrics.items()}
             for task, task_metrics in metrics.result().items()
         }
+
+
+    def predictions(self) -> dict[str, list[dict[str, str]]]:
+        """The last evaluation's outputs, decoded: {task: [{"inputs", "targets", "prediction"}]}
+        in split order, for reading what the model wrote and what the metric compared."""
+        results = {}
+        for task in self._evaluator.eval_tasks:
+            vocabulary = task.output_features["targets"].vocabulary
+            tokens = self._outputs[task.name][seqio.metrics.ModelOutputType.PREDICTION]
+            examples = self._evaluator.cached_task_datasets[task.name].as_numpy_iterator()
+            results[task.name] = [
+                {
+                    "inputs": example["inputs_pretokenized"].decode("utf-8"),
+                    "targets": example["targets_pretokenized"].decode("utf-8"),
+                    "prediction": vocabulary.decode(list(prediction)),
+                }
+                for example, prediction in zip(examples, tokens)
+            ]
+        return results
+
+
+class SuiteEvaluator:
+    """Decode-and-score over several mixtures, e.g. the paper's six benchmark suites, each
+    with its own feature lengths; self-consistency for the chosen ones (the CoT suites)."""
+
+    def __init__(
+        self,
+        suites: Sequence[str],
+        feature_lengths: Mapping[str, Mapping[str, int]],
+        model,
+        partitioner: partitioning.Partitioner,
+        params_shardings: Any,
+        *,
+        batch_size: int,
+        split: str,
+        num_examples: int | None = None,
+        self_consistency_suites: Sequence[str] = (),
+        num_samples: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        show_progress: bool = False,
+    ):
+        missing = [suite for suite in suites if suite not in feature_lengths]
+        if missing:
+            raise ValueError(
+                f"no feature lengths for suites {missing}; add them to the suite feature "
+                f"lengths (has {sorted(feature_lengths)})"
+            )
+        self._evaluators = {}
+        for suite in suites:
+            sampled = suite in self_consistency_suites and num_samples > 1
+            self._evaluators[suite] = PredictionEvaluator(
+                suite,
+                feature_lengths[suite],
+                model,
+                partitioner,
+                params_shardings,
+                batch_size=batch_size,
+                split=split,
+                num_examples=num_examples,
+                temperature=temperature if sampled else 0.0,
+                num_samples=num_samples if sampled else 1,
+                seed=seed,
+                show_progress=show_progress,
+            )
+
+    def evaluate(self, params, step: int | None = None) -> dict[str, TaskMetrics]:
+        """{suite: {task: {metric: value}}}."""
+        return {
+            suite: evaluator.evaluate(params, step=step)
+            for suite, evaluator in self._evaluators.items()
+        }
+
+    def predictions(self) -> dict[str, dict[str, list[dict[str, str]]]]:
+        """{suite: PredictionEvaluator.predictions()} of the last evaluation."""
+        return {suite: evaluator.predictions() for suite, evaluator in self._evaluators.items()}
 
 
 class TeacherForcedEvaluator:

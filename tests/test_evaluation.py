@@ -1,7 +1,9 @@
 import dataclasses
 
 import jax
+import numpy as np
 import pytest
+import seqio
 
 import tasks.demo  # noqa: F401  (registers the demo tasks)
 from flan_jax import evaluation
@@ -32,3 +34,39 @@ def test_table_puts_evaluations_side_by_side():
         "|---|---|---:|---:|",
         "| t | accuracy | 0.0 | 87.5 |",
     ]
+
+
+@pytest.mark.parametrize(
+    "answers, chosen",
+    [
+        (["12", "7", "7", "12"], 0),  # a tie: the answer sampled first wins
+        (["", "5", "3", "5"], 1),  # the majority, at its first sample
+        (["", "", "4"], 2),  # nothing extracted is no vote
+        (["", ""], 0),
+    ],
+)
+def test_majority_vote(answers, chosen):
+    assert evaluation.majority_vote(answers) == chosen
+
+
+def test_self_consistency_scores_a_sample_with_the_majority_answer():
+    task = seqio.get_mixture_or_task("demo_arithmetic_cot")  # postprocessor: "So the answer is"
+    vocabulary = task.output_features["targets"].vocabulary
+    texts = ["3 + 1 = 4. So the answer is 4.", "3 - 1 = 2. So the answer is 2.",
+             "1 + 1 = 2. So the answer is 2."]
+    samples = np.zeros((3, 32), np.int32)
+    for row, text in enumerate(texts):
+        ids = vocabulary.encode(text) + [1]
+        samples[row, : len(ids)] = ids
+    kept = evaluation.PredictionEvaluator._vote(task, samples)
+    np.testing.assert_array_equal(kept, samples[1])
+
+
+def test_self_consistency_needs_sampling(tiny_config):
+    trainer = make_trainer(dataclasses.replace(tiny_config, vocab_size=512))
+    with pytest.raises(ValueError, match="num_samples=4 needs temperature > 0"):
+        evaluation.PredictionEvaluator(
+            "demo_sort", {"inputs": 32, "targets": 16}, trainer.model, trainer.partitioner,
+            trainer.params_shardings, batch_size=8, num_samples=4, temperature=0.0,
+        )
+

@@ -1,0 +1,122 @@
+"""`python -m flan_jax.evaluate` end to end on fixture benchmarks, and the suites evaluated
+during training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+import tensorflow as tf
+from matplotlib import image
+
+import tasks.eval
+from flan_jax import evaluate
+from flan_jax.interop import hf_t5
+from tasks import vocab
+from test_eval_loaders import SUBTASKS, write_benchmarks
+from test_train import REPO, train_in_process
+
+torch = pytest.importorskip("torch")
+from test_hf_t5 import save_hf_dir  # noqa: E402 (needs torch)
+from test_t5 import HF_CONFIGS, _hf_model  # noqa: E402
+
+LENGTHS = {suite: {"inputs": 160, "targets": 12} for suite in tasks.eval.SUITES}
+COMMON = [
+    "--gin_file=gin/eval/evaluate.gin",
+    f"--gin.SUBTASKS={SUBTASKS!r}",
+    f"--gin.SUITE_FEATURE_LENGTHS={LENGTHS!r}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.SELF_CONSISTENCY_SAMPLES=3",
+    "--gin.SELF_CONSISTENCY_SUITES=['mgsm']",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny random Flan-T5 as an HF directory and imported as a flan_jax checkpoint, and
+    fixture data for every suite."""
+    root = tmp_path_factory.mktemp("evaluate")
+    hf_dir = save_hf_dir(root / "hf", _hf_model(seed=0, overrides=HF_CONFIGS[0]))
+    hf_t5.import_hf(hf_dir, str(root / "checkpoint"))
+    data = write_benchmarks(root)
+    return root, hf_dir, data
+
+
+def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
+    root, hf_dir, data = setup
+    env = {**os.environ, **data}
+    mmlu_dir = env.pop(tasks.eval.DATA_DIR_ENVS["mmlu"])  # given through gin instead
+    out = root / "from_checkpoint"
+    result = subprocess.run(
+        [sys.executable, "-m", "flan_jax.evaluate", *COMMON,
+         f"--gin.CHECKPOINT_PATH='{root / 'checkpoint'}'", f"--gin.OUTPUT_DIR='{out}'",
+         f"--gin.MMLU_DIR='{mmlu_dir}'", "--gin.LABEL='tiny'"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "examples/s  ETA" in result.stderr
+    record = json.loads((out / "results.json").read_text())
+    assert list(record["scores"]) == list(tasks.eval.SUITES)
+    assert record["tasks"]["mmlu_cot"].keys() == {"mmlu_cot_anatomy"}
+    assert record["tasks"]["mgsm"].keys() == {"mgsm_de", "mgsm_zh"}
+    tydiqa_score = pytest.approx(record["scores"]["tydiqa"])
+    assert record["tasks"]["tydiqa"] == {"tydiqa_swahili": {"exact_match": tydiqa_score}}
+    assert record["self_consistency"] == {"suites": ["mgsm"], "num_samples": 3, "temperature": 0.7}
+    assert isinstance(record["normalized_average"], float)
+    table = (out / "results.md").read_text()
+    assert table.splitlines()[-1].startswith("| **tiny** | ") and table.count("(paper)") == 6
+    assert table.splitlines()[-1] in result.stdout
+    assert image.imread(out / "results.png").ndim == 3
+    predictions = (out / "predictions" / "mgsm.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in predictions]
+    assert [(line["task"], line["targets"]) for line in lines] == [
+        ("mgsm_de", "2"), ("mgsm_de", "1234"), ("mgsm_zh", "3")
+    ]
+    assert lines[0]["inputs"].endswith("Schritt-für-Schritt-Antwort:")
+    assert isinstance(lines[0]["prediction"], str)
+
+    # The HF directory itself, in-process: same weights and vocabulary, so the same scores
+    # (greedy TyDiQA, self-consistent MGSM with the same seed).
+    for name, path in data.items():
+        monkeypatch.setenv(name, path)
+    try:
+        evaluate.main([*COMMON, f"--gin.HF_DIR='{hf_dir}'", f"--gin.OUTPUT_DIR='{root / 'from_hf'}'",
+                       "--gin.SUITES=['tydiqa', 'mgsm']"])
+    finally:
+        gin.clear_config()
+        tasks.eval.register_suites()
+    from_hf = json.loads((root / "from_hf" / "results.json").read_text())
+    assert from_hf["model"] == "hf" and from_hf["normalized_average"] is None
+    assert from_hf["tasks"] == {suite: record["tasks"][suite] for suite in ("tydiqa", "mgsm")}
+
+
+def test_unknown_data_dir_key_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="data_dirs key 'mmmlu' is not a benchmark"):
+        evaluate.evaluate(output_dir=str(tmp_path), suite_feature_lengths=LENGTHS, partitioner=None,
+                          data_dirs={"mmmlu": "/x"})
+
+
+def test_suites_are_scored_and_logged_during_training(setup, tmp_path, monkeypatch):
+    _, _, data = setup
+    for name, path in data.items():
+        monkeypatch.setenv(name, path)
+    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, vocab.demo_vocabulary().sentencepiece_model_file)
+    monkeypatch.chdir(REPO)
+    try:
+        train_in_process(
+            tmp_path, 2, "--gin_file=gin/eval/during_training.gin", "--gin.EVAL_SUITES_EVERY=1",
+            "--gin.EVAL_SUITES_NUM_EXAMPLES=1", "--gin.EVAL_SUITE_NAMES=['mgsm']",
+            f"--gin.EVAL_SUBTASKS={SUBTASKS!r}",
+        )
+    finally:
+        tasks.eval.register_suites()
+    assert os.listdir(tmp_path / "benchmarks") == ["mgsm"]
+    events = tmp_path / "benchmarks" / "mgsm"
+    logged = {}
+    for name in os.listdir(events):
+        for event in tf.compat.v1.train.summary_iterator(str(events / name)):
+            for value in event.summary.value:
+                logged.setdefault(value.tag, []).append(event.step)
+    assert logged == {tag: [1, 2] for tag in ("score", "mgsm_de/accuracy", "mgsm_zh/accuracy")}
