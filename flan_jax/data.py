@@ -37,6 +37,74 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
         ) from None
 
 
+def check_lengths(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    *,
+    split: str = "train",
+    examples_per_task: int = 100,
+) -> str | None:
+    """Reads the first examples of each task untrimmed. Raises for a task that yields none;
+    returns a warning counting the examples seqio will silently truncate (None if none).
+
+    seqio cuts every feature to its length without a word; this says how much is lost
+    before the run spends its budget on clipped targets.
+    """
+    over: dict[tuple[str, str], list[int]] = {}
+    checked = 0
+    for task in seqio.get_subtasks(get_mixture_or_task(mixture_or_task_name)):
+        ds = task.get_dataset(
+            sequence_length=None, split=split, shuffle=False, num_epochs=1, use_cached=False
+        )
+        seen = 0
+        for example in ds.take(examples_per_task).as_numpy_iterator():
+            seen += 1
+            for feature, limit in task_feature_lengths.items():
+                if len(example[feature]) > limit:
+                    over.setdefault((task.name, feature), []).append(len(example[feature]))
+        if not seen:
+            raise ValueError(
+                f"task {task.name!r} has no examples in split {split!r}: its data source is "
+                f"empty ({_describe_source(task.source, split)}). Check the files or function "
+                f"behind it, or remove the task from {mixture_or_task_name!r}."
+            )
+        checked += seen
+    if not over:
+        return None
+    total = sum(len(lengths) for lengths in over.values())
+    details = ", ".join(
+        f"{task} {feature} {len(lengths)} (longest {max(lengths)} tokens)"
+        for (task, feature), lengths in sorted(over.items())
+    )
+    return (
+        f"warning: {total} features of the {checked} examples checked (the first "
+        f"{examples_per_task} of each task's {split!r} split) are longer than "
+        f"TASK_FEATURE_LENGTHS {dict(task_feature_lengths)} and will be truncated: {details}. "
+        "Raise TASK_FEATURE_LENGTHS to keep them whole."
+    )
+
+
+def check_vocabulary(mixture_or_task_name: str, model_vocab_size: int) -> None:
+    """Refuses a task whose vocabulary has more ids than the model's embedding: XLA clamps
+    out-of-range ids to the last row, so the run would train on garbage without an error."""
+    for task in seqio.get_subtasks(get_mixture_or_task(mixture_or_task_name)):
+        for name, feature in task.output_features.items():
+            size = feature.vocabulary.vocab_size
+            if size > model_vocab_size:
+                raise ValueError(
+                    f"task {task.name!r} feature {name!r} uses a vocabulary of {size} ids but "
+                    f"the model's VOCAB_SIZE is {model_vocab_size}: ids past "
+                    f"{model_vocab_size - 1} have no embedding. Use a model (or checkpoint) "
+                    "built for this vocabulary, or set VOCAB_SIZE >= the vocabulary size."
+                )
+
+
+def _describe_source(source: seqio.DataSource, split: str) -> str:
+    if isinstance(source, seqio.FileDataSource):
+        return f"{type(source).__name__} over {source.list_shards(split)}"
+    return type(source).__name__
+
+
 def feature_converter(model, *, pack: bool) -> seqio.FeatureConverter:
     return getattr(seqio, model.FEATURE_CONVERTER)(pack=pack)
 

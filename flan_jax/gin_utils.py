@@ -4,8 +4,10 @@ and the multi-process flags every entry point shares."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import re
 from typing import Sequence
 
 import gin
@@ -59,8 +61,59 @@ def parse(argv: Sequence[str], description: str) -> argparse.Namespace:
     logging.getLogger().addFilter(_HIDE_SEARCH_MISSES)
     for path in search_paths:
         gin.add_config_file_search_path(path)
-    gin.parse_config_files_and_bindings(args.gin_file, bindings, finalize_config=True)
+    try:
+        gin.parse_config_files_and_bindings(args.gin_file, bindings, finalize_config=True)
+    except ValueError as e:
+        required = _REQUIRED_NOT_SET.match(str(e))
+        if not required:
+            raise
+        name = required.group(1).removesuffix("/macro.value")
+        raise ValueError(
+            f"{name} is required by {', '.join(args.gin_file)} but was not set: pass "
+            f"--gin.{name}=VALUE (strings in inner quotes, e.g. --gin.MODEL_DIR=\"'/tmp/run'\") "
+            "or set it in your run file."
+        ) from None
+    check_macros_used(bindings)
     return args
+
+
+_REQUIRED_NOT_SET = re.compile(r"(\S+) set to `%gin.REQUIRED` but not subsequently overridden")
+
+
+def check_macros_used(bindings: Sequence[str]) -> None:
+    """Refuses `--gin.NAME=VALUE` for an UPPER_CASE macro that no loaded gin file uses: gin
+    would accept it and the run would silently ignore the setting (a typo'd TRAIN_STEPS)."""
+    referenced = _referenced_macros()
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if "." in name or "/" in name or name in referenced:
+            continue
+        close = difflib.get_close_matches(name, sorted(referenced), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"--gin.{binding}: no loaded gin file uses the macro {name}, so it would be "
+            f"ignored.{hint} The macros these files use: {', '.join(sorted(referenced))}."
+        )
+
+
+def _referenced_macros() -> set[str]:
+    """Names of the macros (`%NAME`) that the parsed bindings refer to."""
+    names = set()
+
+    def visit(value):
+        if isinstance(value, gin.config.ConfigurableReference):
+            if value.selector == "gin.macro":
+                names.add(value.scoped_selector.rsplit("/", 1)[0])
+        elif isinstance(value, (list, tuple, set)):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    for parameters in gin.config._CONFIG.values():  # gin has no public view of its bindings
+        visit(parameters)
+    return names
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id) -> None:

@@ -12,13 +12,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import signal
 import sys
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
 import optax
 
-from flan_jax import checkpoints, data, evaluation, flops, gin_utils, optim, partitioning, summaries
+from flan_jax import checkpoints, data, evaluation, flops, gin_utils, optim, partitioning
+from flan_jax import report, summaries
 from flan_jax.trainer import TrainState, Trainer
 
 
@@ -30,6 +31,9 @@ def _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed) 
         "batch_size": batch_size,
         "seed": seed,
     }
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class _Preemption:
@@ -70,12 +74,27 @@ def train(
     eval_every: int | None = None,
     predict_eval: bool = True,
     peak_flops_per_device: float | None = None,
+    eval_suites: Sequence[str] = (),
+    eval_suites_every: int | None = None,
+    eval_suites_num_examples: int | None = 8,
+    nonfinite: str = "stop",
+    checkpoint_fallback: bool = False,
+    length_check_examples: int = 100,
 ) -> tuple[TrainState, dict]:
     """Trains to `train_steps`; returns the final state and the decode-and-score results by step.
 
     `predict_eval` decodes each task's `eval_split` before and after training; `eval_every`
     measures its teacher-forced loss and token accuracy every that many steps.
+    `eval_suites` (mixtures, e.g. the benchmark suites of `tasks.eval`) are decoded and scored
+    on `eval_suites_num_examples` examples per task every `eval_suites_every` steps, and
+    logged under benchmarks/ in TensorBoard.
+    `nonfinite` is what a NaN/inf loss, gradient or update does: 'stop' raises naming the
+    step (nothing of it is saved), 'skip' drops that batch's update and goes on.
+    `checkpoint_fallback` resumes from the newest intact checkpoint when the latest is
+    corrupt. `length_check_examples` examples of each task are checked for truncation.
     """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"NONFINITE={nonfinite!r} must be one of {NONFINITE_POLICIES}.")
     model_dir = os.path.abspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     if jax.process_index() == 0:
@@ -88,7 +107,13 @@ def train(
         flush=True,
     )
     identity = _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed)
-    data.get_mixture_or_task(mixture_or_task_name)
+    data.check_vocabulary(mixture_or_task_name, model.config.vocab_size)
+    if length_check_examples:
+        truncation = data.check_lengths(
+            mixture_or_task_name, task_feature_lengths, examples_per_task=length_check_examples
+        )
+        if truncation:
+            print(truncation, flush=True)
 
     trainer = Trainer(
         model,
@@ -97,9 +122,12 @@ def train(
         learning_rate_fn=learning_rate_fn,
         num_microbatches=num_microbatches,
         seed=seed,
+        skip_nonfinite=nonfinite == "skip",
     )
     checkpointer = checkpoints.Checkpointer(model_dir, max_to_keep=keep_checkpoints)
-    state = _initial_state(trainer, checkpointer, identity, initial_checkpoint_path, seed)
+    state = _initial_state(
+        trainer, checkpointer, identity, initial_checkpoint_path, seed, checkpoint_fallback
+    )
     start_step = int(state.step)
     print(f"model_dir {model_dir}: starting at step {start_step} of {train_steps}", flush=True)
 
@@ -145,6 +173,19 @@ def train(
             num_examples=eval_num_examples,
         )
 
+    suite_evaluator = None
+    if eval_suites and eval_suites_every:
+        suite_evaluator = evaluation.SuiteEvaluator(
+            eval_suites,
+            {suite: task_feature_lengths for suite in eval_suites},
+            model,
+            partitioner,
+            trainer.params_shardings,
+            batch_size=eval_batch_size or batch_size,
+            split="test",
+            num_examples=eval_suites_num_examples,
+        )
+
     dataset = data.train_dataset(
         mixture_or_task_name,
         task_feature_lengths,
@@ -155,12 +196,24 @@ def train(
     )
     preemption = _Preemption()
     step = start_step
+    skipped = []  # steps whose non-finite update NONFINITE='skip' dropped
+
+    def check_finite(checked_step, checked_metrics):
+        if not float(checked_metrics["finite"]):
+            _handle_nonfinite(checked_step, checked_metrics, nonfinite, checkpointer, skipped)
+
+    unchecked = None  # the newest step whose `finite` flag has not been read yet
     try:
         for batch in data.global_batches(dataset, partitioner):
             if step >= train_steps:
                 break
             state, metrics = trainer.train_step(state, batch)
             step += 1
+            # Reading a step's flag waits for it: read the previous step's, so the host
+            # queues each step while the one before runs. A state is checked before saving.
+            if unchecked:
+                check_finite(*unchecked)
+            unchecked = (step, metrics)
             if progress.should_log(step):
                 progress.train(step, metrics)
             if teacher_forced and (step % eval_every == 0 or step == train_steps):
@@ -168,17 +221,34 @@ def train(
                     progress.scalars(f"eval/{task}", step, values)
                     shown = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in values.items())
                     print(f"  eval {task}: {shown}", flush=True)
+            if suite_evaluator and (step % eval_suites_every == 0 or step == train_steps):
+                _log_benchmarks(progress, step, suite_evaluator.evaluate(state.params, step=step))
+            if preemption.requested or step % checkpoint_every == 0 or step == train_steps:
+                check_finite(step, metrics)
+                unchecked = None
             if preemption.requested:
                 checkpointer.save(step, state, {**identity, "step": step}, force=True)
                 print(f"checkpoint at step {step} saved after SIGTERM; exiting.", flush=True)
                 break
             if step % checkpoint_every == 0 or step == train_steps:
                 checkpointer.save(step, state, {**identity, "step": step}, force=True)
+        else:
+            if step < train_steps:
+                raise RuntimeError(
+                    f"the data of {mixture_or_task_name!r} ran out after {step} of {train_steps} "
+                    "steps; the training split is empty or smaller than one batch of "
+                    f"{batch_size}: check its data source."
+                )
     finally:
         preemption.restore()
         checkpointer.wait_until_finished()
         checkpointer.close()
 
+    if skipped:
+        print(
+            f"NONFINITE='skip' dropped the updates of {len(skipped)} steps: {skipped}",
+            flush=True,
+        )
     if evaluator is not None and step > start_step:
         evaluate(step)
         print(evaluation.format_table(results), flush=True)
@@ -186,10 +256,51 @@ def train(
     return state, results
 
 
-def _initial_state(trainer, checkpointer, identity, initial_checkpoint_path, seed) -> TrainState:
+def _log_benchmarks(progress, step, results) -> None:
+    """Each suite's score and task metrics to TensorBoard (benchmarks/<suite>) and stdout."""
+    for name, values in report.summary_scalars(results).items():
+        progress.scalars(name, step, values)
+        headline = values.get("score", values.get("normalized_average"))
+        print(f"  {name}: {headline:.1f}", flush=True)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss, gradients or update of a step were NaN or infinite under NONFINITE='stop'."""
+
+
+def _handle_nonfinite(step, metrics, policy, checkpointer, skipped: list[int]) -> None:
+    """NONFINITE='skip': the trainer already dropped the update; record and say so.
+    'stop': raise before anything of this state can be saved."""
+    values = f"loss {float(metrics['loss'])}, grad_norm {float(metrics['grad_norm'])}"
+    if policy == "skip":
+        skipped.append(step)
+        print(
+            f"step {step}: non-finite loss, gradients or update ({values}); batch skipped, "
+            f"parameters unchanged ({len(skipped)} skipped so far)",
+            flush=True,
+        )
+        return
+    checkpointer.wait_until_finished()
+    latest = checkpointer.latest_step()
+    kept = "no checkpoint was saved yet" if latest is None else (
+        f"the last checkpoint, step {latest} in {checkpointer.directory}, is intact"
+    )
+    raise NonFiniteLossError(
+        f"step {step}: the loss, gradients or update is NaN or infinite ({values}). Stopped "
+        f"without saving this state; {kept}. Lower LEARNING_RATE or check the data, or set "
+        "--gin.NONFINITE=\"'skip'\" to skip such batches."
+    )
+
+
+def _initial_state(
+    trainer, checkpointer, identity, initial_checkpoint_path, seed, checkpoint_fallback
+) -> TrainState:
     latest = checkpointer.latest_step()
     if latest is not None:
-        state, data_state = checkpointer.restore(trainer.abstract_state, latest)
+        state, data_state = checkpointer.restore(
+            trainer.abstract_state, fallback=checkpoint_fallback
+        )
+        latest = int(state.step)
         saved = {k: data_state.get(k) for k in identity}
         if saved != identity:
             raise ValueError(

@@ -51,7 +51,11 @@ class Trainer:
         learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
         num_microbatches: int = 1,
         seed: int = 0,
+        skip_nonfinite: bool = False,
     ):
+        """`skip_nonfinite`: a step whose loss, gradients or update is NaN or infinite leaves
+        params and optimizer state as they were (the step counter still advances, as the
+        batch is consumed). Either way the step reports `finite` (1.0 or 0.0)."""
         if num_microbatches < 1:
             raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
         self.model = model
@@ -59,6 +63,7 @@ class Trainer:
         self.partitioner = partitioner
         self.learning_rate_fn = learning_rate_fn
         self.num_microbatches = num_microbatches
+        self.skip_nonfinite = skip_nonfinite
         self._dropout_key = jax.random.key(seed + 1)
 
         abstract_boxed = jax.eval_shape(model.init, jax.random.key(0))
@@ -147,6 +152,19 @@ class Trainer:
         params = optax.apply_updates(state.params, updates)
         metrics = normalize_sums(sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        finite = (
+            jnp.isfinite(metrics["loss"])
+            & jnp.isfinite(metrics["grad_norm"])
+            & jnp.isfinite(optax.tree.norm(updates))
+        )
+        metrics["finite"] = finite.astype(jnp.float32)
+        if self.skip_nonfinite:
+
+            def keep_if_finite(new, old):
+                return jnp.where(finite, new, old)
+
+            params = jax.tree.map(keep_if_finite, params, state.params)
+            opt_state = jax.tree.map(keep_if_finite, opt_state, state.opt_state)
         metrics["nonpadding_fraction"] = sums["num_tokens"] / batch["decoder_target_tokens"].size
         if self.learning_rate_fn is not None:
             metrics["learning_rate"] = self.learning_rate_fn(state.step)
