@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
+
+# Rewrites BENCHMARKS.md (~20 min on 2 CPU cores); BENCH_QUICK=1 is a few-minute smoke run.
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run $(if $(BENCH_QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

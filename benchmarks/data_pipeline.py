@@ -1,0 +1,131 @@
+"""The input pipeline: a mixture through seqio with packing, the way `flan_jax.train` reads it
+(`flan_jax.data.train_dataset`), against what the trainer consumes at T5-base."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import numpy as np
+
+from benchmarks import _common, scaling
+
+LENGTHS = {"inputs": 2048, "targets": 512}
+BATCH_SIZE = 8
+BATCHES_PER_RUN = 16
+TARGET_EFFICIENCY = 0.95
+# What the trainer's consumption is measured at: T5-base, batch 1, the paper's lengths.
+CONSUMER = {"size": "base", "batch_size": 1}
+QUICK_CONSUMER = {"size": "tiny", "batch_size": 1}
+
+
+def setup_pipeline(mixture, lengths):
+    """mixture is "module:name": the module registers it. Pulls one batch before timing
+    (vocabulary loading, graph building, first shuffle-buffer fill)."""
+    from flan_jax import data
+    from flan_jax.models.base import EncoderDecoderModel
+    from flan_jax.models.t5 import T5Config
+
+    module, name = mixture.split(":")
+    importlib.import_module(module)
+    start = time.perf_counter()
+    dataset = data.train_dataset(
+        name, lengths, EncoderDecoderModel(T5Config()), global_batch_size=BATCH_SIZE, seed=0
+    )
+    batches = dataset.as_numpy_iterator()
+    next(batches)
+    info = {"first_batch_s": time.perf_counter() - start}
+
+    def run():
+        counts = {"examples": 0, "input_tokens": 0, "target_tokens": 0}
+        start = time.perf_counter()
+        for _ in range(BATCHES_PER_RUN):
+            batch = next(batches)
+            # Packed segments are numbered 1..k in each row: the row's maximum is k.
+            counts["examples"] += int(batch["encoder_segment_ids"].max(axis=1).sum())
+            counts["input_tokens"] += int(np.count_nonzero(batch["encoder_input_tokens"]))
+            counts["target_tokens"] += int(np.count_nonzero(batch["decoder_target_tokens"]))
+        return {"seconds": time.perf_counter() - start, **counts}
+
+    return info, run
+
+
+def matched_lengths(measured: dict) -> dict:
+    """Input length 2048 and the target length that matches the mixture's measured ratio of
+    target to input tokens (rounded up to a multiple of 8), so both sides fill together."""
+    targets = LENGTHS["inputs"] * measured["target_to_input_tokens"]
+    return {"inputs": LENGTHS["inputs"], "targets": int(8 * np.ceil(targets / 8))}
+
+
+def _pipeline_row(mixture: str, lengths: dict, repetitions: int) -> dict:
+    args = {"mixture": mixture, "lengths": lengths}
+    with _common.Worker("data_pipeline", "pipeline", args, _common.CPU_ENV) as worker:
+        (runs,) = _common.alternate([worker], repetitions)
+    seconds = _common.median(runs)
+    rows = BATCH_SIZE * BATCHES_PER_RUN
+    per_run = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+    return {
+        "mixture": mixture,
+        "lengths": f"{lengths['inputs']}/{lengths['targets']}",
+        "rows_per_s": rows / seconds,
+        "examples_per_s": per_run["examples"] / seconds,
+        "tokens_per_s": (per_run["input_tokens"] + per_run["target_tokens"]) / seconds,
+        "input_efficiency": per_run["input_tokens"] / (rows * lengths["inputs"]),
+        "target_efficiency": per_run["target_tokens"] / (rows * lengths["targets"]),
+        "efficiency": (per_run["input_tokens"] + per_run["target_tokens"])
+        / (rows * sum(lengths.values())),
+        "target_to_input_tokens": per_run["target_tokens"] / per_run["input_tokens"],
+        "examples_per_row": per_run["examples"] / rows,
+    }
+
+
+def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
+    """mixtures: "module:name" strings; one that cannot be built is reported, not fatal."""
+    measured, failed = [], []
+    for mixture in mixtures:
+        try:
+            paper = _pipeline_row(mixture, LENGTHS, repetitions)
+        except _common.WorkerError as error:
+            failed.append((mixture, str(error).strip().splitlines()[-1]))
+            continue
+        measured += [paper, _pipeline_row(mixture, matched_lengths(paper), repetitions)]
+
+    consumer = QUICK_CONSUMER if quick else CONSUMER
+    seconds, _, _ = scaling.step_time(
+        consumer["size"], consumer["batch_size"], LENGTHS["inputs"], LENGTHS["targets"], repetitions
+    )
+    consumed_rows = consumer["batch_size"] / seconds
+    rows = [
+        (m["mixture"], m["lengths"], f"{m['rows_per_s']:.1f}", f"{m['examples_per_s']:.0f}",
+         f"{m['tokens_per_s']:.0f}", f"{m['examples_per_row']:.1f}",
+         f"{100 * m['input_efficiency']:.1f}% / {100 * m['target_efficiency']:.1f}%",
+         f"**{100 * m['efficiency']:.1f}%** ({_common.verdict(m['efficiency'], TARGET_EFFICIENCY)})",
+         f"{m['rows_per_s'] / consumed_rows:.0f}x")
+        for m in measured
+    ]  # fmt: skip
+    lengths = f"{LENGTHS['inputs']}/{LENGTHS['targets']}"
+    markdown = f"""`flan_jax.data.train_dataset` (seqio, shuffled, repeated, `EncDecFeatureConverter`
+with packing at {lengths}), batches of {BATCH_SIZE} rows; a repetition pulls {BATCHES_PER_RUN}
+batches in one process that does nothing else. Tokens are non-padding positions of inputs and
+targets; packing efficiency is the non-padding fraction (inputs / targets, and both together).
+
+The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
+{consumer['batch_size']} x {lengths}, measured: median step {seconds:.2f} s of {repetitions}),
+{consumed_rows:.3f} packed rows/s, i.e. {consumed_rows * sum(LENGTHS.values()):.0f} positions/s;
+"headroom" is rows produced / rows consumed.
+
+Each mixture's second row packs at 2048 inputs and the target length matched to its measured
+ratio of target to input tokens (`matched_lengths`): with 2048/512 the side whose data runs
+out of room first (targets, when a mixture has more than 1 target token per 4 input tokens)
+closes each row while the other is still partly empty, so that row separates what the
+lengths cost from what the packer costs. What remains is the packer's: seqio's
+`EncDecFeatureConverter(pack=True)` packs with TF ops that keep one open row and close it at
+the first example that does not fit in inputs or targets (seqio's first-fit custom ops need
+tensor2tensor, which is not installable here); `data.py` uses it as T5X does.
+
+{_common.table(("mixture", "lengths", "rows/s", "examples/s", "tokens/s", "examples/row", "efficiency inputs / targets", "efficiency", "headroom"), rows)}
+"""
+    for mixture, reason in failed:
+        markdown += f"\n- `{mixture}` could not be measured: {reason}\n"
+    return {"mixtures": measured, "failed": failed, "consumed_rows_per_s": consumed_rows,
+            "markdown": markdown}  # fmt: skip

@@ -1,0 +1,161 @@
+"""`make bench`: runs every comparison and rewrites BENCHMARKS.md.
+
+  python -m benchmarks.run [--quick] [--repetitions N] [--only train,decode,...]
+                           [--mixtures tasks.demo:flan_demo,...] [--output BENCHMARKS.md]
+
+--quick is a smoke run (2 repetitions, fewer and smaller scaling points, a tiny trainer for
+the data comparison): the harness works, the figures are not the ones to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from benchmarks import _common, data_pipeline, decode_t5, gpu, peak, scaling, train_t5
+
+SECTIONS = ("train", "decode", "data", "scaling", "gpu")
+DEFAULT_MIXTURES = ("tasks.demo:flan_demo",)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", "import jax, torch, transformers, seqio; print("
+         "f'jax {jax.__version__}, torch {torch.__version__}, transformers "
+         "{transformers.__version__}, seqio {seqio.__version__}')"],
+        capture_output=True, text=True, env={**os.environ, **_common.CPU_ENV}, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=_common.REPO_ROOT)  # fmt: skip
+    return out.stdout.strip() or "unknown"
+
+
+def _summary(results: dict) -> str:
+    rows = []
+    if "train" in results:
+        t = results["train"]
+        rows.append(("training tokens/s, flan_jax / transformers", f"{t['ratio']:.2f}x", ">= 1.5x",
+                     _common.verdict(t["ratio"], train_t5.TARGET_RATIO)))  # fmt: skip
+        for side, s in t["sides"].items():
+            target = f">= {100 * train_t5.TARGET_MFU:.0f}%" if side == "flan_jax" else "-"
+            met = _common.verdict(s["mfu"], train_t5.TARGET_MFU) if side == "flan_jax" else "-"
+            rows.append((f"training MFU, {side} (CPU fp32)", f"{100 * s['mfu']:.1f}%", target, met))
+    if "decode" in results:
+        d = results["decode"]
+        rows.append(("greedy decoding tokens/s, flan_jax / transformers", f"{d['ratio']:.2f}x",
+                     ">= 2x", _common.verdict(d["ratio"], decode_t5.TARGET_RATIO)))  # fmt: skip
+    for m in results.get("data", {}).get("mixtures", []):
+        rows.append((f"packing efficiency, {m['mixture']} at {m['lengths']}",
+                     f"{100 * m['efficiency']:.1f}%", ">= 95%",
+                     _common.verdict(m["efficiency"], data_pipeline.TARGET_EFFICIENCY)))  # fmt: skip
+    if "gpu" in results:
+        mfu = results["gpu"]["mfu"]
+        rows.append(("GPU training MFU (T5-XL, bf16)",
+                     "not measured" if mfu is None else f"{100 * mfu:.1f}%", ">= 45%",
+                     "-" if mfu is None else _common.verdict(mfu, gpu.TARGET_MFU)))  # fmt: skip
+    return _common.table(("figure", "measured", "target", ""), rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions, fewer points")
+    parser.add_argument("--repetitions", type=int, help="timed repetitions per side (default 5; 2 with --quick)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--mixtures", default=",".join(DEFAULT_MIXTURES),
+                        help="module:mixture pairs for the data section; the module registers the mixture")
+    parser.add_argument("--output", default=os.path.join(_common.REPO_ROOT, "BENCHMARKS.md"))
+    args = parser.parse_args(argv)  # fmt: skip
+    sections = [s for s in args.only.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        parser.error(f"--only: unknown sections {unknown}; choose from {SECTIONS}")
+    repetitions = args.repetitions or (2 if args.quick else 5)
+    if repetitions < 1:
+        parser.error(f"--repetitions={repetitions} must be >= 1")
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    log = lambda message: print(f"[bench {time.perf_counter() - started:6.0f}s] {message}", flush=True)
+    results, bodies = {}, []
+    log("measuring the fp32 matmul peak")
+    machine_peak = peak.measure(repetitions)
+    bodies.append(("Machine peak (fp32 matmul)", machine_peak["markdown"]))
+    steps = {
+        "train": ("1. Training throughput against transformers (CPU)",
+                  lambda: train_t5.measure(repetitions, machine_peak["peak_gflops"])),
+        "decode": ("2. Greedy decoding against transformers generate() (CPU)",
+                   lambda: decode_t5.measure(repetitions)),
+        "data": ("3. Data pipeline and packing",
+                 lambda: data_pipeline.measure(args.mixtures.split(","), repetitions, args.quick)),
+        "scaling": ("4. Scaling: step time against sequence length and model size",
+                    lambda: scaling.measure(repetitions, machine_peak["peak_gflops"], args.quick)),
+        "gpu": ("5. GPU", lambda: gpu.measure(repetitions)),
+    }  # fmt: skip
+    for done, name in enumerate(sections, 1):
+        title, run = steps[name]
+        log(f"{name}: {title}")
+        results[name] = run()
+        bodies.append((title, results[name]["markdown"]))
+        # Rewritten after every section, so an interrupted run still leaves its figures.
+        minutes = (time.perf_counter() - started) / 60
+        _write(args, repetitions, results, bodies, minutes, load_before, sections[done:])
+    log(f"wrote {args.output} ({minutes:.1f} min)")
+
+
+def _write(args, repetitions, results, bodies, minutes, load_before, pending) -> None:
+    command = "make bench" + (" BENCH_QUICK=1" if args.quick else "")
+    status = (
+        f"**Incomplete: still to run: {', '.join(pending)}** (after {minutes:.1f} minutes)"
+        if pending
+        else f"it took {minutes:.1f} minutes"
+    )
+    header = f"""# Benchmarks
+
+Generated by `{command}` (`python -m benchmarks.run{' --quick' if args.quick else ''}`) on
+{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_git_commit()};
+{status}. Do not edit by hand: rerun `make bench`.
+
+- Machine: {_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()},
+  Python {platform.python_version()}; {_versions()}.
+- Load: 1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the
+  end, on {os.cpu_count()} cores. Above the core count other processes share the cores: the
+  ratios hold (both sides suffer alike), absolute figures and MFU drop.
+- Threads: every worker uses all {os.cpu_count()} cores (XLA's CPU client by default,
+  `torch.set_num_threads({os.cpu_count()})` for torch).
+- Method: each side runs in its own worker process under one driver; each side's setup
+  builds its model and makes one untimed call (for flan_jax: the compile), then the driver
+  runs {repetitions} timed repetitions alternating A, B, A, B, so drift of the machine hits
+  both sides alike.
+  Figures are medians; ranges are min-max of the repetitions.{' **Quick run: smoke figures only.**' if args.quick else ''}
+
+## Summary
+
+{_summary(results)}
+"""
+    text = header + "".join(f"\n## {title}\n\n{body}" for title, body in bodies)
+    with open(args.output, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
