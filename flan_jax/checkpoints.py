@@ -171,9 +171,7 @@ class Checkpointer:
         except Exception as error:
             step = self._saving_step
             if jax.process_index() == 0:
-                pattern = os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")
-                for partial in glob.glob(pattern):
-                    shutil.rmtree(partial, ignore_errors=True)
+                _remove_partial_save(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))
             self._manager.reload()
             intact = [s for s in self.all_steps() if s != step]
             cause = "the disk is full" if _is_out_of_space(error) else "the write failed"
@@ -190,6 +188,17 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _remove_partial_save(pattern: str, attempts: int = 50) -> None:
+    """Removes a failed save's directory. Orbax's other writers may still be finishing
+    after the first failure and recreate files in it, so retry until it stays gone."""
+    for _ in range(attempts):
+        for partial in glob.glob(pattern):
+            shutil.rmtree(partial, ignore_errors=True)
+        time.sleep(0.1)
+        if not glob.glob(pattern):
+            return
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:

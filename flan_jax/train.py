@@ -322,7 +322,11 @@ def _initial_state(
 def main(argv=None) -> None:
     gin_utils.parse(sys.argv[1:] if argv is None else argv, description=__doc__)
     # The run files bind every argument of `flan_jax.train.train` (dynamic registration).
-    gin.get_configurable(train)()
+    try:
+        gin.get_configurable(train)()
+    except checkpoints.CheckpointWriteError as e:
+        # One write, so Orbax's background threads, still failing, cannot split the message.
+        raise SystemExit(f"CheckpointWriteError: {e}") from None
 
 
 if __name__ == "__main__":

@@ -136,12 +136,14 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(r
         with_file_size_limit(256, train_command(run_dir, 6, *QUICK)),
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
-    assert result.returncode == 1, result.stderr[-3000:]
+    # Orbax's event loop may complain at exit after the failed save; show the rest.
+    errors = "\n".join(line for line in result.stderr.splitlines() if "Event loop" not in line)
+    assert result.returncode == 1, errors[-3000:]
     assert re.search(
         r"CheckpointWriteError: saving checkpoint step 6 to .*/checkpoints failed: the disk is "
         r"full .*File too large.*Earlier checkpoints \[2, 4\] are intact; free space",
         result.stderr,
-    ), result.stderr[-3000:]
+    ), errors[-3000:]
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]  # partial save removed
     for step in (2, 4):
         checkpoints.verify(str(run_dir / "checkpoints" / str(step)), step)
