@@ -220,8 +220,10 @@ def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Arra
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(head_dim) on the logits; caller supplies the additive bias.
 
-    Incremental decoding (decode=True) keeps state in the "cache" collection:
-    - self-attention: cached_key/cached_value [B, max_decode_length, heads, kv];
+    Incremental decoding (decode=True) keeps state in the "cache" collection, head-major
+    ([B, heads, length, kv]) so that each step's two attention dots read it in place; a
+    length-major cache costs a transpose of every layer's keys and values per step:
+    - self-attention: cached_key/cached_value [B, heads, max_decode_length, kv];
       each step writes the new key/value at `decode_index`.
     - cross-attention (cross_attention=True): the projected encoder keys/values, computed
       once so decoding steps do not redo the encoder-length projections.
@@ -267,14 +269,17 @@ class MultiHeadAttention(nn.Module):
             key = nn.with_logical_constraint(projection("key")(inputs_kv), head_axes)
             value = nn.with_logical_constraint(projection("value")(inputs_kv), head_axes)
             if decode:
-                key, value = self._update_self_cache(key, value, decode_index, max_decode_length)
+                key, value = self._update_self_cache(
+                    _heads_major(key), _heads_major(value), decode_index, max_decode_length
+                )
 
+        kv = "bhkd" if decode else "bkhd"
         logits = jnp.einsum(
-            "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+            f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32
         )
         weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not enable_dropout)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+        out = jnp.einsum(f"bhqk,{kv}->bqhd", weights.astype(self.dtype), value)
         out = nn.with_logical_constraint(out, head_axes)
         out = DenseGeneral(
             inputs_q.shape[-1],
@@ -290,8 +295,8 @@ class MultiHeadAttention(nn.Module):
         if self.has_variable("cache", "cached_key"):
             cached = lambda name: self.get_variable("cache", name)
             return cached("cached_key"), cached("cached_value")
-        key = projection("key")(inputs_kv)
-        value = projection("value")(inputs_kv)
+        key = _heads_major(projection("key")(inputs_kv))
+        value = _heads_major(projection("value")(inputs_kv))
         self.put_variable("cache", "cached_key", key)
         self.put_variable("cache", "cached_value", value)
         return key, value
@@ -300,17 +305,22 @@ class MultiHeadAttention(nn.Module):
         initializing = not self.has_variable("cache", "cached_key")
         if initializing and max_decode_length is None:
             raise ValueError("decode=True needs max_decode_length to size the KV cache")
-        cache_shape = (key.shape[0], max_decode_length, self.num_heads, self.head_dim)
+        cache_shape = (key.shape[0], self.num_heads, max_decode_length, self.head_dim)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, value.dtype)
         if initializing:
             return key, value
-        if key.shape[1] != 1:
-            raise ValueError(f"cached decoding takes one token per step, got length {key.shape[1]}")
-        start = (0, decode_index, 0, 0)
+        if key.shape[2] != 1:
+            raise ValueError(f"cached decoding takes one token per step, got length {key.shape[2]}")
+        start = (0, 0, decode_index, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
         return cached_key.value, cached_value.value
+
+
+def _heads_major(x: jax.Array) -> jax.Array:
+    """[B, length, heads, kv] -> [B, heads, length, kv], the layout of decoding caches."""
+    return x.transpose(0, 2, 1, 3)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
