@@ -17,7 +17,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax import partitioning
+from flan_jax import packing, partitioning
 
 # The input pipeline runs on the host; keep TensorFlow off the accelerators JAX uses.
 tf.config.set_visible_devices([], "GPU")
@@ -106,7 +106,8 @@ def _describe_source(source: seqio.DataSource, split: str) -> str:
 
 
 def feature_converter(model, *, pack: bool) -> seqio.FeatureConverter:
-    return getattr(seqio, model.FEATURE_CONVERTER)(pack=pack)
+    """The model's seqio feature converter, packing first-fit (`flan_jax.packing`)."""
+    return getattr(packing, model.FEATURE_CONVERTER)(pack=pack)
 
 
 def train_dataset(
@@ -119,11 +120,13 @@ def train_dataset(
     start_step: int = 0,
     split: str = "train",
     pack: bool = True,
+    converter: seqio.FeatureConverter | None = None,
 ) -> tf.data.Dataset:
     """Global batches, shuffled and repeated deterministically from `seed`.
 
     `start_step` skips the batches already trained on, so a resumed run continues with
-    exactly the batch an uninterrupted run would see next.
+    exactly the batch an uninterrupted run would see next. `converter` replaces the model's
+    `feature_converter` (the benchmarks compare seqio's own packer through it).
     """
     get_mixture_or_task(mixture_or_task_name)
     ds = seqio.get_dataset(
@@ -132,7 +135,7 @@ def train_dataset(
         dataset_split=split,
         shuffle=True,
         num_epochs=None,
-        feature_converter=feature_converter(model, pack=pack),
+        feature_converter=converter or feature_converter(model, pack=pack),
         seed=seed,
         use_cached=False,
     )
