@@ -26,6 +26,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Workers of CPU comparisons see only the CPU (libtpu is installed with the test extra and
 # would otherwise probe for a TPU) and use every core; TF and XLA stay quiet.
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# glibc malloc for both sides of a comparison with transformers: one arena, no mmap'd
+# chunks, no trimming, huge pages. XLA's CPU runtime allocates each step's temporaries afresh
+# (4.4 GB for the T5-small step) and by default glibc maps them anew, so the kernel
+# zero-fills every page each step: 1.3 M page faults, 2-5 s of system time (PROFILE.md).
+# Not for long runs: the heap never shrinks, and T5-base at 2048/512 ran out of memory.
+COMPARISON_ENV = {
+    **CPU_ENV,
+    "GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+    "glibc.malloc.trim_threshold=1099511627776:glibc.malloc.hugetlb=1",
+}
 
 
 class WorkerError(RuntimeError):
@@ -84,7 +94,10 @@ class Worker:
 
 def alternate(workers: Sequence[Worker], repetitions: int) -> list[list[dict]]:
     """Runs the workers in turn for `repetitions` rounds; returns each worker's results, in
-    the order given. Warm-up (compiling, allocating optimizer state) is the setups' job."""
+    the order given. Compiling is the setups' job; one untimed round first lets each side's
+    allocator reach its steady state (flan_jax's second step is still twice as slow)."""
+    for worker in workers:
+        worker.run()
     results = [[] for _ in workers]
     for _ in range(repetitions):
         for worker, out in zip(workers, results):
@@ -98,8 +111,8 @@ def compare_with_transformers(module: str, shape: Mapping[str, Any], repetitions
     Returns (flan_jax results, transformers results, flan_jax info, transformers info)."""
     with tempfile.TemporaryDirectory() as hf_dir:
         args = {"hf_dir": hf_dir, **shape}
-        with Worker(module, "flan_jax", args, CPU_ENV) as ours:
-            with Worker(module, "transformers", args, CPU_ENV) as theirs:
+        with Worker(module, "flan_jax", args, COMPARISON_ENV) as ours:
+            with Worker(module, "transformers", args, COMPARISON_ENV) as theirs:
                 our_runs, their_runs = alternate([ours, theirs], repetitions)
                 return our_runs, their_runs, ours.info, theirs.info
 

@@ -1,5 +1,6 @@
 """The input pipeline: a mixture through seqio with packing, the way `flan_jax.train` reads it
-(`flan_jax.data.train_dataset`), against what the trainer consumes at T5-base."""
+(`flan_jax.data.train_dataset`, first-fit packing), beside seqio's own packer on the same
+stream, against what the trainer consumes at T5-base."""
 
 from __future__ import annotations
 
@@ -19,22 +20,30 @@ CONSUMER = {"size": "base", "batch_size": 1}
 QUICK_CONSUMER = {"size": "tiny", "batch_size": 1}
 
 
-def setup_pipeline(mixture, lengths):
-    """mixture is "module:name": the module registers it. Pulls one batch before timing
-    (vocabulary loading, graph building, first shuffle-buffer fill)."""
-    from flan_jax import data
+PACKERS = ("flan_jax", "seqio")
+
+
+def setup_pipeline(mixture, lengths, packer):
+    """mixture is "module:name": the module registers it. packer "seqio" swaps in seqio's
+    `EncDecFeatureConverter(pack=True)`. Pulls one batch before timing (vocabulary loading,
+    graph building, first shuffle-buffer fill)."""
+    import seqio
+
+    from flan_jax import data, packing
     from flan_jax.models.base import EncoderDecoderModel
     from flan_jax.models.t5 import T5Config
 
     module, name = mixture.split(":")
     importlib.import_module(module)
     start = time.perf_counter()
+    converter = seqio.EncDecFeatureConverter(pack=True) if packer == "seqio" else None
     dataset = data.train_dataset(
-        name, lengths, EncoderDecoderModel(T5Config()), global_batch_size=BATCH_SIZE, seed=0
-    )
+        name, lengths, EncoderDecoderModel(T5Config()), global_batch_size=BATCH_SIZE, seed=0,
+        converter=converter,
+    )  # fmt: skip
     batches = dataset.as_numpy_iterator()
     next(batches)
-    info = {"first_batch_s": time.perf_counter() - start}
+    info = {"first_batch_s": time.perf_counter() - start, "open_rows": packing.OPEN_ROWS}
 
     def run():
         counts = {"examples": 0, "input_tokens": 0, "target_tokens": 0}
@@ -57,15 +66,18 @@ def matched_lengths(measured: dict) -> dict:
     return {"inputs": LENGTHS["inputs"], "targets": int(8 * np.ceil(targets / 8))}
 
 
-def _pipeline_row(mixture: str, lengths: dict, repetitions: int) -> dict:
-    args = {"mixture": mixture, "lengths": lengths}
+def _pipeline_row(mixture: str, lengths: dict, packer: str, repetitions: int) -> dict:
+    args = {"mixture": mixture, "lengths": lengths, "packer": packer}
     with _common.Worker("data_pipeline", "pipeline", args, _common.CPU_ENV) as worker:
         (runs,) = _common.alternate([worker], repetitions)
+        open_rows = worker.info["open_rows"]
     seconds = _common.median(runs)
     rows = BATCH_SIZE * BATCHES_PER_RUN
     per_run = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
     return {
         "mixture": mixture,
+        "packer": packer,
+        "open_rows": open_rows,
         "lengths": f"{lengths['inputs']}/{lengths['targets']}",
         "rows_per_s": rows / seconds,
         "examples_per_s": per_run["examples"] / seconds,
@@ -84,11 +96,15 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
     measured, failed = [], []
     for mixture in mixtures:
         try:
-            paper = _pipeline_row(mixture, LENGTHS, repetitions)
+            paper = _pipeline_row(mixture, LENGTHS, PACKERS[0], repetitions)
         except _common.WorkerError as error:
             failed.append((mixture, str(error).strip().splitlines()[-1]))
             continue
-        measured += [paper, _pipeline_row(mixture, matched_lengths(paper), repetitions)]
+        measured.append(paper)
+        for lengths in (LENGTHS, matched_lengths(paper)):
+            for packer in PACKERS:
+                if (lengths, packer) != (LENGTHS, PACKERS[0]):
+                    measured.append(_pipeline_row(mixture, lengths, packer, repetitions))
 
     consumer = QUICK_CONSUMER if quick else CONSUMER
     seconds, _, _ = scaling.step_time(
@@ -96,7 +112,7 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
     )
     consumed_rows = consumer["batch_size"] / seconds
     rows = [
-        (m["mixture"], m["lengths"], f"{m['rows_per_s']:.1f}", f"{m['examples_per_s']:.0f}",
+        (m["mixture"], m["lengths"], m["packer"], f"{m['rows_per_s']:.1f}", f"{m['examples_per_s']:.0f}",
          f"{m['tokens_per_s']:.0f}", f"{m['examples_per_row']:.1f}",
          f"{100 * m['input_efficiency']:.1f}% / {100 * m['target_efficiency']:.1f}%",
          f"**{100 * m['efficiency']:.1f}%** ({_common.verdict(m['efficiency'], TARGET_EFFICIENCY)})",
@@ -104,9 +120,13 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
         for m in measured
     ]  # fmt: skip
     lengths = f"{LENGTHS['inputs']}/{LENGTHS['targets']}"
-    markdown = f"""`flan_jax.data.train_dataset` (seqio, shuffled, repeated, `EncDecFeatureConverter`
-with packing at {lengths}), batches of {BATCH_SIZE} rows; a repetition pulls {BATCHES_PER_RUN}
-batches in one process that does nothing else. Tokens are non-padding positions of inputs and
+    markdown = f"""`flan_jax.data.train_dataset` (seqio, shuffled, repeated, packed at {lengths}),
+batches of {BATCH_SIZE} rows; a repetition pulls {BATCHES_PER_RUN} batches in one process that
+does nothing else. Packer "flan_jax" is what training uses: `flan_jax.packing`, first-fit into
+up to {measured[0]['open_rows'] if measured else '?'} open rows, closing the fullest when an example fits none. Packer "seqio" is
+seqio's `EncDecFeatureConverter(pack=True)` on the same stream: TF ops that keep one open row
+and close it at the first example that does not fit, and close the last row of every window
+of 128 examples (seqio's first-fit custom ops need tensor2tensor, not installable here). Tokens are non-padding positions of inputs and
 targets; packing efficiency is the non-padding fraction (inputs / targets, and both together).
 
 The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
@@ -117,13 +137,10 @@ The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
 Each mixture's second row packs at 2048 inputs and the target length matched to its measured
 ratio of target to input tokens (`matched_lengths`): with 2048/512 the side whose data runs
 out of room first (targets, when a mixture has more than 1 target token per 4 input tokens)
-closes each row while the other is still partly empty, so that row separates what the
-lengths cost from what the packer costs. What remains is the packer's: seqio's
-`EncDecFeatureConverter(pack=True)` packs with TF ops that keep one open row and close it at
-the first example that does not fit in inputs or targets (seqio's first-fit custom ops need
-tensor2tensor, which is not installable here); `data.py` uses it as T5X does.
+closes each row while the other is still partly empty, so those rows separate what the
+lengths cost from what the packer costs.
 
-{_common.table(("mixture", "lengths", "rows/s", "examples/s", "tokens/s", "examples/row", "efficiency inputs / targets", "efficiency", "headroom"), rows)}
+{_common.table(("mixture", "lengths", "packer", "rows/s", "examples/s", "tokens/s", "examples/row", "efficiency inputs / targets", "efficiency", "headroom"), rows)}
 """
     for mixture, reason in failed:
         markdown += f"\n- `{mixture}` could not be measured: {reason}\n"
