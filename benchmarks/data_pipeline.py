@@ -96,15 +96,13 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
     measured, failed = [], []
     for mixture in mixtures:
         try:
-            paper = _pipeline_row(mixture, LENGTHS, PACKERS[0], repetitions)
+            paper = _pipeline_row(mixture, LENGTHS, "flan_jax", repetitions)
         except _common.WorkerError as error:
             failed.append((mixture, str(error).strip().splitlines()[-1]))
             continue
-        measured.append(paper)
-        for lengths in (LENGTHS, matched_lengths(paper)):
-            for packer in PACKERS:
-                if (lengths, packer) != (LENGTHS, PACKERS[0]):
-                    measured.append(_pipeline_row(mixture, lengths, packer, repetitions))
+        matched = matched_lengths(paper)
+        measured += [paper, _pipeline_row(mixture, LENGTHS, "seqio", repetitions)]
+        measured += [_pipeline_row(mixture, matched, packer, repetitions) for packer in PACKERS]
 
     consumer = QUICK_CONSUMER if quick else CONSUMER
     seconds, _, _ = scaling.step_time(
@@ -122,11 +120,12 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
     lengths = f"{LENGTHS['inputs']}/{LENGTHS['targets']}"
     markdown = f"""`flan_jax.data.train_dataset` (seqio, shuffled, repeated, packed at {lengths}),
 batches of {BATCH_SIZE} rows; a repetition pulls {BATCHES_PER_RUN} batches in one process that
-does nothing else. Packer "flan_jax" is what training uses: `flan_jax.packing`, first-fit into
-up to {measured[0]['open_rows'] if measured else '?'} open rows, closing the fullest when an example fits none. Packer "seqio" is
-seqio's `EncDecFeatureConverter(pack=True)` on the same stream: TF ops that keep one open row
-and close it at the first example that does not fit, and close the last row of every window
-of 128 examples (seqio's first-fit custom ops need tensor2tensor, not installable here). Tokens are non-padding positions of inputs and
+does nothing else. Packer "flan_jax" is what training uses: `flan_jax.packing`, first-fit
+into up to {measured[0]['open_rows'] if measured else '?'} open rows, closing the fullest when
+an example fits none. Packer "seqio" is seqio's `EncDecFeatureConverter(pack=True)` on the
+same stream: TF ops that keep one open row and close it at the first example that does not
+fit, and close the last row of every window of 128 examples (seqio's first-fit custom ops
+need tensor2tensor, not installable here). Tokens are non-padding positions of inputs and
 targets; packing efficiency is the non-padding fraction (inputs / targets, and both together).
 
 The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
@@ -134,7 +133,7 @@ The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
 {consumed_rows:.3f} packed rows/s, i.e. {consumed_rows * sum(LENGTHS.values()):.0f} positions/s;
 "headroom" is rows produced / rows consumed.
 
-Each mixture's second row packs at 2048 inputs and the target length matched to its measured
+Each mixture's last two rows pack at 2048 inputs and the target length matched to its measured
 ratio of target to input tokens (`matched_lengths`): with 2048/512 the side whose data runs
 out of room first (targets, when a mixture has more than 1 target token per 4 input tokens)
 closes each row while the other is still partly empty, so those rows separate what the
