@@ -57,6 +57,10 @@ def _unpack(rows):
     return out
 
 
+def _pack(examples, **kwargs):
+    return list(packing.pack_dataset(_dataset(examples), LENGTHS, **kwargs).as_numpy_iterator())
+
+
 def _efficiency(rows):
     tokens = sum(np.count_nonzero(r[k]) for r in rows for k in LENGTHS)
     return tokens / (len(rows) * sum(LENGTHS.values()))
@@ -64,7 +68,7 @@ def _efficiency(rows):
 
 def test_every_example_lands_once_trimmed_as_seqio_trims():
     examples = _examples(500)
-    rows = list(packing.pack_examples(examples, LENGTHS))
+    rows = _pack(examples)
     trimmed = seqio.utils.trim_and_pad_dataset(_dataset(examples), LENGTHS)
     expected = [
         (tuple(e["inputs"][e["inputs"] != 0]), tuple(e["targets"][e["targets"] != 0]))
@@ -75,7 +79,7 @@ def test_every_example_lands_once_trimmed_as_seqio_trims():
 
 def test_pads_less_than_seqio_packing_the_same_stream():
     examples = _examples(2000, seed=1)
-    ours = list(packing.pack_dataset(_dataset(examples), LENGTHS).as_numpy_iterator())
+    ours = _pack(examples)
     theirs = list(seqio.utils.trim_and_pack_dataset(_dataset(examples), LENGTHS).as_numpy_iterator())
     assert collections.Counter(_unpack(ours)) == collections.Counter(_unpack(theirs))
     assert _efficiency(ours) > _efficiency(theirs) + 0.05
@@ -84,17 +88,17 @@ def test_pads_less_than_seqio_packing_the_same_stream():
 
 def test_deterministic_and_one_open_row_still_packs():
     examples = _examples(300, seed=2)
-    first = list(packing.pack_examples(examples, LENGTHS))
-    again = list(packing.pack_examples(examples, LENGTHS))
+    first = _pack(examples)
+    again = _pack(examples)
     assert all(all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(first, again, strict=True))
-    single = list(packing.pack_examples(examples, LENGTHS, open_rows=1))
+    single = _pack(examples, open_rows=1)
     assert collections.Counter(_unpack(single)) == collections.Counter(_unpack(first))
     assert _efficiency(first) > _efficiency(single)
 
 
 def test_no_open_rows_is_refused():
     with pytest.raises(ValueError, match="open_rows=0"):
-        next(packing.pack_examples(_examples(1), LENGTHS, open_rows=0))
+        packing.pack_dataset(_dataset(_examples(1)), LENGTHS, open_rows=0)
 
 
 @pytest.mark.parametrize("name", ["EncDecFeatureConverter", "PrefixLMFeatureConverter"])
