@@ -7,6 +7,7 @@ Axis names: batch, length, embed, mlp, heads, kv, joined_kv, vocab, relpos_bucke
 """
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +83,14 @@ class DenseGeneral(nn.Module):
         )
         inputs = jnp.asarray(inputs, self.dtype)
         kernel = jnp.asarray(kernel, self.dtype)
+        if axis == tuple(range(inputs.ndim - n_in, inputs.ndim)):
+            # Contracting the trailing dims: one 2-D matmul over all leading dims. Its
+            # weight gradient then contracts a single dim, which XLA's CPU backend computes
+            # in place; contracting (batch, length) it first transposed the activations.
+            leading = inputs.shape[: inputs.ndim - n_in]
+            rows = inputs.reshape(math.prod(leading), -1)
+            out = rows @ kernel.reshape(rows.shape[1], -1)
+            return out.reshape(leading + features)
         contract = (axis, tuple(range(n_in)))
         return jax.lax.dot_general(inputs, kernel, (contract, ((), ())))
 
