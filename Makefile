@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
 
-# Rewrites BENCHMARKS.md (~13 min on 2 idle CPU cores); BENCH_QUICK=1 is a few-minute smoke run.
+# Rewrites BENCHMARKS.md (~15 min on 2 idle CPU cores); BENCH_QUICK=1 is a few-minute smoke run.
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run $(if $(BENCH_QUICK),--quick)
 

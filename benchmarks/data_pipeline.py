@@ -113,7 +113,7 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
         (m["mixture"], m["lengths"], m["packer"], f"{m['rows_per_s']:.1f}", f"{m['examples_per_s']:.0f}",
          f"{m['tokens_per_s']:.0f}", f"{m['examples_per_row']:.1f}",
          f"{100 * m['input_efficiency']:.1f}% / {100 * m['target_efficiency']:.1f}%",
-         f"**{100 * m['efficiency']:.1f}%** ({_common.verdict(m['efficiency'], TARGET_EFFICIENCY)})",
+         f"**{100 * m['efficiency']:.2f}%** ({_common.verdict(m['efficiency'], TARGET_EFFICIENCY)})",
          f"{m['rows_per_s'] / consumed_rows:.0f}x")
         for m in measured
     ]  # fmt: skip
@@ -132,6 +132,11 @@ The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
 {consumer['batch_size']} x {lengths}, measured: median step {seconds:.2f} s of {repetitions}),
 {consumed_rows:.3f} packed rows/s, i.e. {consumed_rows * sum(LENGTHS.values()):.0f} positions/s;
 "headroom" is rows produced / rows consumed.
+
+`benchmarks.flan_fixtures:flan_fixtures` is the Flan collection as far as it can be read
+here: the NIV2 and CoT tasks (proportions B of those two families) over the repo's fixture
+files in the real formats, with the real templates and few-shot budget, tokenized with the demo
+vocabulary; Muffin, T0-SF (TFDS) and T5's vocabulary (gs://) cannot be fetched here.
 
 Each mixture's last two rows pack at 2048 inputs and the target length matched to its measured
 ratio of target to input tokens (`matched_lengths`): with 2048/512 the side whose data runs

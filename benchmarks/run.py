@@ -20,7 +20,7 @@ import time
 from benchmarks import _common, data_pipeline, decode_t5, gpu, peak, scaling, train_t5
 
 SECTIONS = ("train", "decode", "data", "scaling", "gpu")
-DEFAULT_MIXTURES = ("tasks.demo:flan_demo",)
+DEFAULT_MIXTURES = ("tasks.demo:flan_demo", "benchmarks.flan_fixtures:flan_fixtures")
 
 
 def _cpu_name() -> str:
@@ -45,9 +45,12 @@ def _versions() -> str:
 
 
 def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=_common.REPO_ROOT)  # fmt: skip
-    return out.stdout.strip() or "unknown"
+    """HEAD, marked when tracked files differ from it (the figures are then not HEAD's)."""
+    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True,
+                                       cwd=_common.REPO_ROOT).stdout.strip()  # fmt: skip
+    changed = [line for line in git("status", "--porcelain").splitlines()
+               if not line.endswith("BENCHMARKS.md")]  # fmt: skip
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + (" + uncommitted changes" if changed else "")
 
 
 def _summary(results: dict) -> str:
@@ -66,7 +69,7 @@ def _summary(results: dict) -> str:
                      ">= 2x", _common.verdict(d["ratio"], decode_t5.TARGET_RATIO)))  # fmt: skip
     for m in results.get("data", {}).get("mixtures", []):
         rows.append((f"packing efficiency, {m['mixture']} at {m['lengths']}, {m['packer']} packer",
-                     f"{100 * m['efficiency']:.1f}%", ">= 95%",
+                     f"{100 * m['efficiency']:.2f}%", ">= 95%",
                      _common.verdict(m["efficiency"], data_pipeline.TARGET_EFFICIENCY)))  # fmt: skip
     if "gpu" in results:
         mfu = results["gpu"]["mfu"]
