@@ -121,8 +121,8 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
     markdown = f"""`flan_jax.data.train_dataset` (seqio, shuffled, repeated, packed at {lengths}),
 batches of {BATCH_SIZE} rows; a repetition pulls {BATCHES_PER_RUN} batches in one process that
 does nothing else. Packer "flan_jax" is what training uses: `flan_jax.packing`, first-fit
-into up to {measured[0]['open_rows'] if measured else '?'} open rows, closing the fullest when
-an example fits none. Packer "seqio" is seqio's `EncDecFeatureConverter(pack=True)` on the
+into up to {measured[0]['open_rows'] if measured else '?'} open rows, closing the one nearest to
+full (by its fullest side) when an example fits none. Packer "seqio" is seqio's `EncDecFeatureConverter(pack=True)` on the
 same stream: TF ops that keep one open row and close it at the first example that does not
 fit, and close the last row of every window of 128 examples (seqio's first-fit custom ops
 need tensor2tensor, not installable here). Tokens are non-padding positions of inputs and

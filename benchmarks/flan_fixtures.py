@@ -18,10 +18,11 @@ NAME = "flan_fixtures"
 
 def _register() -> None:
     from tasks import vocab
+    from tasks.flan import sources
 
     os.environ[vocab.FLAN_VOCAB_ENV] = vocab.demo_vocabulary().sentencepiece_model_file
-    os.environ["FLAN_JAX_COT_DIR"] = os.path.join(FIXTURES, "cot_data")
-    os.environ["FLAN_JAX_NIV2_DIR"] = os.path.join(FIXTURES, "natural-instructions")
+    os.environ[sources.COT_DIR_ENV] = os.path.join(FIXTURES, "cot_data")
+    os.environ[sources.NIV2_DIR_ENV] = os.path.join(FIXTURES, "natural-instructions")
     import tasks.flan
     from tasks.flan import mixtures
 

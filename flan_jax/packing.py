@@ -67,7 +67,7 @@ class _Rows:
         columns = tf.concat(
             [self.offsets[k] + start[i] + tf.range(sizes[i]) for i, k in enumerate(self.lengths)], 0
         )
-        tokens = tf.concat([tf.cast(example[k], tf.int32) for k in self.lengths], 0)
+        tokens = tf.concat([example[k] for k in self.lengths], 0)
         columns = tf.concat([columns, self.width + columns], 0)
         values = tf.concat([tokens, tf.fill(tf.shape(tokens), segment)], 0)
         index = tf.stack([tf.fill(tf.shape(columns), r), columns], axis=1)

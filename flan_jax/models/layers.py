@@ -83,16 +83,14 @@ class DenseGeneral(nn.Module):
         )
         inputs = jnp.asarray(inputs, self.dtype)
         kernel = jnp.asarray(kernel, self.dtype)
-        if axis == tuple(range(inputs.ndim - n_in, inputs.ndim)):
-            # Contracting the trailing dims: one 2-D matmul over all leading dims. Its
-            # weight gradient then contracts a single dim, which XLA's CPU backend computes
-            # in place; contracting (batch, length) it first transposed the activations.
-            leading = inputs.shape[: inputs.ndim - n_in]
-            rows = inputs.reshape(math.prod(leading), -1)
-            out = rows @ kernel.reshape(rows.shape[1], -1)
-            return out.reshape(leading + features)
-        contract = (axis, tuple(range(n_in)))
-        return jax.lax.dot_general(inputs, kernel, (contract, ((), ())))
+        # One 2-D matmul over all other dims (the contracted ones moved last; they are last
+        # in every caller). Its weight gradient then contracts a single dim, which XLA's CPU
+        # backend computes in place; contracting (batch, length) it transposed the activations.
+        inputs = jnp.moveaxis(inputs, axis, range(inputs.ndim - n_in, inputs.ndim))
+        leading = inputs.shape[: inputs.ndim - n_in]
+        rows = inputs.reshape(math.prod(leading), -1)
+        out = rows @ kernel.reshape(rows.shape[1], -1)
+        return out.reshape(leading + features)
 
 
 class RMSNorm(nn.Module):
