@@ -187,32 +187,33 @@ class EncoderDecoderModel(BaseModel):
         )
 
     def _decoding_state(self, params, batch, *, copies, max_decode_length):
+        """Encodes once; the decoder's cache is prefilled with the start token and, where the
+        batch has `decoder_prompt_tokens` [B, P] (right-padded with 0), each row's prompt,
+        which decoding then continues (the output excludes the prompt)."""
         encoder_tokens = batch["encoder_input_tokens"]
         encoded = self.module.apply({"params": params}, encoder_tokens, method=T5.encode)
         encoder_tokens = jnp.repeat(encoder_tokens, copies, axis=0)
         encoded = jnp.repeat(encoded, copies, axis=0)
+        prompt = batch.get("decoder_prompt_tokens", jnp.zeros((encoded.shape[0] // copies, 0)))
+        prompt = jnp.repeat(jnp.asarray(prompt, jnp.int32), copies, axis=0)
+        start = jnp.full((prompt.shape[0], 1), DECODER_START_ID, jnp.int32)
+        # The start token is at position 0, so a row's last prompt token is at its length.
+        last = jnp.sum(prompt != PAD_ID, axis=1).astype(jnp.int32)
 
-        def run_decoder(variables, tokens):
+        def run_decoder(variables, tokens, **kwargs):
             return self.module.apply(
                 variables,
                 encoded,
                 encoder_tokens,
                 tokens,
                 decode=True,
-                max_decode_length=max_decode_length,
+                max_decode_length=prompt.shape[1] + max_decode_length,
                 mutable=["cache"],
                 method=T5.decode,
+                **kwargs,
             )
 
-        # The first decode=True call only builds the cache (incl. cross-attention K/V).
-        start = jnp.full((encoder_tokens.shape[0], 1), DECODER_START_ID, jnp.int32)
-        _, cache = run_decoder({"params": params}, start)
-
-        def step_fn(cache, tokens):
-            logits, variables = run_decoder({"params": params, **cache}, tokens)
-            return logits[:, 0], variables
-
-        return step_fn, cache, start[:, 0]
+        return _prefilled(run_decoder, params, jnp.concatenate([start, prompt], axis=1), last)
 
 
 class DecoderOnlyModel(BaseModel):
@@ -249,33 +250,37 @@ class DecoderOnlyModel(BaseModel):
 
     def _decoding_state(self, params, batch, *, copies, max_decode_length):
         """Prefills the cache with each row's prompt: the decoder_input_tokens where
-        decoder_causal_attention is 1 (later positions, e.g. targets, are ignored).
-
-        Decoding then re-feeds each row's last prompt token at its own position: that
-        position attends to the whole prompt either way, so its keys/values and logits
-        are the same as in the prefill, and rows with prompts of different lengths
-        decode in one batch.
-        """
+        decoder_causal_attention is 1 (later positions, e.g. targets, are ignored)."""
         prefix_mask = jnp.repeat(batch["decoder_causal_attention"], copies, axis=0)
         prompt = jnp.repeat(batch["decoder_input_tokens"], copies, axis=0) * prefix_mask
         # Position 0 holds the start token even when a row has no inputs.
         last = jnp.maximum(jnp.sum(prefix_mask, axis=1), 1).astype(jnp.int32) - 1
-        cache_length = prompt.shape[1] + max_decode_length
 
         def run_decoder(variables, tokens, **kwargs):
             return self.module.apply(
                 variables,
                 tokens,
                 decode=True,
-                max_decode_length=cache_length,
+                max_decode_length=prompt.shape[1] + max_decode_length,
                 mutable=["cache"],
                 **kwargs,
             )
 
-        _, cache = run_decoder({"params": params}, prompt, prefix_mask=prefix_mask, next_index=last)
+        return _prefilled(run_decoder, params, prompt, last, prefix_mask=prefix_mask)
 
-        def step_fn(cache, tokens):
-            logits, variables = run_decoder({"params": params, **cache}, tokens)
-            return logits[:, 0], variables
 
-        return step_fn, cache, jnp.take_along_axis(prompt, last[:, None], axis=1)[:, 0]
+def _prefilled(run_decoder, params, prompt, last, **prefill_kwargs):
+    """(step_fn, cache, start tokens) for decoding after each row's prompt.
+
+    The cache is prefilled with prompt [B, T] and each row's next position set to `last`
+    [B], the position of its last prompt token; decoding re-feeds that token there. It
+    attends to the same keys as in the prefill, so its keys/values and logits are the same,
+    and rows with prompts of different lengths decode in one batch.
+    """
+    _, cache = run_decoder({"params": params}, prompt, next_index=last, **prefill_kwargs)
+
+    def step_fn(cache, tokens):
+        logits, variables = run_decoder({"params": params, **cache}, tokens)
+        return logits[:, 0], variables
+
+    return step_fn, cache, jnp.take_along_axis(prompt, last[:, None], axis=1)[:, 0]

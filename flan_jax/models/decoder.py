@@ -1,7 +1,8 @@
 """PaLM-style decoder-only Transformer (the Flan-PaLM architecture).
 
 Each layer is a parallel block, x + attention(norm(x)) + mlp(norm(x)) with one shared
-RMSNorm, using multi-query attention with RoPE and a SwiGLU MLP; no biases anywhere.
+RMSNorm, using multi-query attention (or grouped-query, `num_kv_heads`) with RoPE and a
+SwiGLU MLP; no biases anywhere.
 The input embedding (N(0, 1), unscaled) is also the output layer, and, as in PaLM, the
 output logits are scaled by 1/sqrt(d_model) to make up for the unit-variance table.
 
@@ -17,16 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax.models.layers import (
-    Embed,
-    GatedMlp,
-    MultiQueryAttention,
-    RMSNorm,
-    check_dtypes,
-    dtypes,
-    mask_to_bias,
-    segment_mask,
-)
+from flan_jax.axis_names import BATCH, EMBED, LENGTH, VOCAB
+from flan_jax.models.attention import Attention, causal_mask, mask_to_bias, segment_mask
+from flan_jax.models.layers import Embed, GatedMlp, RMSNorm, check_dtypes, dtypes
 from flan_jax.models.scan import apply_layers, check_remat_policy, stack_layers, unstack_layers
 
 
@@ -37,6 +31,7 @@ class DecoderConfig:
     vocab_size: int = 256_000
     d_model: int = 4096
     num_heads: int = 16
+    num_kv_heads: int = 1  # PaLM's multi-query attention; a divisor of num_heads for GQA
     head_dim: int = 256
     d_ff: int = 16384
     num_layers: int = 32
@@ -53,18 +48,26 @@ class DecoderConfig:
     def __post_init__(self):
         check_remat_policy(self)
         check_dtypes(self)
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"DecoderConfig.num_kv_heads={self.num_kv_heads} must divide "
+                f"num_heads={self.num_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(
                 f"DecoderConfig.head_dim={self.head_dim} must be even (RoPE rotates pairs)"
             )
 
 
-def prefix_lm_mask(prefix_mask: jax.Array) -> jax.Array:
-    """[B, 1, T, T]: causal, plus bidirectional among positions where prefix_mask is 1."""
-    length = prefix_mask.shape[1]
-    causal = jnp.asarray(np.tril(np.ones((length, length), bool)))[None, None]
+def prefix_lm_mask(
+    prefix_mask: jax.Array, query_positions: jax.Array, key_length: int
+) -> jax.Array:
+    """[B, 1, T, key_length]: causal by query_positions [B, T], plus bidirectional among
+    the positions 0 .. T-1 where prefix_mask [B, T] is 1 (a prompt prefilled from 0)."""
     prefix = prefix_mask.astype(bool)
-    return causal | (prefix[:, None, :, None] & prefix[:, None, None, :])
+    prefix_keys = jnp.pad(prefix, ((0, 0), (0, key_length - prefix.shape[1])))
+    bidirectional = prefix[:, None, :, None] & prefix_keys[:, None, None, :]
+    return causal_mask(query_positions, key_length) | bidirectional
 
 
 class DecoderLayer(nn.Module):
@@ -83,42 +86,46 @@ class DecoderLayer(nn.Module):
         bias,
         enable_dropout=False,
         decode=False,
-        decode_index=None,
+        cache_index=None,
         max_decode_length=None,
     ):
         c = self.config
         y = RMSNorm(c.layer_norm_epsilon, name="pre_layer_norm", **dtypes(c))(x)
-        attention = MultiQueryAttention(
+        attention = Attention(
             c.num_heads,
+            c.num_kv_heads,
             c.head_dim,
             c.dropout_rate,
-            c.rope_max_wavelength,
+            scale_logits=True,
+            rope_max_wavelength=c.rope_max_wavelength,
             name="attention",
             **dtypes(c),
         )(
             y,
-            positions,
+            y,
             bias,
+            positions=positions,
             enable_dropout=enable_dropout,
             decode=decode,
-            decode_index=decode_index,
+            cache_index=cache_index,
             max_decode_length=max_decode_length,
         )
         mlp = GatedMlp(c.d_ff, c.dropout_rate, activation="silu", name="mlp", **dtypes(c))(
             y, enable_dropout=enable_dropout
         )
         y = nn.Dropout(c.dropout_rate)(attention + mlp, deterministic=not enable_dropout)
-        return nn.with_logical_constraint(x + y, ("batch", "length", "embed")), None
+        return nn.with_logical_constraint(x + y, (BATCH, LENGTH, EMBED)), None
 
 
 class Decoder(nn.Module):
     """Decoder stack with tied output layer; params: token_embedder, layers_i (or one
     scanned `layers`), decoder_norm.
 
-    decode=True runs incremental decoding over the "cache" collection. The call that
-    creates the cache prefills it with the given tokens [B, T] (pass max_decode_length, the
-    cache length) and sets each row's next cache position to `next_index` [B] (default T);
-    each later call consumes one token per row at that position and advances it.
+    decode=True runs incremental decoding over the "cache" collection, each row at its own
+    position. The call that creates the cache prefills it with the given tokens [B, T] from
+    position 0 (pass max_decode_length, the cache length, and the prompt's prefix_mask) and
+    sets each row's next position to `next_index` [B] (default T); each later call writes its
+    tokens at those positions and advances them.
     """
 
     config: DecoderConfig
@@ -139,30 +146,27 @@ class Decoder(nn.Module):
         """Float32 logits [B, T, vocab] (T = 1 per cached decoding step)."""
         c = self.config
         batch, length = tokens.shape
-        stepping = decode and self.has_variable("cache", "index")
-        if stepping:
-            index = self.variable("cache", "index")
-            decode_index = index.value
-            positions = decode_index[:, None]
-            mask = (jnp.arange(max_decode_length)[None, :] <= decode_index[:, None])
-            mask = mask[:, None, None, :]
+        if prefix_mask is None:
+            prefix_mask = jnp.zeros((batch, length), bool)
+        if decode:
+            if max_decode_length is None:
+                raise ValueError("decode=True needs max_decode_length (the KV cache length)")
+            index = self.variable("cache", "index", jnp.zeros, (batch,), jnp.int32)
+            cache_index = index.value
+            positions = cache_index[:, None] + jnp.arange(length)
+            mask = prefix_lm_mask(prefix_mask, positions, max_decode_length)
         else:
-            if decode:
-                start = jnp.full((batch,), length, jnp.int32) if next_index is None else next_index
-                self.variable("cache", "index", lambda: jnp.asarray(start, jnp.int32))
-            decode_index = None
+            cache_index = None
+            mask = prefix_lm_mask(prefix_mask, jnp.arange(length)[None], length)
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-            if prefix_mask is None:
-                prefix_mask = jnp.zeros((batch, length), bool)
-            mask = prefix_lm_mask(prefix_mask)
             if segment_ids is not None:
                 mask = mask & segment_mask(segment_ids, segment_ids)
         bias = mask_to_bias(mask)
 
         embedder = Embed(c.vocab_size, c.d_model, name="token_embedder", **dtypes(c))
         x = nn.Dropout(c.dropout_rate)(embedder(tokens), deterministic=not enable_dropout)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
         x = apply_layers(
             DecoderLayer,
             c,
@@ -173,16 +177,14 @@ class Decoder(nn.Module):
             bias,
             enable_dropout,
             decode,
-            decode_index,
+            cache_index,
             max_decode_length,
         )
         x = RMSNorm(c.layer_norm_epsilon, name="decoder_norm", **dtypes(c))(x)
         logits = embedder.attend(x) / np.sqrt(c.d_model).astype(np.float32)
-        if stepping:
-            index.value = decode_index + 1
-        return nn.with_logical_constraint(
-            logits.astype(jnp.float32), ("batch", "length", "vocab")
-        )
+        if decode:
+            index.value = cache_index + length if next_index is None else next_index
+        return nn.with_logical_constraint(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
 
 def scan_params(params: dict, config: DecoderConfig) -> dict:

@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from flan_jax.axis_names import LAYERS
+
 # remat_policy -> what jax.checkpoint saves ("full" saves nothing; "dots*" save matmul outputs).
 REMAT_POLICIES = {
     "none": None,
@@ -49,7 +51,7 @@ def apply_layers(layer_cls, config, num_layers: int, static_argnums, x, *args):
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * len(args),
         length=num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+        metadata_params={nn.PARTITION_NAME: LAYERS},
     )
     x, _ = stack(config, name="layers")(x, *args)
     return x

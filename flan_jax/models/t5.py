@@ -11,19 +11,17 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
+from flan_jax.axis_names import BATCH, EMBED, LENGTH, VOCAB
+from flan_jax.models.attention import Attention, causal_mask, mask_to_bias, segment_mask
 from flan_jax.models.layers import (
-    Embed,
     DenseGeneral,
+    Embed,
     GatedGeluMlp,
-    MultiHeadAttention,
     RelativePositionBias,
     RMSNorm,
     check_dtypes,
     dtypes,
-    mask_to_bias,
-    segment_mask,
 )
 from flan_jax.models.scan import apply_layers, check_remat_policy, stack_layers, unstack_layers
 
@@ -62,9 +60,11 @@ class T5Config:
             )
 
 
-def _attention(config: T5Config, name: str, cross_attention: bool = False) -> MultiHeadAttention:
-    return MultiHeadAttention(
+def _attention(config: T5Config, name: str, cross_attention: bool = False) -> Attention:
+    """T5's attention: every head has its own keys and values; no 1/sqrt(d) on the logits."""
+    return Attention(
         num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
         head_dim=config.d_kv,
         dropout_rate=config.dropout_rate,
         cross_attention=cross_attention,
@@ -95,7 +95,7 @@ class _Block(nn.Module):
 
     def residual(self, x, y, enable_dropout):
         y = nn.Dropout(self.config.dropout_rate)(y, deterministic=not enable_dropout)
-        return nn.with_logical_constraint(x + y, ("batch", "length", "embed"))
+        return nn.with_logical_constraint(x + y, (BATCH, LENGTH, EMBED))
 
     def mlp(self, x, enable_dropout):
         c = self.config
@@ -129,7 +129,7 @@ class DecoderLayer(_Block):
         cross_bias,
         enable_dropout=False,
         decode=False,
-        decode_index=None,
+        cache_index=None,
         max_decode_length=None,
     ):
         c = self.config
@@ -140,7 +140,7 @@ class DecoderLayer(_Block):
             self_bias,
             enable_dropout=enable_dropout,
             decode=decode,
-            decode_index=decode_index,
+            cache_index=cache_index,
             max_decode_length=max_decode_length,
         )
         x = self.residual(x, y, enable_dropout)
@@ -167,7 +167,7 @@ class Encoder(nn.Module):
         bias = mask_to_bias(mask) + _relpos(c, bidirectional=True)(length, length)
 
         x = dropout(self.shared_embedding(tokens))
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
         x = apply_layers(
             EncoderLayer, c, c.num_encoder_layers, (3,), x, bias, enable_dropout
         )
@@ -177,9 +177,12 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Decoder stack and output layer.
 
-    decode=True runs incremental decoding over the "cache" collection: the first call
-    creates the cache (pass a [B, 1] dummy token and max_decode_length), each later call
-    consumes one token per row at the cached position and advances it.
+    decode=True runs incremental decoding over the "cache" collection, each row at its own
+    position. The call that creates the cache (pass max_decode_length, its length) prefills
+    it with the given tokens [B, T] (the start token, and a prompt if any) and sets each
+    row's next position to `next_index` [B] (default T); each later call writes its tokens
+    at those positions and advances them. Cross-attention keys/values are computed once,
+    by the call that creates the cache.
     """
 
     config: T5Config
@@ -197,6 +200,7 @@ class Decoder(nn.Module):
         enable_dropout=False,
         decode=False,
         max_decode_length=None,
+        next_index=None,
     ):
         c = self.config
         dropout = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not enable_dropout)
@@ -214,23 +218,23 @@ class Decoder(nn.Module):
         cross_bias = mask_to_bias(cross_mask)
 
         relpos = _relpos(c, bidirectional=False)
-        stepping = decode and self.has_variable("cache", "index")
-        index = self.variable("cache", "index", jnp.zeros, (), jnp.int32) if decode else None
-        if stepping:
-            decode_index = index.value
-            key_positions = jnp.arange(max_decode_length)
-            self_mask = (key_positions <= decode_index)[None, None, None, :]
-            self_bias = mask_to_bias(self_mask) + relpos(1, max_decode_length, decode_index)
+        batch, length = decoder_input_tokens.shape
+        if decode:
+            index = self.variable("cache", "index", jnp.zeros, (batch,), jnp.int32)
+            cache_index = index.value
+            positions = cache_index[:, None] + jnp.arange(length)
+            self_bias = mask_to_bias(causal_mask(positions, max_decode_length)) + relpos(
+                length, max_decode_length, positions
+            )
         else:
-            decode_index = None
-            length = decoder_input_tokens.shape[1]
-            self_mask = jnp.asarray(np.tril(np.ones((length, length), bool)))[None, None]
+            cache_index = None
+            self_mask = causal_mask(jnp.arange(length)[None], length)
             if decoder_segment_ids is not None:
                 self_mask = self_mask & segment_mask(decoder_segment_ids, decoder_segment_ids)
             self_bias = mask_to_bias(self_mask) + relpos(length, length)
 
         x = dropout(self.shared_embedding(decoder_input_tokens))
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
         x = apply_layers(
             DecoderLayer,
             c,
@@ -242,18 +246,16 @@ class Decoder(nn.Module):
             cross_bias,
             enable_dropout,
             decode,
-            decode_index,
+            cache_index,
             max_decode_length,
         )
         x = dropout(_norm(c, "decoder_norm")(x))
         logits = DenseGeneral(
-            c.vocab_size, kernel_axes=("embed", "vocab"), name="logits_dense", **dtypes(c)
+            c.vocab_size, kernel_axes=(EMBED, VOCAB), name="logits_dense", **dtypes(c)
         )(x)
-        if stepping:
-            index.value = decode_index + 1
-        return nn.with_logical_constraint(
-            logits.astype(jnp.float32), ("batch", "length", "vocab")
-        )
+        if decode:
+            index.value = cache_index + length if next_index is None else next_index
+        return nn.with_logical_constraint(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
 
 class T5(nn.Module):
@@ -284,8 +286,9 @@ class T5(nn.Module):
         enable_dropout=False,
         decode=False,
         max_decode_length=None,
+        next_index=None,
     ):
-        """Float32 logits [B, T, vocab] (T = 1 per cached decoding step)."""
+        """Float32 logits [B, T, vocab]; see Decoder for cached decoding."""
         return self.decoder(
             encoded,
             encoder_input_tokens,
@@ -295,6 +298,7 @@ class T5(nn.Module):
             enable_dropout=enable_dropout,
             decode=decode,
             max_decode_length=max_decode_length,
+            next_index=next_index,
         )
 
     def __call__(
