@@ -7,7 +7,14 @@ setuptools.setup(
     description="Flan instruction finetuning in JAX: SeqIO mixtures, T5/PaLM models, "
     "a partitioned trainer, evaluation and TPU tooling.",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*", "tasks", "tasks.*"]),
+    packages=[
+        *setuptools.find_packages(include=["flan_jax", "flan_jax.*", "tasks", "tasks.*"]),
+        "flan_jax.gin",
+    ],
+    # gin/ stays at the top of the repo and installs as flan_jax/gin, where flan_jax.cli
+    # looks first: run files are found wherever flan_jax is installed.
+    package_dir={"flan_jax.gin": "gin"},
+    package_data={"flan_jax.gin": ["**/*.gin"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",

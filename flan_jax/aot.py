@@ -13,7 +13,6 @@ from the same gin bindings `flan_jax.train` uses; the data pipeline is never bui
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -28,7 +27,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from flan_jax import flops, gin_utils, partitioning
+from flan_jax import cli, flops, partitioning, predict
 from flan_jax.trainer import Trainer
 
 GIB = 2**30
@@ -152,25 +151,26 @@ def _train_argument(name: str):
 def load_run(
     gin_args: Sequence[str], devices: Sequence[jax.Device], bindings: Sequence[str] = ()
 ) -> RunConfig:
-    """Parses a run's gin files and bindings (plus `bindings`, which win) with the mesh
-    built over `devices`."""
-    placeholders = [f"--gin.{macro}=None" for macro in UNUSED_REQUIRED_MACROS]
-    gin.clear_config()
-    gin_utils.parse(
-        [*placeholders, *gin_args, *(f"--gin.{b}" for b in bindings)], description=__doc__
-    )
-    learning_rate_fn = _train_argument("learning_rate_fn")
-    return RunConfig(
-        model=_train_argument("model"),
-        optimizer=_train_argument("optimizer_fn")(learning_rate_fn),
-        learning_rate_fn=learning_rate_fn,
-        mesh=gin.get_configurable(partitioning.create_mesh)(devices=list(devices)),
-        rules=gin.get_configurable(partitioning.logical_axis_rules)(),
-        batch_size=_train_argument("batch_size"),
-        task_feature_lengths=dict(_train_argument("task_feature_lengths")),
-        num_microbatches=_train_argument("num_microbatches"),
-        bindings=tuple(bindings),
-    )
+    """A run's gin files and bindings (plus `bindings`, which win) with the mesh built over
+    `devices`, read in a gin config of its own (a sweep reads the run once per layout)."""
+    files, gin_bindings, search_paths = cli.split_gin_args(gin_args)
+    placeholders = [f"{macro}=None" for macro in UNUSED_REQUIRED_MACROS]
+    with cli.separate_gin_config():
+        cli.parse_gin(
+            files, [*placeholders, *gin_bindings, *bindings], search_paths=search_paths
+        )
+        learning_rate_fn = _train_argument("learning_rate_fn")
+        return RunConfig(
+            model=_train_argument("model"),
+            optimizer=_train_argument("optimizer_fn")(learning_rate_fn),
+            learning_rate_fn=learning_rate_fn,
+            mesh=gin.get_configurable(partitioning.create_mesh)(devices=list(devices)),
+            rules=gin.get_configurable(partitioning.logical_axis_rules)(),
+            batch_size=_train_argument("batch_size"),
+            task_feature_lengths=dict(_train_argument("task_feature_lengths")),
+            num_microbatches=_train_argument("num_microbatches"),
+            bindings=tuple(bindings),
+        )
 
 
 def abstract_batch(model, task_feature_lengths, batch_size: int, sharding) -> dict:
@@ -343,12 +343,14 @@ def _lower_decode(run: RunConfig, partitioner, trainer, batch_size: int):
     lengths = run.task_feature_lengths
     prompt = {"inputs": lengths["inputs"], "targets": 0}
     features = abstract_batch(run.model, prompt, batch_size, partitioner.batch_sharding())
-    predict = partitioner.partition(
-        functools.partial(run.model.predict_batch, max_decode_length=lengths["targets"]),
-        in_shardings=(trainer.params_shardings, partitioner.batch_sharding()),
-        out_shardings=partitioner.replicated_sharding(),
+    settings = predict.DecodeSettings(max_decode_length=lengths["targets"])
+    predict_fn = predict.predict_function(
+        run.model, partitioner, trainer.params_shardings, settings
     )
-    return predict.lower(trainer.abstract_state.params, _prompt_features(features))
+    batch_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioner.replicated_sharding())
+    return predict_fn.lower(
+        trainer.abstract_state.params, _prompt_features(features), batch_index
+    )
 
 
 def _prompt_features(features: dict) -> dict:
@@ -459,12 +461,7 @@ def format_sweep(reports: Sequence[FitReport]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other flags (--gin_file, --gin.NAME=VALUE, --gin_search_paths) are gin's, as "
-        "for python -m flan_jax.train.",
-    )
+    parser = cli.new_parser(__doc__, gin_files=True)
     parser.add_argument("--topology", required=True, help="e.g. v4:8x8x8, v5e:4x4, v5p:4x4x4")
     parser.add_argument("--num_slices", type=int, default=1, help="slices joined by `replica`")
     parser.add_argument("--sweep", action="store_true", help="rank model-parallel sizes x rules")
@@ -479,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.5,
         help="fraction of peak FLOP/s the step's hardware FLOPs are assumed to run at",
     )
-    args, gin_args = parser.parse_known_args(argv)
+    args = cli.parse_args(parser, argv)
+    gin_args = cli.gin_args(args)
     # Compile-only devices need no TPU: never open one (or libtpu's lock) on a TPU VM.
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")

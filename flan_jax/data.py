@@ -152,6 +152,16 @@ def place(batch: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     }
 
 
+def pad_rows(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """A last, short batch padded with zero rows to the batch size its function compiled for.
+    Zero rows are padding tokens with zero loss weight: they change no sum, and callers drop
+    their outputs."""
+    return {
+        name: np.pad(value, [(0, batch_size - len(value))] + [(0, 0)] * (value.ndim - 1))
+        for name, value in batch.items()
+    }
+
+
 def global_batches(
     dataset: tf.data.Dataset, partitioner: partitioning.Partitioner
 ) -> Iterator[dict[str, jax.Array]]:

@@ -1,9 +1,12 @@
 """The paper's benchmark suites on a checkpoint or a Hugging Face directory (gin-configured):
 
   python -m flan_jax.evaluate --gin_file=gin/eval/evaluate.gin \
-    --gin.CHECKPOINT_PATH="'runs/my_run'" --gin.OUTPUT_DIR="'eval/my_run'"
+    --checkpoint=runs/my_run --gin.OUTPUT_DIR="'eval/my_run'"
   python -m flan_jax.evaluate --gin_file=gin/eval/evaluate.gin \
-    --gin.HF_DIR="'flan-t5-base'" --gin.OUTPUT_DIR="'eval/flan-t5-base'"
+    --checkpoint=flan-t5-base --gin.OUTPUT_DIR="'eval/flan-t5-base'" --gin.NUM_BEAMS=4
+
+--checkpoint is a flan_jax checkpoint (model dir or checkpoints/<step>) or a Hugging Face
+directory; it is the same as --gin.CHECKPOINT_PATH="'PATH'".
 
 Decodes every chosen suite (batched, sharded over all devices and hosts, with a progress line
 and ETA on stderr), scores it with the tasks' own metrics, and writes OUTPUT_DIR/results.json,
@@ -17,29 +20,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import sys
 from typing import Mapping, Sequence
 
 import gin
 import jax
 
 import tasks.eval
-from flan_jax import evaluation, gin_utils, infer, partitioning, report
-from tasks import vocab
-
-
-def _vocabulary_path(
-    vocabulary_path: str | None, checkpoint_path: str | None, model_gin_file: str | None
-) -> str | None:
-    """The SentencePiece model to evaluate with: VOCABULARY_PATH if set; for an HF directory
-    its own spiece.model (None here: infer.load_model takes it); for a checkpoint its model
-    gin's VOCABULARY_PATH (an HF import's), else $FLAN_JAX_VOCAB."""
-    if vocabulary_path or checkpoint_path is None:
-        return vocabulary_path
-    _, from_gin = gin_utils.load_model(
-        model_gin_file or gin_utils.model_gin_for_checkpoint(checkpoint_path)
-    )
-    return from_gin or os.environ.get(vocab.FLAN_VOCAB_ENV)
+from flan_jax import cli, evaluation, model_loader, partitioning, report
 
 
 def evaluate(
@@ -48,7 +35,6 @@ def evaluate(
     suite_feature_lengths: Mapping[str, Mapping[str, int]],
     partitioner: partitioning.Partitioner,
     checkpoint_path: str | None = None,
-    hf_dir: str | None = None,
     model_gin_file: str | None = None,
     vocabulary_path: str | None = None,
     suites: Sequence[str] = tasks.eval.SUITES,
@@ -60,6 +46,7 @@ def evaluate(
     self_consistency_suites: Sequence[str] = ("mmlu_cot", "bbh_cot", "mgsm"),
     num_samples: int = 1,
     temperature: float = 0.7,
+    num_beams: int | None = None,
     seed: int = 0,
     label: str | None = None,
 ) -> dict:
@@ -67,7 +54,8 @@ def evaluate(
 
     `data_dirs` ({"mmlu": path, ...}) override the FLAN_JAX_*_DIR variables; `num_samples`
     > 1 turns on self-consistency (sampling at `temperature`, majority vote) for
-    `self_consistency_suites`.
+    `self_consistency_suites`; `num_beams` beam-searches the others (None: greedy).
+    `checkpoint_path` is a flan_jax checkpoint or a Hugging Face directory.
     """
     for benchmark, path in (data_dirs or {}).items():
         if benchmark not in tasks.eval.DATA_DIR_ENVS:
@@ -77,41 +65,44 @@ def evaluate(
             )
         if path:
             os.environ[tasks.eval.DATA_DIR_ENVS[benchmark]] = path
+    if checkpoint_path is None:
+        raise ValueError(
+            "no checkpoint to evaluate: pass --checkpoint=PATH (or --gin.CHECKPOINT_PATH), a "
+            "flan_jax checkpoint or a Hugging Face directory"
+        )
     output_dir = os.path.abspath(output_dir)
     if jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
-    # Loading the model parses its own gin file: everything above read gin first.
-    model, params, vocabulary = infer.load_model(
-        checkpoint=checkpoint_path,
-        hf_dir=hf_dir,
-        gin_file=model_gin_file,
-        vocabulary=_vocabulary_path(vocabulary_path, checkpoint_path, model_gin_file),
-        partitioner=partitioner,
+    loaded = model_loader.load(
+        checkpoint_path,
+        partitioner,
+        model_gin_file=model_gin_file,
+        vocabulary_path=vocabulary_path,
     )
-    tasks.eval.register_suites(suites, subtasks, vocabulary)
+    tasks.eval.register_suites(suites, subtasks, loaded.vocabulary())
     evaluator = evaluation.SuiteEvaluator(
         suites,
         suite_feature_lengths,
-        model,
+        loaded.model,
         partitioner,
-        jax.tree.map(lambda x: x.sharding, params),
+        jax.tree.map(lambda x: x.sharding, loaded.params),
         batch_size=batch_size,
         split=split,
         num_examples=num_examples,
         self_consistency_suites=self_consistency_suites,
         num_samples=num_samples,
         temperature=temperature,
+        num_beams=num_beams,
         seed=seed,
         show_progress=True,
     )
-    results = evaluator.evaluate(params)
+    results = evaluator.evaluate(loaded.params)
     if jax.process_index() == 0:
-        label = label or os.path.basename(os.path.normpath(checkpoint_path or hf_dir))
+        label = label or os.path.basename(os.path.normpath(checkpoint_path))
         details = {
             "checkpoint": checkpoint_path,
-            "hf_dir": hf_dir,
             "split": split,
             "num_examples_per_task": num_examples,
             "self_consistency": {
@@ -119,6 +110,7 @@ def evaluate(
                 "num_samples": num_samples,
                 "temperature": temperature,
             },
+            "num_beams": num_beams,
         }
         paths = report.write_report(output_dir, label, results, details)
         paths["predictions"] = report.write_predictions(output_dir, evaluator.predictions())
@@ -129,7 +121,7 @@ def evaluate(
 
 
 def main(argv=None) -> None:
-    gin_utils.parse(sys.argv[1:] if argv is None else argv, description=__doc__)
+    cli.parse(argv, __doc__, checkpoint_macro="CHECKPOINT_PATH")
     gin.get_configurable(evaluate)()
 
 

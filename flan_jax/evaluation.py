@@ -14,9 +14,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 
-from flan_jax import data, partitioning, trainer
+from flan_jax import data, partitioning, predict, trainer
 
 log = logging.getLogger(__name__)
 
@@ -59,45 +58,12 @@ class Progress:
         )
 
 
-@functools.cache
-def _predict_function(
-    model,
-    partitioner: partitioning.Partitioner,
-    params_treedef,
-    params_sharding_leaves: tuple,
-    *,
-    max_decode_length: int,
-    temperature: float,
-    num_samples: int,
-    seed: int,
-):
-    """The jitted decode for one setting, shared by every evaluator with that setting, so
-    suites of equal lengths (e.g. the CoT suites) compile once."""
-
-    def predict(params, batch, batch_index):
-        return model.predict_batch(
-            params,
-            batch,
-            max_decode_length=max_decode_length,
-            rng=jax.random.fold_in(jax.random.key(seed), batch_index),
-            temperature=temperature,
-            num_decodes=num_samples,
-        )
-
-    replicated = partitioner.replicated_sharding()
-    params_shardings = jax.tree.unflatten(params_treedef, params_sharding_leaves)
-    return partitioner.partition(
-        predict,
-        in_shardings=(params_shardings, partitioner.batch_sharding(), replicated),
-        out_shardings=replicated,
-    )
-
-
 class PredictionEvaluator:
     """Decodes a task's (or every subtask of a mixture's) split, then applies the tasks' own
     postprocessors and metric functions, so scores mean what the task author meant.
 
-    Greedy by default; `temperature` > 0 samples. `num_samples` = k > 1 is self-consistency:
+    Greedy by default; `temperature` > 0 samples, `num_beams` runs beam search. `num_samples`
+    = k > 1 is self-consistency:
     k sampled outputs per example, each reduced to its answer by the task's postprocessor, and
     the sample with the majority answer (`majority_vote`) is the one scored.
     """
@@ -115,6 +81,7 @@ class PredictionEvaluator:
         num_examples: int | None = None,
         temperature: float = 0.0,
         num_samples: int = 1,
+        num_beams: int | None = None,
         seed: int = 0,
         show_progress: bool = False,
     ):
@@ -148,16 +115,14 @@ class PredictionEvaluator:
             int(ds.reduce(0, lambda count, _: count + 1))
             for ds in self._evaluator.cached_task_datasets.values()
         )
-        self._predict = _predict_function(
-            model,
-            partitioner,
-            jax.tree.structure(params_shardings),
-            tuple(jax.tree.leaves(params_shardings)),
+        settings = predict.DecodeSettings(
             max_decode_length=task_feature_lengths["targets"],
             temperature=temperature,
-            num_samples=num_samples,
+            num_decodes=num_samples,
+            num_beams=num_beams,
             seed=seed,
         )
+        self._predict = predict.predict_function(model, partitioner, params_shardings, settings)
         self._progress: Progress | None = None
         self._batch_index = 0
         self._outputs = {}
@@ -171,13 +136,8 @@ class PredictionEvaluator:
         outputs = []
         for indices, features in indexed_ds.batch(self.batch_size).as_numpy_iterator():
             n = len(indices)
-            # Every feature goes in (the model takes what it decodes from); the last batch
-            # is padded to the compiled batch size with empty rows.
-            padded = {}
-            for name, value in features.items():
-                padded[name] = np.zeros((self.batch_size, *value.shape[1:]), value.dtype)
-                padded[name][:n] = value
-            batch = data.place(padded, self._batch_sharding)
+            # Every feature goes in (the model takes what it decodes from).
+            batch = data.place(data.pad_rows(features, self.batch_size), self._batch_sharding)
             predictions = np.asarray(self._predict(params, batch, np.int32(self._batch_index)))
             self._batch_index += 1
             if self.num_samples > 1:
@@ -248,9 +208,11 @@ class SuiteEvaluator:
         self_consistency_suites: Sequence[str] = (),
         num_samples: int = 1,
         temperature: float = 0.0,
+        num_beams: int | None = None,
         seed: int = 0,
         show_progress: bool = False,
     ):
+        """`num_beams` beam-searches the suites that self-consistency does not sample."""
         missing = [suite for suite in suites if suite not in feature_lengths]
         if missing:
             raise ValueError(
@@ -271,6 +233,7 @@ class SuiteEvaluator:
                 num_examples=num_examples,
                 temperature=temperature if sampled else 0.0,
                 num_samples=num_samples if sampled else 1,
+                num_beams=None if sampled else num_beams,
                 seed=seed,
                 show_progress=show_progress,
             )
@@ -319,9 +282,10 @@ class TeacherForcedEvaluator:
             )
             if num_examples is not None:
                 ds = ds.take(num_examples)
-            # Padding rows have zero loss weight, so they change no sum.
-            ds = ds.batch(batch_size).map(lambda b: _pad_rows(b, batch_size))
-            self._batches[task.name] = list(ds.as_numpy_iterator())
+            self._batches[task.name] = [
+                data.pad_rows(batch, batch_size)
+                for batch in ds.batch(batch_size).as_numpy_iterator()
+            ]
 
     def evaluate(self, params) -> TaskMetrics:
         results = {}
@@ -338,13 +302,6 @@ class TeacherForcedEvaluator:
                 "teacher_forced/token_accuracy": float(metrics["accuracy"]),
             }
         return results
-
-
-def _pad_rows(batch, batch_size):
-    return {
-        name: tf.pad(value, [[0, batch_size - tf.shape(value)[0]]] + [[0, 0]] * (value.shape.rank - 1))
-        for name, value in batch.items()
-    }
 
 
 def format_table(columns: Mapping[str, TaskMetrics]) -> str:

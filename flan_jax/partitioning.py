@@ -246,3 +246,17 @@ def _path_keys(path) -> tuple:
                 keys.append(getattr(entry, attr))
                 break
     return tuple(keys)
+
+
+def abstract_params(model, partitioner: Partitioner) -> tuple[Any, Any]:
+    """(the model's parameters as shapes placed on the partitioner's shardings, their logical
+    specs), from `jax.eval_shape(model.init)`: nothing is allocated. Restoring, training and
+    compiling ahead of time all lay parameters out by this one tree."""
+    boxed = jax.eval_shape(model.init, jax.random.key(0))
+    specs = nn.get_partition_spec(boxed)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.unbox(boxed),
+        partitioner.shardings(specs),
+    )
+    return abstract, specs

@@ -66,9 +66,7 @@ class Trainer:
         self.skip_nonfinite = skip_nonfinite
         self._dropout_key = jax.random.key(seed + 1)
 
-        abstract_boxed = jax.eval_shape(model.init, jax.random.key(0))
-        param_specs = nn.get_partition_spec(abstract_boxed)
-        abstract_params = nn.unbox(abstract_boxed)
+        abstract_params, param_specs = partitioning.abstract_params(model, partitioner)
         abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
         opt_specs = partitioning.optimizer_state_specs(abstract_opt, abstract_params, param_specs)
         self.state_specs = TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs)

@@ -51,7 +51,7 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     out = root / "from_checkpoint"
     result = subprocess.run(
         [sys.executable, "-m", "flan_jax.evaluate", *COMMON,
-         f"--gin.CHECKPOINT_PATH='{root / 'checkpoint'}'", f"--gin.OUTPUT_DIR='{out}'",
+         f"--checkpoint={root / 'checkpoint'}", f"--gin.OUTPUT_DIR='{out}'",
          f"--gin.MMLU_DIR='{mmlu_dir}'", "--gin.LABEL='tiny'"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
     )
@@ -82,7 +82,7 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     for name, path in data.items():
         monkeypatch.setenv(name, path)
     try:
-        evaluate.main([*COMMON, f"--gin.HF_DIR='{hf_dir}'", f"--gin.OUTPUT_DIR='{root / 'from_hf'}'",
+        evaluate.main([*COMMON, f"--gin.CHECKPOINT_PATH='{hf_dir}'", f"--gin.OUTPUT_DIR='{root / 'from_hf'}'",
                        "--gin.SUITES=['tydiqa', 'mgsm']"])
     finally:
         gin.clear_config()

@@ -7,7 +7,7 @@ import gin
 import jax
 import pytest
 
-from flan_jax import gin_utils
+from flan_jax import cli
 from flan_jax.models import base
 
 # Parameter counts of the google/flan-t5-* checkpoints.
@@ -25,7 +25,7 @@ FLAN_PALM = {"8b": (40_000, 3e-3, 0.05), "62b": (40_000, 3e-3, 0.05), "540b": (2
 def parse_preset():
     def parse(path):
         gin.clear_config()
-        gin_utils.parse(
+        cli.parse(
             [f"--gin_file={path}", "--gin.MIXTURE_OR_TASK_NAME='any'", "--gin.MODEL_DIR='/tmp/x'"],
             description="test",
         )

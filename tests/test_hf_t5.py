@@ -5,12 +5,11 @@ import filecmp
 import json
 import os
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from flan_jax import checkpoints, gin_utils
+from flan_jax import checkpoints, model_loader, partitioning
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 from test_t5 import HF_CONFIGS, TOL, _hf_model, _padded_tokens, _shift_right
@@ -77,17 +76,16 @@ def hf_logits(hf_model, batch):
 
 
 def abstract_params(model):
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        nn.unbox(jax.eval_shape(model.init, jax.random.key(0))),
+    partitioner = partitioning.Partitioner(
+        partitioning.create_mesh(), partitioning.logical_axis_rules()
     )
+    return partitioning.abstract_params(model, partitioner)[0]
 
 
 def restore(out):
     """(model, params) as a run with INITIAL_CHECKPOINT_PATH=out and out/model.gin gets them."""
-    model, _ = gin_utils.load_model(os.path.join(out, "model.gin"))
-    return model, checkpoints.restore_params(out, abstract_params(model))
+    model, _ = model_loader.model_from_gin_file(os.path.join(out, "model.gin"))
+    return model, model_loader.restore_params(out, model, abstract_params(model))
 
 
 def test_imported_checkpoint_gives_hf_logits(imported, hf_model, batch):
@@ -98,7 +96,7 @@ def test_imported_checkpoint_gives_hf_logits(imported, hf_model, batch):
 
 
 def test_model_gin_builds_the_hf_config(imported, hf_dir):
-    model, vocabulary = gin_utils.load_model(os.path.join(imported, "model.gin"))
+    model, vocabulary = model_loader.model_from_gin_file(os.path.join(imported, "model.gin"))
     with open(os.path.join(hf_dir, "config.json")) as f:
         assert model.config == hf_t5.t5_config_from_hf(json.load(f))
     assert vocabulary == os.path.join(imported, "spiece.model")
@@ -155,7 +153,7 @@ def test_import_refuses_a_config_it_cannot_represent(hf_dir, tmp_path):
 
 
 def test_restoring_into_another_layout_names_the_missing_params(imported):
-    model, _ = gin_utils.load_model(os.path.join(imported, "model.gin"))
+    model, _ = model_loader.model_from_gin_file(os.path.join(imported, "model.gin"))
     scanned = EncoderDecoderModel(dataclasses.replace(model.config, scan_layers=True))
     with pytest.raises(ValueError, match=r"\['decoder'\]\['layers'\].*scan_layers"):
         checkpoints.restore_params(imported, abstract_params(scanned))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from flan_jax import infer
+from flan_jax import infer, model_loader, partitioning
 from test_hf_t5 import TEXT, hf_dir, hf_model, imported  # noqa: F401 (fixtures)
 
 torch = pytest.importorskip("torch")
@@ -71,7 +71,7 @@ def check(results, expected):
 
 
 def test_infer_on_an_hf_dir_matches_hf(hf_dir, input_file, expected, tmp_path):  # noqa: F811
-    check(run(tmp_path, input_file, "--hf_dir", hf_dir), expected)
+    check(run(tmp_path, input_file, "--checkpoint", hf_dir), expected)
 
 
 def test_infer_on_an_imported_checkpoint_matches_hf(
@@ -88,3 +88,24 @@ def test_malformed_line_names_file_and_line(tmp_path, line):
     path.write_text('{"inputs": "fine"}\n\n' + line + "\n")
     with pytest.raises(ValueError, match=f"{path}:3: "):
         infer.read_jsonl(str(path))
+
+
+def test_beam_search_is_reachable_from_the_command_line(hf_dir, input_file, tmp_path):  # noqa: F811
+    results = run(tmp_path, input_file, "--checkpoint", hf_dir, "--num_beams", "3",
+                  "--num_decodes", "2")
+    partitioner = partitioning.Partitioner(
+        partitioning.create_mesh(), partitioning.logical_axis_rules()
+    )
+    loaded = model_loader.load(hf_dir, partitioner)
+    vocabulary = loaded.vocabulary()
+    rows = np.zeros((len(EXAMPLES), 64), np.int32)
+    for row, example in enumerate(EXAMPLES):
+        ids = vocabulary.encode(example["inputs"]) + [1]
+        rows[row, : len(ids)] = ids
+    beams = loaded.model.predict_batch(
+        loaded.params, {"encoder_input_tokens": rows}, max_decode_length=MAX_DECODE_LENGTH,
+        num_beams=3, num_decodes=2,
+    )
+    assert [r["prediction"] for r in results] == [
+        [vocabulary.decode(list(beam)) for beam in np.asarray(row)] for row in beams
+    ]

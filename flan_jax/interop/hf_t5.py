@@ -6,10 +6,9 @@ kernels are [in, out] with the head dimension split out, hence the transposes an
 
 Command line (see README.md):
   python -m flan_jax.interop.hf_t5 import --hf_dir DIR --out OUT [--scan_layers]
-  python -m flan_jax.interop.hf_t5 export --checkpoint CKPT --out DIR [--gin_file model.gin]
+  python -m flan_jax.interop.hf_t5 export --checkpoint CKPT --out DIR [--model_gin_file F]
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -18,13 +17,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from flan_jax import checkpoints, gin_utils
+from flan_jax import checkpoints, cli, model_loader, partitioning
 from flan_jax.models.t5 import T5Config, scan_params, unscan_params
 
 VOCABULARY_FILE = "spiece.model"
@@ -287,9 +285,8 @@ def params_to_hf(params: Mapping[str, Any], config: T5Config) -> dict[str, np.nd
     return out
 
 
-def read_hf_dir(hf_dir: str, *, scan_layers: bool = False) -> tuple[T5Config, dict]:
-    """(T5Config, flan_jax params) from an HF directory: config.json plus model.safetensors
-    or a sharded model.safetensors.index.json. Raises naming what is missing or refused."""
+def read_hf_config(hf_dir: str, *, scan_layers: bool = False) -> T5Config:
+    """The T5Config of an HF directory's config.json; raises naming what is missing or refused."""
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(
@@ -298,7 +295,13 @@ def read_hf_dir(hf_dir: str, *, scan_layers: bool = False) -> tuple[T5Config, di
         )
     with open(config_path) as f:
         config = t5_config_from_hf(json.load(f))
-    config = dataclasses.replace(config, scan_layers=scan_layers)
+    return dataclasses.replace(config, scan_layers=scan_layers)
+
+
+def read_hf_dir(hf_dir: str, *, scan_layers: bool = False) -> tuple[T5Config, dict]:
+    """(T5Config, flan_jax params) from an HF directory: config.json plus model.safetensors
+    or a sharded model.safetensors.index.json. Raises naming what is missing or refused."""
+    config = read_hf_config(hf_dir, scan_layers=scan_layers)
     return config, params_from_hf(_read_safetensors(hf_dir), config)
 
 
@@ -382,51 +385,51 @@ def import_hf(hf_dir: str, out: str, *, scan_layers: bool = False) -> None:
 
 
 def export_hf(
-    checkpoint: str, out: str, *, gin_file: str | None = None, vocabulary: str | None = None
+    checkpoint: str,
+    out: str,
+    *,
+    model_gin_file: str | None = None,
+    vocabulary_path: str | None = None,
 ) -> None:
     """flan_jax checkpoint -> OUT/{model.safetensors, config.json, spiece.model when known}."""
-    gin_file = gin_file or gin_utils.model_gin_for_checkpoint(checkpoint)
-    model, vocabulary_path = gin_utils.load_model(gin_file)
-    config = model.config
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        nn.unbox(jax.eval_shape(model.init, jax.random.key(0))),
+    partitioner = partitioning.Partitioner(
+        partitioning.create_mesh(), partitioning.logical_axis_rules()
     )
-    params = checkpoints.restore_params(checkpoint, abstract)
+    loaded = model_loader.load(
+        checkpoint, partitioner, model_gin_file=model_gin_file, vocabulary_path=vocabulary_path
+    )
+    config = loaded.model.config
     os.makedirs(out, exist_ok=True)
-    save_file(params_to_hf(params, config), os.path.join(out, "model.safetensors"))
+    save_file(params_to_hf(loaded.params, config), os.path.join(out, "model.safetensors"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(hf_config_from_t5(config), f, indent=2)
-    vocabulary = vocabulary or vocabulary_path
-    if vocabulary and os.path.isfile(vocabulary):
-        shutil.copyfile(vocabulary, os.path.join(out, VOCABULARY_FILE))
+    if loaded.vocabulary_path and os.path.isfile(loaded.vocabulary_path):
+        shutil.copyfile(loaded.vocabulary_path, os.path.join(out, VOCABULARY_FILE))
     else:
         print("warning: no vocabulary known; copy spiece.model into the export", file=sys.stderr)
     print(f"exported {checkpoint} to {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.new_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     imp = commands.add_parser("import", help="HF directory -> flan_jax checkpoint + model.gin")
     imp.add_argument("--hf_dir", required=True)
     imp.add_argument("--out", required=True)
     imp.add_argument("--scan_layers", action="store_true", help="stack layers for scan_layers=True")
     exp = commands.add_parser("export", help="flan_jax checkpoint -> HF directory")
-    exp.add_argument("--checkpoint", required=True, help="model dir or checkpoints/<step> dir")
+    cli.add_checkpoint_flags(exp)
     exp.add_argument("--out", required=True)
-    exp.add_argument(
-        "--gin_file", help="model gin file (default: model.gin or config.gin by the checkpoint)"
-    )
-    exp.add_argument("--vocabulary", help="spiece.model to copy (default: gin VOCABULARY_PATH)")
-    args = parser.parse_args(argv)
+    args = cli.parse_args(parser, argv)
     if args.command == "import":
         import_hf(args.hf_dir, args.out, scan_layers=args.scan_layers)
     else:
-        export_hf(args.checkpoint, args.out, gin_file=args.gin_file, vocabulary=args.vocabulary)
+        export_hf(
+            args.checkpoint,
+            args.out,
+            model_gin_file=args.model_gin_file,
+            vocabulary_path=args.vocabulary,
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_jax import data, gin_utils, infer
+from flan_jax import cli, data, infer
 from flan_jax.interop import hf_t5
 from test_train import run_from_repo_root, train_in_process  # noqa: F401
 
@@ -44,7 +44,7 @@ def test_missing_required_macro_says_how_to_set_it():
     try:
         with pytest.raises(ValueError, match=r"MODEL_DIR is required by gin/models/t5_1_1/tiny.gin, gin/runs/finetune.gin "
                            r"but was not set: pass --gin.MODEL_DIR=VALUE"):
-            gin_utils.parse(
+            cli.parse(
                 ["--gin_file=gin/models/t5_1_1/tiny.gin", "--gin_file=gin/runs/finetune.gin",
                  "--gin.MIXTURE_OR_TASK_NAME='flan_demo'", "--gin.TRAIN_STEPS=1",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}"],
