@@ -1,4 +1,4 @@
-"""`python -m tasks.inspect`: the table of rates, caps, shares and epochs, and the prompts."""
+"""`python -m flan_jax.inspect_mixture`: the table of rates, caps, shares, epochs; prompts."""
 
 import io
 import re
@@ -8,7 +8,7 @@ import gin
 import pytest
 
 from flan_testing import COT_DIR, NIV2_DIR, flan_env  # noqa: F401  (fixture)
-from tasks import inspect
+from flan_jax import inspect_mixture
 
 
 def _rows(text):
@@ -24,7 +24,7 @@ def _rows(text):
 def test_demo_mixture_table_and_prompts(monkeypatch):
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    inspect.main(["flan_demo", "--steps", "100", "--batch_size", "8",
+    inspect_mixture.main(["flan_demo", "--steps", "100", "--batch_size", "8",
                   "--feature_lengths", "inputs=128,targets=64", "--num_prompts", "2", "--sample_examples", "8"])
     text = out.getvalue()
     rows = _rows(text)
@@ -48,7 +48,7 @@ def clean_gin():
 def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(flan_env, monkeypatch, clean_gin):
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    inspect.main([
+    inspect_mixture.main([
         "--gin_file=gin/mixtures/flan2022.gin", "--gin.COT_RATIO=0.2",
         f"--gin.COT_DIR='{COT_DIR}'", f"--gin.NIV2_DIR='{NIV2_DIR}'",
         "--steps", "10", "--batch_size", "4", "--feature_lengths", "inputs=256,targets=64",

@@ -13,7 +13,7 @@
 
    `python -m flan_jax.train --gin_file=my_run.gin ...` then trains on
    `flan2022_b_with_user_country_capitals0.05`, and
-   `python -m tasks.inspect flan2022_b --module tasks.examples.user_task` shows its rate.
+   `python -m flan_jax.inspect_mixture flan2022_b --module tasks.examples.user_task` shows its rate.
 
 Copy this file into your own package (anything importable works) and change the data.
 """

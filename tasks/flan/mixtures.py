@@ -34,7 +34,7 @@ PROPORTIONS = {
 
 # Tasks a user module added with `add_user_task`: name -> share of the whole mixture.
 USER_TASKS: dict[str, float] = {}
-# Mixture name -> the `plan` arguments it was registered with (for `tasks.inspect`).
+# Mixture name -> the `plan` arguments it was registered with (for `flan_jax.inspect_mixture`).
 SPECS: dict[str, tuple] = {}
 
 
@@ -94,7 +94,7 @@ def plan(
     """seqio task name -> rate (summing to 1) of a mixture of the registered Flan tasks.
 
     strict: a family with a positive proportion but no registered tasks is an error (else
-    the others are rescaled, as `python -m tasks.inspect` shows).
+    the others are rescaled, as `python -m flan_jax.inspect_mixture` shows).
     """
     user_tasks = dict(user_tasks or {})
     user_share = sum(user_tasks.values())

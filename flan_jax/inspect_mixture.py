@@ -1,4 +1,4 @@
-"""What a mixture feeds the model: `python -m tasks.inspect MIXTURE`.
+"""What a mixture feeds the model: `python -m flan_jax.inspect_mixture MIXTURE`.
 
 Prints each task's rate, cap, example count, share of examples and of tokens, and the
 epochs it gets over a run of --steps x --batch_size, then renders --num_prompts prompts.
@@ -6,10 +6,10 @@ Token counts come from the first --sample_examples examples of each task. A task
 data is missing is listed with the reason and the variable to set; its rate still shows
 (a Flan task of unknown size counts as its cap).
 
-  python -m tasks.inspect flan_demo --steps 1500 --batch_size 32
-  python -m tasks.inspect flan2022_b --steps 14000 --batch_size 64 --num_prompts 3
-  python -m tasks.inspect --gin_file=gin/mixtures/flan2022.gin --gin.COT_RATIO=0.1
-  python -m tasks.inspect --gin_file=my_run.gin   # the run's mixture, user modules included
+  python -m flan_jax.inspect_mixture flan_demo --steps 1500 --batch_size 32
+  python -m flan_jax.inspect_mixture flan2022_b --steps 14000 --batch_size 64 --num_prompts 3
+  python -m flan_jax.inspect_mixture --gin_file=gin/mixtures/flan2022.gin --gin.COT_RATIO=0.1
+  python -m flan_jax.inspect_mixture --gin_file=my_run.gin   # the run's mixture, user modules included
 """
 
 from __future__ import annotations
