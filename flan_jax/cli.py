@@ -378,7 +378,10 @@ def configure_logging(*, verbose: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_ConsoleFilter(verbose))
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_flan_jax", False)]:
+    # Ours from an earlier call, and logging.basicConfig's (some library called it on import);
+    # other handlers (a test's log capture) stay.
+    for old in [h for h in root.handlers if getattr(h, "_flan_jax", False)
+                or type(h) is logging.StreamHandler]:
         root.removeHandler(old)
     handler._flan_jax = True
     root.addHandler(handler)

@@ -14,7 +14,6 @@ data is missing is listed with the reason and the variable to set; its rate stil
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
@@ -25,7 +24,7 @@ import gin
 import numpy as np
 import seqio
 
-from flan_jax import gin_utils
+from flan_jax import cli
 from flan_jax.data import get_mixture_or_task
 
 DEFAULT_MODULES = ("tasks.demo", "tasks.flan")
@@ -173,7 +172,7 @@ def mixture_from_gin() -> str | None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.new_parser(__doc__, gin_files=True)
     parser.add_argument(
         "mixture", nargs="?", help="a registered mixture or task; default: gin's MIXTURE_OR_TASK_NAME"
     )
@@ -184,17 +183,13 @@ def main(argv=None) -> None:
     parser.add_argument("--sample_examples", type=int, default=16, help="examples per task for token counts")
     parser.add_argument("--module", action="append", default=[], help="module to import (repeatable); "
                         f"always: {', '.join(DEFAULT_MODULES)}")
-    parser.add_argument("--gin_file", action="append", default=[], help="gin file(s): imports and bindings")
-    args, rest = parser.parse_known_args(argv)
-    bindings = [item[len("--gin."):] for item in rest if item.startswith("--gin.")]
-    if len(bindings) != len(rest):
-        parser.error(f"unrecognized arguments {rest}; gin bindings are --gin.NAME=VALUE")
+    args = cli.parse_args(parser, argv)
     for module in (*DEFAULT_MODULES, *args.module):
         importlib.import_module(module)
-    if args.gin_file or bindings:
-        for path in [".", gin_utils.DEFAULT_SEARCH_PATH]:
-            gin.add_config_file_search_path(path)
-        gin.parse_config_files_and_bindings(args.gin_file, bindings)
+    if args.gin_file or args.gin_bindings:
+        cli.parse_gin(
+            args.gin_file, args.gin_bindings, search_paths=args.gin_search_paths.split(",")
+        )
     name = args.mixture or mixture_from_gin()
     if not name:
         parser.error("name a MIXTURE, or pass a --gin_file that sets MIXTURE_OR_TASK_NAME")

@@ -18,7 +18,7 @@ from flan_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = ["flan_jax.train", "flan_jax.evaluate", "flan_jax.infer", "flan_jax.aot",
-                "flan_jax.interop.hf_t5"]
+                "flan_jax.interop.hf_t5", "flan_jax.inspect_mixture"]
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import pytest
 import seqio
 
 import tasks.demo  # noqa: F401  (registers the demo tasks)
-from flan_jax import evaluation
+from flan_jax import evaluation, predict
 from test_trainer import make_trainer
 
 
@@ -70,3 +70,26 @@ def test_self_consistency_needs_sampling(tiny_config):
             trainer.params_shardings, batch_size=8, num_samples=4, temperature=0.0,
         )
 
+
+
+def test_beam_search_reaches_the_decode_function(tiny_config):
+    trainer = make_trainer(dataclasses.replace(tiny_config, vocab_size=512))
+    lengths = {"inputs": 32, "targets": 16}
+    suites = evaluation.SuiteEvaluator(
+        ["demo_sort", "demo_arithmetic_cot"], {"demo_sort": lengths, "demo_arithmetic_cot": lengths},
+        trainer.model, trainer.partitioner, trainer.params_shardings, batch_size=8,
+        split="validation", num_examples=2, self_consistency_suites=["demo_arithmetic_cot"],
+        num_samples=3, temperature=0.5, num_beams=2,
+    )
+
+    def decode(**settings):
+        return predict.predict_function(
+            trainer.model, trainer.partitioner, trainer.params_shardings,
+            predict.DecodeSettings(max_decode_length=16, **settings),
+        )
+
+    # One compiled function per setting: beams for the greedy suite, samples for the other.
+    assert suites._evaluators["demo_sort"]._predict is decode(num_beams=2)
+    assert suites._evaluators["demo_arithmetic_cot"]._predict is decode(
+        temperature=0.5, num_decodes=3
+    )
