@@ -1,14 +1,6 @@
 """Benchmark results as the paper reports them: the six suite scores, their normalized
-average, a markdown table and a chart beside the paper's Flan-T5 rows, and a JSON record.
-
-Normalized average: each score s is normalized against its suite's random-guess baseline r as
-100 * (s - r) / (100 - r), and the six are averaged. The paper normalizes per task before
-aggregating and does not list its baselines, so no single true chance rate per column
-reproduces its table (with MMLU at 25, BBH's rate would have to be 26.9 for Flan-T5-small but
-24.4 for Flan-PaLM). RANDOM_BASELINES are therefore effective per-column baselines, fitted so
-that every paper row's normalized average comes out within 0.05 of the published one, with
-MMLU-CoT at its chance rate of 25 and the generative TyDiQA and MGSM at 0.
-"""
+average (see `tasks.suites`), a markdown table and a chart beside the paper's rows, and a JSON
+record."""
 
 from __future__ import annotations
 
@@ -18,40 +10,11 @@ from typing import Mapping
 
 import numpy as np
 
+from tasks.suites import COLUMNS, PAPER_ROWS, RANDOM_BASELINES
+
 TaskMetrics = Mapping[str, Mapping[str, float]]
 
-COLUMNS = {
-    "mmlu_direct": "MMLU direct",
-    "mmlu_cot": "MMLU CoT",
-    "bbh_direct": "BBH direct",
-    "bbh_cot": "BBH CoT",
-    "tydiqa": "TyDiQA",
-    "mgsm": "MGSM",
-}
 NORMALIZED_AVERAGE = "norm. avg"
-RANDOM_BASELINES = {
-    "mmlu_direct": 32.0,
-    "mmlu_cot": 25.0,
-    "bbh_direct": 13.0,
-    "bbh_cot": 30.5,
-    "tydiqa": 0.0,
-    "mgsm": 0.0,
-}
-
-
-def _row(*scores: float) -> dict[str, float]:
-    return dict(zip(COLUMNS, scores))
-
-
-# Chung et al. 2022 (DESIGN.md): the six scores and the published normalized average.
-PAPER_ROWS = {
-    "Flan-T5-small": (_row(28.7, 12.1, 29.1, 19.2, 1.1, 0.2), -3.1),
-    "Flan-T5-base": (_row(35.9, 33.7, 31.3, 27.9, 4.1, 0.4), 6.5),
-    "Flan-T5-large": (_row(45.1, 40.5, 37.5, 31.5, 12.3, 0.7), 13.8),
-    "Flan-T5-XL": (_row(52.4, 45.5, 41.0, 35.2, 16.6, 1.9), 19.1),
-    "Flan-T5-XXL": (_row(55.1, 48.6, 45.3, 41.4, 19.0, 4.9), 23.7),
-    "Flan-PaLM 540B": (_row(73.5, 70.9, 57.9, 66.3, 67.8, 57.0), 58.4),
-}
 
 
 def suite_score(task_metrics: TaskMetrics) -> float:

@@ -28,6 +28,7 @@ from tasks.templates import Template
 
 MIXTURE_NAME = "flan_demo"
 SPLIT_SIZES = {"train": 3000, "validation": 100}
+VOCAB_SIZE = 512
 
 Example = dict[str, str | list[str]]
 Splits = dict[str, list[Example]]
@@ -215,6 +216,12 @@ def vocabulary_text() -> list[str]:
     return lines
 
 
+def vocabulary() -> seqio.SentencePieceVocabulary:
+    """The demo tasks' vocabulary: trained on their train text the first time, then read from
+    the cache (`tasks.vocab.sentencepiece_vocabulary`)."""
+    return vocab.sentencepiece_vocabulary(vocabulary_text(), "demo", VOCAB_SIZE)
+
+
 def _source(examples: Callable[[], Splits]) -> seqio.FunctionDataSource:
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # In-memory data; the Task shuffles after preprocessing.
@@ -229,10 +236,10 @@ def _source(examples: Callable[[], Splits]) -> seqio.FunctionDataSource:
 
 def _register() -> None:
     """(Re)registers the tasks and the mixture; replacing makes a module reload safe."""
-    vocabulary = vocab.demo_vocabulary()
+    features_vocabulary = vocabulary()
     output_features = {
-        "inputs": seqio.Feature(vocabulary, add_eos=True),
-        "targets": seqio.Feature(vocabulary, add_eos=True),
+        "inputs": seqio.Feature(features_vocabulary, add_eos=True),
+        "targets": seqio.Feature(features_vocabulary, add_eos=True),
     }
     for task in _TASKS:
         if task.few_shot_k:

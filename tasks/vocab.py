@@ -22,7 +22,6 @@ import seqio
 from sentencepiece import sentencepiece_model_pb2
 
 CACHE_DIR_ENV = "FLAN_JAX_CACHE_DIR"
-DEMO_VOCAB_SIZE = 512
 
 # The T5 / Flan-T5 SentencePiece model (32,000 pieces; with 100 extra ids the 32,100 ids
 # that a 32,128-row embedding covers). A Hugging Face Flan-T5 directory's `spiece.model`
@@ -88,11 +87,10 @@ def _sentencepiece_file(path: str) -> seqio.SentencePieceVocabulary:
     return seqio.SentencePieceVocabulary(path, extra_ids=T5_EXTRA_IDS)
 
 
-def demo_vocabulary() -> seqio.SentencePieceVocabulary:
-    """The vocabulary of the demo tasks, trained on their train text."""
-    from tasks import demo  # Deferred: tasks.demo builds its output features with this.
-
-    return sentencepiece_vocabulary(demo.vocabulary_text(), "demo", DEMO_VOCAB_SIZE)
+def __getattr__(name: str):
+    if name == "demo_vocabulary":  # Moved, so that this module and tasks.demo import one way.
+        raise AttributeError("tasks.vocab.demo_vocabulary() is now tasks.demo.vocabulary()")
+    raise AttributeError(f"module 'tasks.vocab' has no attribute {name!r}")
 
 
 def _train(lines: Sequence[str], vocab_size: int, path: str) -> None:

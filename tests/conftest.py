@@ -47,3 +47,24 @@ def fixed_batch(tiny_config):
         "decoder_input_tokens": decoder_inputs,
         "decoder_loss_weights": (targets > 0).astype(np.int32),
     }
+
+
+@pytest.fixture(scope="module")
+def flan_env():
+    """The Flan tasks registered over tests/fixtures/flan, with the demo vocabulary as
+    $FLAN_JAX_VOCAB (no network, no TFDS downloads)."""
+    from flan_testing import COT_DIR, NIV2_DIR
+
+    from tasks import demo, vocab
+    from tasks.flan import sources
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(vocab.FLAN_VOCAB_ENV, demo.vocabulary().sentencepiece_model_file)
+        patch.setenv(sources.COT_DIR_ENV, COT_DIR)
+        patch.setenv(sources.NIV2_DIR_ENV, NIV2_DIR)
+        import tasks.flan
+        from tasks.flan import cot
+
+        cot.use_directory(None)
+        tasks.flan.register_all()
+        yield tasks.flan

@@ -110,8 +110,8 @@ def test_demo_vocabulary_round_trips_and_is_cached(tmp_path, monkeypatch):
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(spm.SentencePieceTrainer, "train", counting_train)
-    first = vocab.demo_vocabulary()
-    second = vocab.demo_vocabulary()
+    first = demo.vocabulary()
+    second = demo.vocabulary()
     assert len(trainings) == 1
     assert first.sentencepiece_model_file == second.sentencepiece_model_file
     assert [path.name for path in tmp_path.iterdir()] == [
@@ -138,6 +138,13 @@ def test_vocabulary_training_is_deterministic(tmp_path, monkeypatch):
     monkeypatch.setenv(vocab.CACHE_DIR_ENV, str(tmp_path / "a"))
     other = vocab.sentencepiece_vocabulary(lines[:100], "t", 64).sentencepiece_model_file
     assert len(list((tmp_path / "a").iterdir())) == 2 and open(other, "rb").read() != models[0]
+
+
+def test_the_moved_demo_vocabulary_names_its_new_home():
+    with pytest.raises(AttributeError, match=r"now tasks\.demo\.vocabulary\(\)"):
+        vocab.demo_vocabulary()
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        vocab.no_such_name
 
 
 def _segments(segment_ids):

@@ -11,7 +11,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_testing import COT_DIR, LENGTHS, NIV2_DIR, flan_env  # noqa: F401  (fixture)
+from flan_testing import COT_DIR, LENGTHS, NIV2_DIR
 from tasks.flan import mixtures, registry
 
 

@@ -7,7 +7,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from flan_testing import LENGTHS, flan_env, texts  # noqa: F401  (fixture)
+from flan_testing import LENGTHS, texts
 from tasks import templates
 from tasks.flan import muffin, registry, t0sf
 

@@ -7,7 +7,7 @@ import sys
 import gin
 import pytest
 
-from flan_testing import COT_DIR, NIV2_DIR, flan_env  # noqa: F401  (fixture)
+from flan_testing import COT_DIR, NIV2_DIR
 from flan_jax import inspect_mixture
 
 

@@ -5,17 +5,19 @@ import json
 import pytest
 from matplotlib import image
 
+import gin
 from flan_jax import report
+from tasks import suites
 
 
-@pytest.mark.parametrize("model", list(report.PAPER_ROWS))
+@pytest.mark.parametrize("model", list(suites.PAPER_ROWS))
 def test_normalized_average_reproduces_every_paper_row(model):
-    scores, published = report.PAPER_ROWS[model]
+    scores, published = suites.PAPER_ROWS[model]
     assert round(report.normalized_average(scores), 1) == published
 
 
 def test_normalized_average_needs_all_six_suites():
-    scores, _ = report.PAPER_ROWS["Flan-T5-XXL"]
+    scores, _ = suites.PAPER_ROWS["Flan-T5-XXL"]
     assert report.normalized_average({k: v for k, v in scores.items() if k != "mgsm"}) is None
     # At a suite's random baseline its normalized score is 0; at 100 it is 100.
     assert report.normalized_score("mmlu_cot", 25.0) == 0.0
@@ -31,11 +33,11 @@ def test_suite_score_is_the_mean_over_tasks():
 def test_report_files(tmp_path):
     results = {
         suite: {f"{suite}_x": {"accuracy": 40.0}, f"{suite}_y": {"accuracy": 60.0}}
-        for suite in report.COLUMNS
+        for suite in suites.SUITES
     }
     paths = report.write_report(str(tmp_path), "mine", results, {"checkpoint": "c"})
     record = json.loads(open(paths["json"]).read())
-    assert record["scores"] == {suite: 50.0 for suite in report.COLUMNS}
+    assert record["scores"] == {suite: 50.0 for suite in suites.SUITES}
     assert record["normalized_average"] == pytest.approx(report.normalized_average(record["scores"]))
     assert record["checkpoint"] == "c" and record["tasks"] == results
     table = open(paths["md"]).read().splitlines()
@@ -43,3 +45,18 @@ def test_report_files(tmp_path):
     assert table[6] == "| Flan-T5-XXL (paper) | 55.1 | 48.6 | 45.3 | 41.4 | 19.0 | 4.9 | 23.7 |"
     assert table[-1].startswith("| **mine** | 50.0 | 50.0 |")
     assert image.imread(paths["png"]).shape[:2] == (450, 1200)
+
+
+def test_gin_files_reach_the_suite_names_as_constants():
+    @gin.configurable
+    def evaluate_suites(names=(), sampled=()):
+        return names, sampled
+
+    try:
+        gin.parse_config(
+            "evaluate_suites.names = %tasks.suites.SUITES\n"
+            "evaluate_suites.sampled = %tasks.suites.CHAIN_OF_THOUGHT_SUITES"
+        )
+        assert evaluate_suites() == (suites.SUITES, suites.CHAIN_OF_THOUGHT_SUITES)
+    finally:
+        gin.clear_config()

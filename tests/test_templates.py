@@ -214,9 +214,9 @@ def test_template_index_is_recorded_and_picks_the_few_shot_delimiters():
 
 
 def test_exemplars_are_pruned_to_the_token_budget():
-    from tasks import vocab
+    from tasks import demo
 
-    vocabulary = vocab.demo_vocabulary()
+    vocabulary = demo.vocabulary()
     rows = [{"q": f"question number {i} is about apples and books", "a": str(i)} for i in range(12)]
     template = [Template("{q}", "{a}")]
     full = _texts(templates.few_shot(_dataset(rows), template, k=4))

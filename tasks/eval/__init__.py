@@ -16,9 +16,8 @@ import seqio
 
 from tasks import vocab
 from tasks.eval import bbh, mgsm, mmlu, tydiqa
+from tasks.suites import SUITES
 
-# The paper's six columns, in its order; each is a mixture name.
-SUITES = ("mmlu_direct", "mmlu_cot", "bbh_direct", "bbh_cot", "tydiqa", "mgsm")
 BENCHMARKS = {"mmlu": mmlu, "bbh": bbh, "tydiqa": tydiqa, "mgsm": mgsm}
 DATA_DIR_ENVS = {name: module.DATA_DIR_ENV for name, module in BENCHMARKS.items()}
 
