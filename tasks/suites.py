@@ -1,10 +1,11 @@
 """The paper's six evaluation suites, in one place: their names (each a seqio mixture that
 `tasks.eval` registers), column titles, chance rates and the published Flan-T5 / Flan-PaLM
-rows (Chung et al. 2022). Plain data: importing it registers nothing and reads nothing, so
+rows (Chung et al. 2022). Plain data: importing it registers no task and reads nothing, so
 reports and gin files can use it without loading the suites.
 
-In gin, after `import tasks.suites`: `%tasks.suites.SUITES` and
-`%tasks.suites.CHAIN_OF_THOUGHT_SUITES`.
+In gin, once `tasks.suites` is imported (`import tasks.eval` does): `%PAPER_SUITES` and
+`%PAPER_CHAIN_OF_THOUGHT_SUITES`. A gin constant shadows every macro of the same last name,
+so these are named apart from the SUITES macros the gin files let users override.
 
 The normalized average normalizes each score s against its suite's random-guess baseline r as
 100 * (s - r) / (100 - r) and averages the six. The paper normalizes per task before
@@ -54,5 +55,9 @@ PAPER_ROWS = {
     "Flan-PaLM 540B": (_row(73.5, 70.9, 57.9, 66.3, 67.8, 57.0), 58.4),
 }
 
-gin.constant("tasks.suites.SUITES", SUITES)
-gin.constant("tasks.suites.CHAIN_OF_THOUGHT_SUITES", CHAIN_OF_THOUGHT_SUITES)
+GIN_CONSTANTS = {
+    "tasks.suites.PAPER_SUITES": SUITES,
+    "tasks.suites.PAPER_CHAIN_OF_THOUGHT_SUITES": CHAIN_OF_THOUGHT_SUITES,
+}
+for _name, _value in GIN_CONSTANTS.items():
+    gin.constant(_name, _value)

@@ -1,6 +1,8 @@
 """The results report: normalized average against the paper, table and chart."""
 
 import json
+import os
+import re
 
 import pytest
 from matplotlib import image
@@ -47,16 +49,30 @@ def test_report_files(tmp_path):
     assert image.imread(paths["png"]).shape[:2] == (450, 1200)
 
 
-def test_gin_files_reach_the_suite_names_as_constants():
+def test_gin_files_reach_the_suite_names_as_constants_beside_their_own_macros():
     @gin.configurable
-    def evaluate_suites(names=(), sampled=()):
-        return names, sampled
+    def evaluate_suites(names=(), sampled=(), chosen=()):
+        return names, sampled, chosen
 
     try:
         gin.parse_config(
-            "evaluate_suites.names = %tasks.suites.SUITES\n"
-            "evaluate_suites.sampled = %tasks.suites.CHAIN_OF_THOUGHT_SUITES"
+            "SUITES = ['mgsm']\n"
+            "evaluate_suites.names = %PAPER_SUITES\n"
+            "evaluate_suites.sampled = %tasks.suites.PAPER_CHAIN_OF_THOUGHT_SUITES\n"
+            "evaluate_suites.chosen = %SUITES"
         )
-        assert evaluate_suites() == (suites.SUITES, suites.CHAIN_OF_THOUGHT_SUITES)
+        assert evaluate_suites() == (suites.SUITES, suites.CHAIN_OF_THOUGHT_SUITES, ["mgsm"])
     finally:
         gin.clear_config()
+
+
+def test_no_gin_file_binds_a_macro_that_a_suites_constant_would_shadow():
+    gin_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+    macros = set()
+    for root, _, files in os.walk(gin_dir):
+        for name in files:
+            with open(os.path.join(root, name)) as f:
+                macros |= set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", f.read(), re.MULTILINE))
+    assert "SUITES" in macros  # the files were read
+    shadowed = {name.rsplit(".", 1)[-1] for name in suites.GIN_CONSTANTS} & macros
+    assert not shadowed, f"gin constants {shadowed} would replace the gin files' macros"
