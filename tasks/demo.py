@@ -18,7 +18,7 @@ Importing this module registers the tasks and the mixture.
 import dataclasses
 import functools
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import seqio
 import tensorflow as tf
@@ -263,9 +263,7 @@ def _register() -> None:
             metric_fns=[metrics.accuracy],
         )
     seqio.MixtureRegistry.remove(MIXTURE_NAME)
-    seqio.MixtureRegistry.add(
-        MIXTURE_NAME, TASK_NAMES, default_rate=seqio.mixing_rate_num_examples
-    )
+    seqio.MixtureRegistry.add(MIXTURE_NAME, TASK_NAMES, default_rate=seqio.mixing_rate_num_examples)
 
 
 _register()

@@ -7,7 +7,7 @@ postprocessed targets and predictions to named scores.
 
 import re
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 from tasks.templates import COT_ANSWER_PREFIX
 
@@ -82,7 +82,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def canonical_number(text: str) -> str:
-    """"1,000.50" -> "1000.5", "7.0" -> "7": one spelling per value, so strings compare."""
+    """ "1,000.50" -> "1000.5", "7.0" -> "7": one spelling per value, so strings compare."""
     text = text.replace(",", "")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -115,9 +115,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(
-    targets: Sequence[Sequence[str]], predictions: Sequence[str]
-) -> dict[str, float]:
+def exact_match(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
     """Percentage of predictions equal, after `normalize_answer`, to any of their gold answers."""
     _check_lengths("exact_match", targets, predictions)
     correct = sum(

@@ -20,7 +20,7 @@ fits a token budget. Every preprocessor passes the example's other features thro
 
 import dataclasses
 import string
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
@@ -92,7 +92,9 @@ class _OptionsTable:
         self._headers = tf.constant([f.header for f in formats])
         self._prefixes = tf.constant(prefixes)
         self._suffixes = tf.constant(suffixes)
-        self._labels = tf.constant([list(f.labels) + [""] * (width - len(f.labels)) for f in formats])
+        self._labels = tf.constant(
+            [list(f.labels) + [""] * (width - len(f.labels)) for f in formats]
+        )
         self._max_options = tf.constant([len(f.labels) or 2**62 for f in formats], tf.int64)
         self._labelled = tf.constant([bool(f.labels) for f in formats])
         unlabelled = [i for i, f in enumerate(formats) if not f.labels]
@@ -137,8 +139,10 @@ class _OptionsTable:
         if self.size == 1:
             return tf.constant(0, tf.int64)
         return tf.random.stateless_uniform(
-            [], seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)]),
-            maxval=self.size, dtype=tf.int64,
+            [],
+            seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)]),
+            maxval=self.size,
+            dtype=tf.int64,
         )
 
 
@@ -367,9 +371,7 @@ def join_exemplars(
                 tf.gather(table["example_separator"], which),
             ]
         )
-        query = tf.strings.join(
-            [input_prefix, example["inputs"], tf.gather(query_suffixes, which)]
-        )
+        query = tf.strings.join([input_prefix, example["inputs"], tf.gather(query_suffixes, which)])
         k = shots.shape[0]
         prompts = tf.stack(
             [tf.strings.join([tf.strings.reduce_join(shots[:j]), query]) for j in range(k + 1)]

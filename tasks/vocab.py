@@ -15,7 +15,7 @@ import os
 import random
 import re
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import sentencepiece as spm
 import seqio

@@ -14,11 +14,13 @@ NAVIGATE_QUESTION = "If you follow these instructions, do you return to the star
 
 def _mmlu(root):
     rows = {
-        "dev": [[f"Dev question {i}?", "bone", "skin", "lung", "liver", "ABCD"[i % 4]] for i in range(6)],
+        "dev": [
+            [f"Dev question {i}?", "bone", "skin", "lung", "liver", "ABCD"[i % 4]] for i in range(6)
+        ],
         "val": [["Which organ pumps blood?", "heart", "lung", "skin", "bone", "A"]],
         "test": [
             ["Which organ pumps blood?", "lung", "heart", "skin", "bone", "B"],
-            ["How many chambers, e.g. \"four\", has the heart?", "two", "three", "four", "five", "C"],
+            ['How many chambers, e.g. "four", has the heart?', "two", "three", "four", "five", "C"],
         ],
     }
     for split, split_rows in rows.items():
@@ -54,6 +56,7 @@ def _bbh(root):
 
 def _squad(questions):
     """SQuAD-format JSON: one paragraph per (id, context, question, answers)."""
+
     def paragraph(qa_id, context, question, answers):
         answers = [{"text": answer, "answer_start": 0} for answer in answers]
         qa = {"id": qa_id, "question": question, "answers": answers}
@@ -63,27 +66,49 @@ def _squad(questions):
 
 
 def _tydiqa(root):
-    train = _squad([
-        ("english-1", "Paris is in France.", "Where is Paris?", ["France"]),
-        ("swahili-7", "Dodoma ni mji mkuu wa Tanzania.", "Mji mkuu wa Tanzania ni upi?", ["Dodoma"]),
-    ])
-    dev = _squad([
-        ("english-2", "Rome is in Italy.", "Where is Rome?", ["Italy"]),
-        ("swahili-8", "Nairobi ni mji mkuu wa Kenya.", "Mji mkuu wa Kenya ni upi?",
-         ["Nairobi", "mji wa Nairobi"]),
-        ("swahili-9", "Kampala iko Uganda.", "Kampala iko wapi?", ["Uganda"]),
-    ])
+    train = _squad(
+        [
+            ("english-1", "Paris is in France.", "Where is Paris?", ["France"]),
+            (
+                "swahili-7",
+                "Dodoma ni mji mkuu wa Tanzania.",
+                "Mji mkuu wa Tanzania ni upi?",
+                ["Dodoma"],
+            ),
+        ]
+    )
+    dev = _squad(
+        [
+            ("english-2", "Rome is in Italy.", "Where is Rome?", ["Italy"]),
+            (
+                "swahili-8",
+                "Nairobi ni mji mkuu wa Kenya.",
+                "Mji mkuu wa Kenya ni upi?",
+                ["Nairobi", "mji wa Nairobi"],
+            ),
+            ("swahili-9", "Kampala iko Uganda.", "Kampala iko wapi?", ["Uganda"]),
+        ]
+    )
     (root / "tydiqa-goldp-v1.1-train.json").write_text(json.dumps(train))
     (root / "tydiqa-goldp-v1.1-dev.json").write_text(json.dumps(dev))
 
 
 def _mgsm(root):
     shots = {
-        "de": [{"q": f"Frage: Tom hat {n} Äpfel und bekommt 1 dazu. Wie viele hat er?",
-                "a": f"Schritt-für-Schritt-Antwort: {n} + 1 = {n + 1}. Die Antwort lautet {n + 1}."}
-               for n in range(1, 9)],
-        "zh": [{"q": f"问题：汤姆有 {n} 个苹果，又得到 1 个。他有几个？",
-                "a": f"逐步解答：{n} + 1 = {n + 1}。答案是 {n + 1}。"} for n in range(1, 9)],
+        "de": [
+            {
+                "q": f"Frage: Tom hat {n} Äpfel und bekommt 1 dazu. Wie viele hat er?",
+                "a": f"Schritt-für-Schritt-Antwort: {n} + 1 = {n + 1}. Die Antwort lautet {n + 1}.",
+            }
+            for n in range(1, 9)
+        ],
+        "zh": [
+            {
+                "q": f"问题：汤姆有 {n} 个苹果，又得到 1 个。他有几个？",
+                "a": f"逐步解答：{n} + 1 = {n + 1}。答案是 {n + 1}。",
+            }
+            for n in range(1, 9)
+        ],
     }
     table = {lang: {str(i + 1): shot for i, shot in enumerate(s)} for lang, s in shots.items()}
     (root / "exemplars.py").write_text(

@@ -23,12 +23,17 @@ def test_mmlu_direct_prompt_has_five_dev_shots_and_ends_with_the_query(benchmark
     direct = mmlu.examples("anatomy", False, "test", str(benchmarks["mmlu"]))
     assert [e["targets"] for e in direct] == ["B", "C"]
     prompt = direct[1]["inputs"]
-    assert prompt.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
+    assert prompt.startswith(
+        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+    )
     assert prompt.count("\nAnswer: ") == 5 and "Dev question 5?" not in prompt  # 5 of 6 dev rows
     assert prompt.endswith(
-        'How many chambers, e.g. "four", has the heart?\nA. two\nB. three\nC. four\nD. five\nAnswer:'
+        'How many chambers, e.g. "four", has the heart?\n'
+        "A. two\nB. three\nC. four\nD. five\nAnswer:"
     )
-    assert mmlu.examples("anatomy", False, "validation", str(benchmarks["mmlu"]))[0]["targets"] == "A"
+    assert (
+        mmlu.examples("anatomy", False, "validation", str(benchmarks["mmlu"]))[0]["targets"] == "A"
+    )
 
 
 def test_mmlu_cot_prompt_appends_the_query_to_flans_prompt(benchmarks):
@@ -41,7 +46,8 @@ def test_mmlu_cot_prompt_appends_the_query_to_flans_prompt(benchmarks):
 
 
 @pytest.mark.parametrize(
-    "row, error", [("Q?,a,b,c,d,E", "must be one of A, B, C, D, got 'E'"), ("Q?,a,b,B", "expected 6")]
+    "row, error",
+    [("Q?,a,b,c,d,E", "must be one of A, B, C, D, got 'E'"), ("Q?,a,b,B", "expected 6")],
 )
 def test_mmlu_malformed_row_names_file_and_row(tmp_path, row, error):
     path = tmp_path / "x_test.csv"
@@ -64,7 +70,9 @@ def test_bbh_direct_prompt_keeps_the_exemplars_answers_only(benchmarks):
 
 def test_bbh_malformed_prompt_names_file_and_line(tmp_path):
     path = tmp_path / "p.txt"
-    path.write_text("canary\n-----\nDescription.\n\nQ: one\nA: So the answer is x.\n\nQ: two\nA: no phrase\n")
+    path.write_text(
+        "canary\n-----\nDescription.\n\nQ: one\nA: So the answer is x.\n\nQ: two\nA: no phrase\n"
+    )
     with pytest.raises(ValueError, match=f"{path}:8: exemplar has no"):
         bbh.read_prompts(str(path))
     missing = tmp_path / "bbh.json"
@@ -105,9 +113,13 @@ def test_mgsm_prompts_are_in_the_target_language(benchmarks):
 
 
 def test_mgsm_malformed_files_name_file_and_row(tmp_path):
-    (tmp_path / "exemplars.py").write_text("MGSM_EXEMPLARS = {'de': {'1': {'q': 'Frage: x', 'a': 'A: 1'}}}\n")
+    (tmp_path / "exemplars.py").write_text(
+        "MGSM_EXEMPLARS = {'de': {'1': {'q': 'Frage: x', 'a': 'A: 1'}}}\n"
+    )
     (tmp_path / "mgsm_de.tsv").write_text("ok\t3\nno answer\tzwei\n")
-    with pytest.raises(ValueError, match="mgsm_de.tsv:2: the answer field must be a number, got 'zwei'"):
+    with pytest.raises(
+        ValueError, match="mgsm_de.tsv:2: the answer field must be a number, got 'zwei'"
+    ):
         mgsm.examples("de", str(tmp_path))
     code = tmp_path / "code" / "exemplars.py"  # read as data: code is refused, not run
     code.parent.mkdir()
@@ -128,9 +140,12 @@ def test_registered_tasks_tokenize_and_keep_the_query_when_trimming(benchmarks):
         first = next(ds.as_numpy_iterator())
         assert len(first["inputs"]) == 24 and first["inputs"][-1] == 1  # trimmed, EOS kept
         assert vocabulary.decode(first["inputs"][:-1].tolist()).endswith("Antwort:")
-        (example,) = seqio.get_mixture_or_task("tydiqa_swahili").get_dataset(
-            {"inputs": 512, "targets": 16}, split="test", shuffle=False
-        ).take(1).as_numpy_iterator()
+        (example,) = (
+            seqio.get_mixture_or_task("tydiqa_swahili")
+            .get_dataset({"inputs": 512, "targets": 16}, split="test", shuffle=False)
+            .take(1)
+            .as_numpy_iterator()
+        )
         assert list(example["answers"]) == [b"Nairobi", b"mji wa Nairobi"]
     finally:
         tasks.eval.register_suites()
@@ -142,7 +157,9 @@ def test_missing_data_directory_names_its_variable(monkeypatch):
     with pytest.raises(FileNotFoundError, match="export FLAN_JAX_MMLU_DIR="):
         task.get_dataset({"inputs": 64, "targets": 8}, split="test")
     monkeypatch.setenv(mmlu.DATA_DIR_ENV, "/nonexistent/mmlu")
-    with pytest.raises(FileNotFoundError, match="FLAN_JAX_MMLU_DIR='/nonexistent/mmlu' does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match="FLAN_JAX_MMLU_DIR='/nonexistent/mmlu' does not exist"
+    ):
         task.get_dataset({"inputs": 64, "targets": 8}, split="test")
 
 

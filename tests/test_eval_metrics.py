@@ -75,7 +75,9 @@ def test_multilingual_exact_match_normalizes_both_sides(prediction, answers):
 
 
 def test_exact_match_scores_misses_and_checks_lengths():
-    assert metrics.exact_match([["Kenya"], ["Uganda"]], ["Kenya", "Tanzania"]) == {"exact_match": 50.0}
+    assert metrics.exact_match([["Kenya"], ["Uganda"]], ["Kenya", "Tanzania"]) == {
+        "exact_match": 50.0
+    }
     assert metrics.normalize_answer("Dar es Salaam") != metrics.normalize_answer("Dar-es-Salaam")
     with pytest.raises(ValueError, match="2 targets but 1 predictions"):
         metrics.exact_match([["a"], ["b"]], ["a"])

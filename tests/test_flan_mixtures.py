@@ -2,16 +2,15 @@
 determinism, user tasks, and the gin path into `python -m flan_jax.train`."""
 
 import os
-
 import sys
 
-import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-
 from flan_testing import COT_DIR, LENGTHS, NIV2_DIR
+
+import gin
 from tasks.flan import mixtures, registry
 
 
@@ -42,13 +41,17 @@ def test_proportions_and_cot_ratio_keep_the_others_relative_shares():
 def test_registered_mixture_rates_match_the_plan(flan_env):
     mixture = seqio.get_mixture_or_task("flan2022_a")
     total = mixture.total_rate
-    niv2_share = sum(mixture.get_rate(t) for t in mixture.tasks if t.name.startswith("niv2_")) / total
+    niv2_share = (
+        sum(mixture.get_rate(t) for t in mixture.tasks if t.name.startswith("niv2_")) / total
+    )
     assert niv2_share == pytest.approx(0.30)
     # Fixture NIV2 tasks have 6 examples each (under the 5k cap): equal rates.
     niv2 = seqio.get_mixture_or_task("flan_niv2")
     assert len({round(niv2.get_rate(t), 12) for t in niv2.tasks}) == 1
     assert {t.name for t in seqio.get_mixture_or_task("flan_muffin_zs_opt").tasks} == {
-        task.variant("zs_opt") for task in registry.REGISTERED["muffin"].values() if "zs_opt" in task.formats
+        task.variant("zs_opt")
+        for task in registry.REGISTERED["muffin"].values()
+        if "zs_opt" in task.formats
     }
 
 
@@ -70,7 +73,9 @@ def test_sampling_10k_examples_gives_the_cot_ratio(flan_env):
     name = mixtures.flan_mixture({"niv2": 0.9, "cot": 0.1}, cot_ratio=0.25)
     assert name == "flan_cot0.1_niv20.9_cot0.25"
     mixture = seqio.get_mixture_or_task(name)
-    labels = [tf.data.Dataset.from_tensors(t.name.startswith("cot_")).repeat() for t in mixture.tasks]
+    labels = [
+        tf.data.Dataset.from_tensors(t.name.startswith("cot_")).repeat() for t in mixture.tasks
+    ]
     rates = [mixture.get_rate(t) for t in mixture.tasks]
     draws = tf.data.Dataset.sample_from_datasets(labels, weights=rates, seed=0).take(10_000)
     share = np.mean(list(draws.as_numpy_iterator()))
@@ -107,7 +112,9 @@ def test_user_task_joins_the_mixture_at_its_share(flan_env):
         mixtures.add_user_task(user_task.TASK_NAME, 1.5)
 
 
-def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(flan_env, tmp_path, monkeypatch):
+def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(
+    flan_env, tmp_path, monkeypatch
+):
     """The real entry point: gin imports the user module, @flan_mixture() names the mixture."""
     from flan_jax import gin_utils, train
 
@@ -155,4 +162,7 @@ def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(fl
     assert len(mixture.tasks) == 1 * 2 + 3 * 2 + 1
     cot = sum(mixture.get_rate(t) for t in mixture.tasks if t.name.startswith("cot_"))
     assert cot / mixture.total_rate == pytest.approx(0.2 * 0.95)
-    assert "MIXTURE_OR_TASK_NAME = @mixtures.flan_mixture()" in (tmp_path / "run" / "config.gin").read_text()
+    assert (
+        "MIXTURE_OR_TASK_NAME = @mixtures.flan_mixture()"
+        in (tmp_path / "run" / "config.gin").read_text()
+    )

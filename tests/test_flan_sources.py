@@ -6,8 +6,8 @@ import os
 import shutil
 
 import pytest
-
 from flan_testing import COT_DIR, NIV2_DIR
+
 from tasks.flan import cot, sources
 
 
@@ -59,7 +59,9 @@ def test_niv2_enumerates_tasks_and_drops_the_mmlu_derived_ones():
     ]
     tasks_dir = os.path.join(NIV2_DIR, "tasks")
     # Excluded by name (taskNNN_mmmlu_...) and by a Source naming MMLU's hendrycks_test.
-    assert sources.is_mmlu_task(os.path.join(tasks_dir, "task700_mmmlu_answer_generation_high_school_mathematics.json"))
+    assert sources.is_mmlu_task(
+        os.path.join(tasks_dir, "task700_mmmlu_answer_generation_high_school_mathematics.json")
+    )
     assert sources.is_mmlu_task(os.path.join(tasks_dir, "task004_science_quiz.json"))
     assert not sources.is_mmlu_task(os.path.join(tasks_dir, "task002_plural_generation.json"))
 
@@ -77,12 +79,16 @@ def test_niv2_malformed_files_name_file_line_and_fix(tmp_path):
     with pytest.raises(ValueError, match=rf"{bad_json}:4: invalid JSON"):
         sources.read_niv2_task(str(bad_json))
     no_output = tmp_path / "task011_no_output.json"
-    no_output.write_text(json.dumps({"Definition": ["d"], "Instances": [{"id": "1", "input": "i", "output": []}]}))
-    with pytest.raises(ValueError, match=r"Instances\[0\] needs a string \"input\" and a non-empty"):
+    no_output.write_text(
+        json.dumps({"Definition": ["d"], "Instances": [{"id": "1", "input": "i", "output": []}]})
+    )
+    with pytest.raises(
+        ValueError, match=r"Instances\[0\] needs a string \"input\" and a non-empty"
+    ):
         sources.read_niv2_task(str(no_output))
     no_instances = tmp_path / "task012_empty.json"
     no_instances.write_text(json.dumps({"Definition": ["d"], "Instances": []}))
-    with pytest.raises(ValueError, match="no \"Instances\""):
+    with pytest.raises(ValueError, match='no "Instances"'):
         sources.read_niv2_task(str(no_instances))
 
 
@@ -94,7 +100,9 @@ def test_niv2_directory_errors(tmp_path):
     only_mmlu = tmp_path / "tasks"
     only_mmlu.mkdir()
     shutil.copy(
-        os.path.join(NIV2_DIR, "tasks", "task700_mmmlu_answer_generation_high_school_mathematics.json"),
+        os.path.join(
+            NIV2_DIR, "tasks", "task700_mmmlu_answer_generation_high_school_mathematics.json"
+        ),
         only_mmlu,
     )
     with pytest.raises(ValueError, match="No taskNNN_"):
@@ -105,5 +113,8 @@ def test_tfds_source_without_prepared_data_says_how_to_build_it(tmp_path, monkey
     monkeypatch.setenv(sources.TFDS_DIR_ENV, str(tmp_path))
     source = sources.tfds_source("glue/rte:2.0.0")
     assert source.num_input_examples("train") is None
-    with pytest.raises(ValueError, match=r"not prepared in .*: build it with `tfds build glue/rte` and point TFDS_DATA_DIR"):
+    with pytest.raises(
+        ValueError,
+        match=r"not prepared in .*: build it with `tfds build glue/rte` and point TFDS_DATA_DIR",
+    ):
         source.get_dataset("train")

@@ -1,13 +1,13 @@
 """The Flan tasks: registration over the real sources, every format's rendering (golden),
 few-shot exemplars and their token budget, metadata, determinism."""
 
-import gin
 import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
 from flan_testing import LENGTHS, texts
+
+import gin
 from tasks import templates
 from tasks.flan import muffin, registry, t0sf
 
@@ -17,10 +17,17 @@ def test_registers_the_four_families_in_their_formats(flan_env):
     assert len(registry.REGISTERED["t0sf"]) >= 20
     assert sorted(registry.REGISTERED["cot"]) == sorted(flan_env.cot.DATASETS)
     assert sorted(registry.REGISTERED["niv2"]) == [
-        "task001_capitals_answer_generation", "task002_plural_generation", "task003_sum_of_two_numbers",
+        "task001_capitals_answer_generation",
+        "task002_plural_generation",
+        "task003_sum_of_two_numbers",
     ]
     names = set(seqio.TaskRegistry.names())
-    assert {"muffin_rte_zs_opt", "muffin_rte_zs_noopt", "muffin_rte_fs_opt", "muffin_rte_fs_noopt"} <= names
+    assert {
+        "muffin_rte_zs_opt",
+        "muffin_rte_zs_noopt",
+        "muffin_rte_fs_opt",
+        "muffin_rte_fs_noopt",
+    } <= names
     assert {"muffin_squad_v1_zs_noopt", "muffin_squad_v1_fs_noopt"} <= names
     assert "muffin_squad_v1_zs_opt" not in names  # no options to list
     assert {"cot_gsm8k_zs_cot", "cot_gsm8k_fs_cot"} <= names
@@ -32,7 +39,10 @@ def test_every_tfds_task_reads_its_dataset_under_mock_data(flan_env):
     and each of its templates renders; run eagerly, one example per dataset."""
     rendered = 0
     with tfds.testing.mock_data(num_examples=1):
-        for task in [*registry.REGISTERED["muffin"].values(), *registry.REGISTERED["t0sf"].values()]:
+        for task in [
+            *registry.REGISTERED["muffin"].values(),
+            *registry.REGISTERED["t0sf"].values(),
+        ]:
             example = next(iter(task.source.get_dataset(task.train_split)))
             fields = task.to_fields(example)
             for template in task.templates:
@@ -44,7 +54,11 @@ def test_every_tfds_task_reads_its_dataset_under_mock_data(flan_env):
 
 def test_tfds_task_through_seqio_under_mock_data(flan_env):
     with tfds.testing.mock_data(num_examples=3):
-        out = texts(seqio.get_mixture_or_task("muffin_rte_zs_opt").get_dataset(LENGTHS, split="train", shuffle=False))
+        out = texts(
+            seqio.get_mixture_or_task("muffin_rte_zs_opt").get_dataset(
+                LENGTHS, split="train", shuffle=False
+            )
+        )
     assert len(out) == 3
     for inputs, target in out:
         header = inputs.rsplit("\n", 3)[-3]
@@ -54,7 +68,11 @@ def test_tfds_task_through_seqio_under_mock_data(flan_env):
 
 def _golden_task(family="muffin", task_templates=muffin.NLI[:2]):
     rows = [
-        {"premise": f"Premise {i}.", "hypothesis": f"Hypothesis {i}.", "answer": ["yes", "no"][i % 2]}
+        {
+            "premise": f"Premise {i}.",
+            "hypothesis": f"Hypothesis {i}.",
+            "answer": ["yes", "no"][i % 2],
+        }
         for i in range(6)
     ]
 
@@ -63,7 +81,9 @@ def _golden_task(family="muffin", task_templates=muffin.NLI[:2]):
         columns["options"] = [["yes", "no"]] * len(rows)
         return tf.data.Dataset.from_tensor_slices(columns)
 
-    source = seqio.FunctionDataSource(dataset_fn, splits=("train",), num_input_examples={"train": 6})
+    source = seqio.FunctionDataSource(
+        dataset_fn, splits=("train",), num_input_examples={"train": 6}
+    )
     task = registry.FlanTask("golden_nli", family, source, task_templates)
     registry.register(task)
     return task
@@ -88,7 +108,12 @@ def test_golden_prompts_of_each_format(flan_env, plain_options):
     task = _golden_task()
     try:
         rendered = {
-            fmt: texts(seqio.get_mixture_or_task(task.variant(fmt)).get_dataset(LENGTHS, split="train", shuffle=False), 2)
+            fmt: texts(
+                seqio.get_mixture_or_task(task.variant(fmt)).get_dataset(
+                    LENGTHS, split="train", shuffle=False
+                ),
+                2,
+            )
             for fmt in task.formats
         }
     finally:
@@ -105,12 +130,16 @@ def test_golden_prompts_of_each_format(flan_env, plain_options):
         "no",
     )
     assert rendered["zs_noopt"][0] == (
-        'Premise 0.\n\nBased on the paragraph above, can we conclude that "Hypothesis 0."?', "yes"
+        'Premise 0.\n\nBased on the paragraph above, can we conclude that "Hypothesis 0."?',
+        "yes",
     )
     fs_inputs, fs_target = rendered["fs_noopt"][1]  # template 1: Input:/Output: delimiters
     exemplar, query = fs_inputs.rsplit("\n\nInput: ", 1)
     assert exemplar.startswith("Input: Premise: Premise ") and "\nOutput: " in exemplar
-    assert query == "Premise: Premise 1.\nHypothesis: Hypothesis 1.\nDoes the premise entail the hypothesis?\nOutput:"
+    assert (
+        query == "Premise: Premise 1.\nHypothesis: Hypothesis 1.\n"
+        "Does the premise entail the hypothesis?\nOutput:"
+    )
     assert fs_target == "no"
     fs_opt_inputs, _ = rendered["fs_opt"][0]
     assert fs_opt_inputs.startswith("Q: Premise ") and fs_opt_inputs.endswith(
@@ -120,9 +149,15 @@ def test_golden_prompts_of_each_format(flan_env, plain_options):
 
 
 def test_golden_chain_of_thought_prompts(flan_env, plain_options):
-    zero_shot = texts(seqio.get_mixture_or_task("cot_gsm8k_zs_cot").get_dataset(LENGTHS, split="train", shuffle=False), 2)
+    zero_shot = texts(
+        seqio.get_mixture_or_task("cot_gsm8k_zs_cot").get_dataset(
+            LENGTHS, split="train", shuffle=False
+        ),
+        2,
+    )
     assert zero_shot[0] == (
-        "Mia has 3 apples and buys 4 more. How many apples does she have?\nLet's think step by step.",
+        "Mia has 3 apples and buys 4 more. How many apples does she have?\n"
+        "Let's think step by step.",
         "Mia starts with 3 apples. 3 + 4 = 7. So the answer is 7.",
     )
     assert zero_shot[1][0] == (
@@ -130,11 +165,22 @@ def test_golden_chain_of_thought_prompts(flan_env, plain_options):
         "Mia has 3 apples and buys 4 more. How many apples does she have? (variant 1)\n"
         "Let's think step by step."
     )
-    ((few_shot, target),) = texts(seqio.get_mixture_or_task("cot_gsm8k_fs_cot").get_dataset(LENGTHS, split="train", shuffle=False), 1)
+    ((few_shot, target),) = texts(
+        seqio.get_mixture_or_task("cot_gsm8k_fs_cot").get_dataset(
+            LENGTHS, split="train", shuffle=False
+        ),
+        1,
+    )
     exemplar, query = few_shot.split("\n\n")
-    assert exemplar.startswith("Q: Mia has 3 apples") and "\nLet's think step by step.\nA: Mia starts with 3 apples." in exemplar
+    assert (
+        exemplar.startswith("Q: Mia has 3 apples")
+        and "\nLet's think step by step.\nA: Mia starts with 3 apples." in exemplar
+    )
     assert exemplar.endswith("So the answer is 7.")
-    assert query == "Q: Mia has 3 apples and buys 4 more. How many apples does she have?\nLet's think step by step.\nA:"
+    assert (
+        query == "Q: Mia has 3 apples and buys 4 more. How many apples does she have?\n"
+        "Let's think step by step.\nA:"
+    )
     assert target == "Mia starts with 3 apples. 3 + 4 = 7. So the answer is 7."
 
 
@@ -197,8 +243,16 @@ def test_few_shot_prompts_fit_the_token_budget(flan_env):
 def test_randomized_options_vary_and_stay_deterministic(flan_env):
     task = _golden_task()
     try:
-        first = texts(seqio.get_mixture_or_task(task.variant("zs_opt")).get_dataset(LENGTHS, split="train", shuffle=False))
-        again = texts(seqio.get_mixture_or_task(task.variant("zs_opt")).get_dataset(LENGTHS, split="train", shuffle=False))
+        first = texts(
+            seqio.get_mixture_or_task(task.variant("zs_opt")).get_dataset(
+                LENGTHS, split="train", shuffle=False
+            )
+        )
+        again = texts(
+            seqio.get_mixture_or_task(task.variant("zs_opt")).get_dataset(
+                LENGTHS, split="train", shuffle=False
+            )
+        )
     finally:
         registry.unregister_family("muffin")
         muffin.register()

@@ -4,10 +4,10 @@ import io
 import re
 import sys
 
-import gin
 import pytest
-
 from flan_testing import COT_DIR, NIV2_DIR
+
+import gin
 from flan_jax import inspect_mixture
 
 
@@ -24,11 +24,29 @@ def _rows(text):
 def test_demo_mixture_table_and_prompts(monkeypatch):
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    inspect_mixture.main(["flan_demo", "--steps", "100", "--batch_size", "8",
-                  "--feature_lengths", "inputs=128,targets=64", "--num_prompts", "2", "--sample_examples", "8"])
+    inspect_mixture.main(
+        [
+            "flan_demo",
+            "--steps",
+            "100",
+            "--batch_size",
+            "8",
+            "--feature_lengths",
+            "inputs=128,targets=64",
+            "--num_prompts",
+            "2",
+            "--sample_examples",
+            "8",
+        ]
+    )
     text = out.getvalue()
     rows = _rows(text)
-    assert sorted(rows) == ["demo_antonyms_fewshot", "demo_arithmetic_cot", "demo_compare_options", "demo_sort"]
+    assert sorted(rows) == [
+        "demo_antonyms_fewshot",
+        "demo_arithmetic_cot",
+        "demo_compare_options",
+        "demo_sort",
+    ]
     for rate, cap, examples, ex_share, tok_share, tokens, epochs in rows.values():
         assert (rate, cap, examples, ex_share) == ("0.2500", "-", "3000", "25.00%")
         assert tok_share.endswith("%") and "/" in tokens and float(epochs) > 0
@@ -45,15 +63,29 @@ def clean_gin():
     cot.use_directory(None)
 
 
-def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(flan_env, monkeypatch, clean_gin):
+def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(
+    flan_env, monkeypatch, clean_gin
+):
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    inspect_mixture.main([
-        "--gin_file=gin/mixtures/flan2022.gin", "--gin.COT_RATIO=0.2",
-        f"--gin.COT_DIR='{COT_DIR}'", f"--gin.NIV2_DIR='{NIV2_DIR}'",
-        "--steps", "10", "--batch_size", "4", "--feature_lengths", "inputs=256,targets=64",
-        "--num_prompts", "1", "--sample_examples", "2",
-    ])
+    inspect_mixture.main(
+        [
+            "--gin_file=gin/mixtures/flan2022.gin",
+            "--gin.COT_RATIO=0.2",
+            f"--gin.COT_DIR='{COT_DIR}'",
+            f"--gin.NIV2_DIR='{NIV2_DIR}'",
+            "--steps",
+            "10",
+            "--batch_size",
+            "4",
+            "--feature_lengths",
+            "inputs=256,targets=64",
+            "--num_prompts",
+            "1",
+            "--sample_examples",
+            "2",
+        ]
+    )
     text = out.getvalue()
     assert text.startswith("flan2022_b_cot0.2: ")
     rows = _rows(text)

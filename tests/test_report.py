@@ -40,10 +40,15 @@ def test_report_files(tmp_path):
     paths = report.write_report(str(tmp_path), "mine", results, {"checkpoint": "c"})
     record = json.loads(open(paths["json"]).read())
     assert record["scores"] == {suite: 50.0 for suite in suites.SUITES}
-    assert record["normalized_average"] == pytest.approx(report.normalized_average(record["scores"]))
+    assert record["normalized_average"] == pytest.approx(
+        report.normalized_average(record["scores"])
+    )
     assert record["checkpoint"] == "c" and record["tasks"] == results
     table = open(paths["md"]).read().splitlines()
-    assert table[0] == "| model | MMLU direct | MMLU CoT | BBH direct | BBH CoT | TyDiQA | MGSM | norm. avg |"
+    assert (
+        table[0]
+        == "| model | MMLU direct | MMLU CoT | BBH direct | BBH CoT | TyDiQA | MGSM | norm. avg |"
+    )
     assert table[6] == "| Flan-T5-XXL (paper) | 55.1 | 48.6 | 45.3 | 41.4 | 19.0 | 4.9 | 23.7 |"
     assert table[-1].startswith("| **mine** | 50.0 | 50.0 |")
     assert image.imread(paths["png"]).shape[:2] == (450, 1200)

@@ -178,11 +178,18 @@ def test_labelled_options_rewrite_the_target_to_the_label():
     template = Template("{q}\n{options_}", "{answer}")
     rows = [{"q": "Sky?", "options": ["red", "blue", "green"], "answer": "blue"}]
     (out,) = _texts(templates.apply_templates(_dataset(rows), [template], lettered))
-    assert out == {"q": "Sky?", "answer": "blue", "inputs": "Sky?\nPick one:\n(A) red\n(B) blue\n(C) green", "targets": "B"}
+    assert out == {
+        "q": "Sky?",
+        "answer": "blue",
+        "inputs": "Sky?\nPick one:\n(A) red\n(B) blue\n(C) green",
+        "targets": "B",
+    }
     (out,) = _texts(templates.apply_templates(_dataset(rows), [template], numbered))
     assert (out["inputs"], out["targets"]) == ("Sky?\nAnswers:\n1. red\n2. blue\n3. green", "2")
     # A template that does not list the options keeps the answer text.
-    (out,) = _texts(templates.apply_templates(_dataset(rows), [Template("{q}", "{answer}")], lettered))
+    (out,) = _texts(
+        templates.apply_templates(_dataset(rows), [Template("{q}", "{answer}")], lettered)
+    )
     assert out["targets"] == "blue"
     with pytest.raises(ValueError, match="needs '{}' in its bullet"):
         templates.OptionsFormat("H:", "- ", templates.LETTERS)
@@ -223,7 +230,9 @@ def test_exemplars_are_pruned_to_the_token_budget():
     lengths = [len(vocabulary.encode(out["inputs"])) for out in full]
     budget = min(lengths) - 1
     pruned = _texts(
-        templates.few_shot(_dataset(rows), template, k=4, max_input_tokens=budget, vocabulary=vocabulary)
+        templates.few_shot(
+            _dataset(rows), template, k=4, max_input_tokens=budget, vocabulary=vocabulary
+        )
     )
     for short, long in zip(pruned, full):
         assert len(vocabulary.encode(short["inputs"])) <= budget
@@ -237,7 +246,9 @@ def test_exemplars_can_come_from_another_split():
     rows = [{"q": f"v{i}", "a": "x"} for i in range(3)]
     train = [{"q": f"t{i}", "a": "y"} for i in range(5)]
     out = _texts(
-        templates.few_shot(_dataset(rows), [Template("{q}", "{a}")], k=2, exemplar_dataset=_dataset(train))
+        templates.few_shot(
+            _dataset(rows), [Template("{q}", "{a}")], k=2, exemplar_dataset=_dataset(train)
+        )
     )
     for example in out:
         pairs, _ = _shots(example["inputs"])

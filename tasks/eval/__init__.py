@@ -10,7 +10,7 @@ split is.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import seqio
 

@@ -18,7 +18,7 @@ import ast
 import functools
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import seqio
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import seqio
 
@@ -70,7 +70,7 @@ def direct_prompt(subject: str, shots: list[dict], query: dict) -> str:
     """Hendrycks' format: a header, then "Answer: X" after each question's lettered options."""
 
     def block(question: dict) -> str:
-        options = "".join(f"\n{l}. {o}" for l, o in zip(LETTERS, question["options"]))
+        options = "".join(f"\n{letter}. {o}" for letter, o in zip(LETTERS, question["options"]))
         return f"{question['question']}{options}\nAnswer:"
 
     topic = subject.replace("_", " ")
@@ -81,7 +81,7 @@ def direct_prompt(subject: str, shots: list[dict], query: dict) -> str:
 
 def cot_prompt(cot_exemplars: str, query: dict) -> str:
     """Flan's CoT prompt for the subject, then the query in its "Q: ... (A) x (B) y" format."""
-    options = " ".join(f"({l}) {o}" for l, o in zip(LETTERS, query["options"]))
+    options = " ".join(f"({letter}) {o}" for letter, o in zip(LETTERS, query["options"]))
     return f"{cot_exemplars.rstrip()}\n\nQ: {query['question']}\n{options}\nA: {COT_TRIGGER}"
 
 

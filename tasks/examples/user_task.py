@@ -33,8 +33,14 @@ SHARE = 0.05
 # Your data: any tf.data pipeline works (files, TFDS, generated); here a few rows in code.
 _CAPITALS = {
     "train": [
-        ("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
-        ("Norway", "Oslo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("India", "New Delhi"),
+        ("France", "Paris"),
+        ("Japan", "Tokyo"),
+        ("Kenya", "Nairobi"),
+        ("Peru", "Lima"),
+        ("Norway", "Oslo"),
+        ("Egypt", "Cairo"),
+        ("Canada", "Ottawa"),
+        ("India", "New Delhi"),
     ],
     "validation": [("Chile", "Santiago"), ("Spain", "Madrid")],
 }
@@ -69,7 +75,9 @@ seqio.TaskRegistry.add(
     ),
     preprocessors=[
         functools.partial(
-            templates.apply_templates, templates=TEMPLATES, options_format=templates.RANDOM_OPTIONS_FORMATS
+            templates.apply_templates,
+            templates=TEMPLATES,
+            options_format=templates.RANDOM_OPTIONS_FORMATS,
         ),
         seqio.preprocessors.tokenize,
         seqio.preprocessors.append_eos_after_trim,

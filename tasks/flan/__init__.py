@@ -5,8 +5,14 @@ Muffin and T0-SF read TFDS datasets (TFDS_DATA_DIR), NIV2 a natural-instructions
 mixture names.
 """
 
-from tasks.flan import cot, muffin, niv2, sources, t0sf  # noqa: F401  (registration)
-from tasks.flan import mixtures  # noqa: F401  (registers the mixtures of the tasks above)
+from tasks.flan import (  # noqa: F401  (registration)
+    cot,
+    mixtures,  # noqa: F401  (registers the mixtures of the tasks above)
+    muffin,
+    niv2,
+    sources,
+    t0sf,
+)
 
 
 def register_all() -> list[str]:

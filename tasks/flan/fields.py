@@ -6,7 +6,7 @@ the helpers here keep each dataset's converter to a line or two.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 import seqio
 
@@ -48,7 +48,9 @@ def with_cot_ratio(proportions: Mapping[str, float], cot_ratio: float | None) ->
         raise ValueError(f"COT_RATIO={cot_ratio} must be in [0, 1); e.g. 0.05 for a 5% CoT share.")
     others = sum(p for family, p in proportions.items() if family != "cot")
     if others <= 0:
-        raise ValueError(f"COT_RATIO={cot_ratio} needs families besides CoT to rescale; got {proportions}.")
+        raise ValueError(
+            f"COT_RATIO={cot_ratio} needs families besides CoT to rescale; got {proportions}."
+        )
     scaled = {f: p * (1.0 - cot_ratio) / others for f, p in proportions.items() if f != "cot"}
     return {**scaled, "cot": cot_ratio}
 
@@ -190,7 +192,9 @@ def flan_mixture(
     if isinstance(proportions, str):
         key = proportions.lower()
         if key not in PROPORTIONS:
-            raise ValueError(f"proportions={proportions!r}: use one of {sorted(PROPORTIONS)} or a dict.")
+            raise ValueError(
+                f"proportions={proportions!r}: use one of {sorted(PROPORTIONS)} or a dict."
+            )
         shares, name = PROPORTIONS[key], f"flan2022_{key}"
     else:
         unknown = set(proportions) - set(FAMILIES)

@@ -14,6 +14,8 @@ from tasks.flan.registry import FlanTask, templates_from_pairs
 
 FAMILY = "muffin"
 
+# One template or task a line (ruff.toml's E501 exception for this file).
+# fmt: off
 NLI = templates_from_pairs([
     ('{premise}\n\nBased on the paragraph above, can we conclude that "{hypothesis}"?\n\n{options_}', "{answer}"),
     ("Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis?\n{options_}", "{answer}"),
@@ -87,6 +89,7 @@ SUBJECT_LINE = templates_from_pairs([
     ("{text}\n\nWrite a subject line for this email.", "{target}"),
     ("Email:\n{text}\n\nWhat is a good subject for this email?", "{target}"),
 ])
+# fmt: on
 
 _YES_NO = ("yes", "no")
 _NLI3 = ("yes", "it is not possible to tell", "no")
@@ -135,6 +138,7 @@ def _openbookqa(example):
 
 
 # (name, TFDS name, converter, templates, splits)
+# fmt: off
 _TASKS = [
     ("anli_r1", "anli/r1:0.1.0", _nli({"premise": "context", "hypothesis": "hypothesis"}, _NLI3), NLI),
     ("anli_r2", "anli/r2:0.1.0", _nli({"premise": "context", "hypothesis": "hypothesis"}, _NLI3), NLI),
@@ -172,6 +176,7 @@ _TASKS = [
     ("samsum", "samsum:1.0.0", fields.text_pair({"text": "dialogue"}, "summary"), SUMMARIZATION),
     ("aeslc", "aeslc:1.0.0", fields.text_pair({"text": "email_body"}, "subject_line"), SUBJECT_LINE),
 ]
+# fmt: on
 
 
 def register() -> tuple[str, ...]:

@@ -15,12 +15,14 @@ from tasks.flan.registry import FlanTask, templates_from_pairs
 
 FAMILY = "niv2"
 
-TEMPLATES = templates_from_pairs([
-    ("Definition: {definition}\n\nInput: {input}\nOutput:", "{output}"),
-    ("{definition}\n\n{input}", "{output}"),
-    ("Instructions: {definition}\n\n{input}\n\nAnswer:", "{output}"),
-    ("Task: {definition}\nInput: {input}\nWhat is the output?", "{output}"),
-])
+TEMPLATES = templates_from_pairs(
+    [
+        ("Definition: {definition}\n\nInput: {input}\nOutput:", "{output}"),
+        ("{definition}\n\n{input}", "{output}"),
+        ("Instructions: {definition}\n\n{input}\n\nAnswer:", "{output}"),
+        ("Task: {definition}\nInput: {input}\nWhat is the output?", "{output}"),
+    ]
+)
 
 
 def register(directory: str) -> tuple[str, ...]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
+import gin
 from tasks import templates, vocab
 from tasks.templates import FewShotFormat, Template
 
@@ -76,7 +76,9 @@ class FlanTask:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ValueError(f"FlanTask {self.name!r}: family {self.family!r} is not one of {FAMILIES}.")
+            raise ValueError(
+                f"FlanTask {self.name!r}: family {self.family!r} is not one of {FAMILIES}."
+            )
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -158,7 +160,11 @@ def _fields(dataset: tf.data.Dataset, task: FlanTask) -> tf.data.Dataset:
 def _render(dataset: tf.data.Dataset, task: FlanTask, fmt: str) -> tf.data.Dataset:
     settings = current_settings()
     chosen = task.templates_for(fmt)
-    options = templates.RANDOM_OPTIONS_FORMATS if settings["randomize_options"] else templates.OptionsFormat()
+    options = (
+        templates.RANDOM_OPTIONS_FORMATS
+        if settings["randomize_options"]
+        else templates.OptionsFormat()
+    )
     if fmt.startswith("zs"):
         dataset = templates.apply_templates(dataset, chosen, options, seed=settings["seed"])
     else:

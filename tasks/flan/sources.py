@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import seqio
 import tensorflow as tf
@@ -103,7 +103,9 @@ def read_cot_tsv(path: str) -> tuple[dict[str, str], ...]:
             question, answer, rationale = (c.replace("\\n", "\n").strip() for c in columns)
             rows.append({"question": question, "answer": answer, "rationale": rationale})
     if not rows:
-        raise ValueError(f"{path}: no rows; a CoT TSV needs question<TAB>answer<TAB>rationale lines.")
+        raise ValueError(
+            f"{path}: no rows; a CoT TSV needs question<TAB>answer<TAB>rationale lines."
+        )
     return tuple(rows)
 
 
@@ -188,24 +190,27 @@ def read_niv2_task(path: str) -> dict:
         ) from None
     where = f"{path}:1"
     if not isinstance(task, dict):
-        raise ValueError(f"{where}: expected a JSON object with \"Definition\" and \"Instances\".")
+        raise ValueError(f'{where}: expected a JSON object with "Definition" and "Instances".')
     definition = task.get("Definition")
     if isinstance(definition, list):
         definition = " ".join(str(d) for d in definition)
     if not isinstance(definition, str) or not definition.strip():
-        raise ValueError(f"{where}: \"Definition\" must be a non-empty string or list of strings.")
+        raise ValueError(f'{where}: "Definition" must be a non-empty string or list of strings.')
     instances = []
     for number, instance in enumerate(task.get("Instances") or []):
         outputs = instance.get("output") if isinstance(instance, dict) else None
         outputs = [outputs] if isinstance(outputs, str) else outputs
-        if not isinstance(instance.get("input") if isinstance(instance, dict) else None, str) or not outputs:
+        if (
+            not isinstance(instance.get("input") if isinstance(instance, dict) else None, str)
+            or not outputs
+        ):
             raise ValueError(
-                f"{where}: Instances[{number}] needs a string \"input\" and a non-empty "
-                f"\"output\" list; got {str(instance)[:80]!r}. Fix or remove that instance."
+                f'{where}: Instances[{number}] needs a string "input" and a non-empty '
+                f'"output" list; got {str(instance)[:80]!r}. Fix or remove that instance.'
             )
         instances.append({"input": instance["input"], "output": str(outputs[0])})
     if not instances:
-        raise ValueError(f"{where}: no \"Instances\"; a NIV2 task needs at least one.")
+        raise ValueError(f'{where}: no "Instances"; a NIV2 task needs at least one.')
     return {"definition": definition.strip(), "instances": instances}
 
 

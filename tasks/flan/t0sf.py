@@ -60,6 +60,8 @@ def _web_questions(example):
 
 
 # dataset -> (TFDS name, converter, {prompt name: template})
+# One template or task a line (ruff.toml's E501 exception for this file).
+# fmt: off
 _DATASETS = {
     "cos_e": ("cos_e:0.0.1", _cos_e, {
         "question_option_description_text": Template("{question}\n{options_}", "{answer}"),
@@ -93,6 +95,7 @@ _DATASETS = {
         "potential_correct_answer": Template("Give a correct answer to: {question}", "{target}"),
     }),
 }
+# fmt: on
 
 
 def register() -> tuple[str, ...]:
