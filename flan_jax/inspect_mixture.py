@@ -9,7 +9,7 @@ data is missing is listed with the reason and the variable to set; its rate stil
   python -m flan_jax.inspect_mixture flan_demo --steps 1500 --batch_size 32
   python -m flan_jax.inspect_mixture flan2022_b --steps 14000 --batch_size 64 --num_prompts 3
   python -m flan_jax.inspect_mixture --gin_file=gin/mixtures/flan2022.gin --gin.COT_RATIO=0.1
-  python -m flan_jax.inspect_mixture --gin_file=my_run.gin   # the run's mixture, user modules included
+  python -m flan_jax.inspect_mixture --gin_file=my_run.gin  # the run's mixture and modules
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=
         try:
             samples[task_name] = sample(task, lengths, sample_examples)
         except Exception as e:  # Missing data: report it, keep the rest of the table.
-            missing[task_name] = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            missing[task_name] = (
+                str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            )
         rows.append((task_name, share, cap_of(task_name), count))
 
     def mean_tokens(task_name, feature):
@@ -100,13 +102,23 @@ def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=
     }
     token_total = sum(token_weight.values()) or 1.0
     # Packing puts several examples in a row: estimate how many from the mean lengths.
-    known = [(s, mean_tokens(t, "inputs"), mean_tokens(t, "targets")) for t, s, _, _ in rows if samples.get(t)]
+    known = [
+        (s, mean_tokens(t, "inputs"), mean_tokens(t, "targets"))
+        for t, s, _, _ in rows
+        if samples.get(t)
+    ]
     per_row = 1.0
     if known:
         weight = sum(s for s, _, _ in known) or 1.0
         mean_in = sum(s * i for s, i, _ in known) / weight
         mean_out = sum(s * o for s, _, o in known) / weight
-        per_row = max(1.0, min(lengths["inputs"] / max(mean_in, 1.0), lengths.get("targets", lengths["inputs"]) / max(mean_out, 1.0)))
+        per_row = max(
+            1.0,
+            min(
+                lengths["inputs"] / max(mean_in, 1.0),
+                lengths.get("targets", lengths["inputs"]) / max(mean_out, 1.0),
+            ),
+        )
     seen = steps * batch_size * per_row
 
     print(
@@ -114,15 +126,23 @@ def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=
         f"packed examples per row ({seen:,.0f} examples); lengths {lengths}",
         file=out,
     )
-    header = f"{'task':<58} {'rate':>7} {'cap':>7} {'examples':>9} {'ex.share':>8} {'tok.share':>9} {'tok in/out':>11} {'epochs':>7}"
-    print(header, file=out)
+    print(
+        f"{'task':<58} {'rate':>7} {'cap':>7} {'examples':>9} {'ex.share':>8} {'tok.share':>9} "
+        f"{'tok in/out':>11} {'epochs':>7}",
+        file=out,
+    )
     for task_name, share, cap, count in rows:
         tokens_in, tokens_out = mean_tokens(task_name, "inputs"), mean_tokens(task_name, "targets")
-        tok_share = f"{100 * token_weight[task_name] / token_total:8.2f}%" if task_name in token_weight else f"{'?':>9}"
+        tok_share = (
+            f"{100 * token_weight[task_name] / token_total:8.2f}%"
+            if task_name in token_weight
+            else f"{'?':>9}"
+        )
         tok = f"{tokens_in:.0f}/{tokens_out:.0f}" if tokens_in is not None else "?"
         epochs = f"{seen * share / count:7.2f}" if count else f"{'?':>7}"
+        examples = count if count is not None else "?"
         print(
-            f"{task_name:<58} {share:7.4f} {cap if cap else '-':>7} {count if count is not None else '?':>9} "
+            f"{task_name:<58} {share:7.4f} {cap if cap else '-':>7} {examples:>9} "
             f"{100 * share:7.2f}% {tok_share} {tok:>11} {epochs}",
             file=out,
         )
@@ -154,7 +174,9 @@ def render(rows, samples, num_prompts, out) -> None:
             for key in ("format", "template_index")
             if key in example
         )
-        print(f"\n--- prompt {number + 1}: {task_name}{' (' + meta + ')' if meta else ''}", file=out)
+        print(
+            f"\n--- prompt {number + 1}: {task_name}{' (' + meta + ')' if meta else ''}", file=out
+        )
         print(example["inputs_pretokenized"].decode(), file=out)
         print("--- target", file=out)
         print(example["targets_pretokenized"].decode(), file=out)

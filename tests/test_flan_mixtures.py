@@ -4,13 +4,13 @@ determinism, user tasks, and the gin path into `python -m flan_jax.train`."""
 import os
 import sys
 
+import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 from flan_testing import COT_DIR, LENGTHS, NIV2_DIR
 
-import gin
 from tasks.flan import mixtures, registry
 
 

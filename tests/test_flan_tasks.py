@@ -1,13 +1,13 @@
 """The Flan tasks: registration over the real sources, every format's rendering (golden),
 few-shot exemplars and their token budget, metadata, determinism."""
 
+import gin
 import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from flan_testing import LENGTHS, texts
 
-import gin
 from tasks import templates
 from tasks.flan import muffin, registry, t0sf
 

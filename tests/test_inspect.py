@@ -4,10 +4,10 @@ import io
 import re
 import sys
 
+import gin
 import pytest
 from flan_testing import COT_DIR, NIV2_DIR
 
-import gin
 from flan_jax import inspect_mixture
 
 

@@ -4,10 +4,10 @@ import json
 import os
 import re
 
+import gin
 import pytest
 from matplotlib import image
 
-import gin
 from flan_jax import report
 from tasks import suites
 

@@ -14,10 +14,10 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
+import gin
 import seqio
 import tensorflow as tf
 
-import gin
 from tasks import templates, vocab
 from tasks.templates import FewShotFormat, Template
 
