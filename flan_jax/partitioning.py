@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from flan_jax.axis_names import BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP, RELPOS_BUCKETS, VOCAB
 
 LogicalRules = Sequence[tuple[str, Any]]
 
@@ -38,22 +40,33 @@ def logical_axis_rules(
             f"{activation_partitioning_dims}"
         )
     rules = [
-        ("batch", ("replica", "data")),
-        ("vocab", "model"),
-        ("mlp", "model"),
-        ("heads", "model"),
-        ("joined_kv", "model"),
-        ("kv", None),
-        ("length", None),
-        ("layers", None),
-        ("relpos_buckets", None),
+        (BATCH, ("replica", "data")),
+        (VOCAB, "model"),
+        (MLP, "model"),
+        (HEADS, "model"),
+        (KV, None),
+        (LENGTH, None),
+        (LAYERS, None),
+        (RELPOS_BUCKETS, None),
     ]
     if activation_partitioning_dims == 2:
-        rules.append(("embed", "model"))
+        rules.append((EMBED, "model"))
     if parameter_partitioning_dims == 2:
-        rules.append(("embed", "data"))
-    rules.append(("embed", None))
+        rules.append((EMBED, "data"))
+    rules.append((EMBED, None))
     return tuple(rules)
+
+
+def check_axis_names(names: Iterable[str | None], rules: LogicalRules) -> None:
+    """Raises naming each logical axis name that no rule maps: flax would silently replicate
+    that dimension (None is an explicitly unnamed, replicated dimension)."""
+    known = {name for name, _ in rules}
+    unknown = sorted({n for n in names if n is not None} - known)
+    if unknown:
+        raise ValueError(
+            f"logical axis names {unknown} have no partitioning rule (rules cover "
+            f"{sorted(known)}): use a flan_jax.axis_names constant or add a rule"
+        )
 
 
 def create_mesh(
@@ -201,8 +214,10 @@ def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_s
     """Logical specs for optimizer state, derived from the parameters each leaf belongs to.
 
     A leaf shaped like its parameter takes the parameter's spec; optax Adafactor's factored
-    moments (`v_row`, `v_col`) drop the axis optax averaged over; anything else (step counts,
-    placeholders of unfactored moments) is replicated.
+    moments (`v_row`, `v_col`) drop the axis optax averaged over; leaves of at most one
+    element (step counts, placeholders of unfactored moments) are replicated. Any other leaf
+    is an error naming its path: replicating it would copy a parameter-sized array onto
+    every device (at 540B, the whole optimizer state on each chip).
     """
     params_by_path = {}
     jax.tree_util.tree_map_with_path(
@@ -214,17 +229,31 @@ def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_s
 
     def spec_for(path, leaf):
         keys = _path_keys(path)
-        for start in range(len(keys)):
-            if keys[start:] in params_by_path:
-                shape, spec = params_by_path[keys[start:]]
-                field = keys[start - 1] if start else None
-                return _moment_spec(tuple(leaf.shape), tuple(shape), tuple(spec), field)
-        return PartitionSpec()
+        param = next((keys[i:] for i in range(len(keys)) if keys[i:] in params_by_path), None)
+        if param is not None:
+            shape, spec = params_by_path[param]
+            field = keys[len(keys) - len(param) - 1] if len(param) < len(keys) else None
+            moment = _moment_spec(tuple(leaf.shape), tuple(shape), tuple(spec), field)
+            if moment is not None:
+                return moment
+        if np.prod(leaf.shape) <= 1:
+            return PartitionSpec()
+        belongs = (
+            f"is not shaped like its parameter {'/'.join(map(str, param))} {tuple(shape)}"
+            if param is not None
+            else "ends in no parameter's path"
+        )
+        raise ValueError(
+            f"optimizer state {jax.tree_util.keystr(path)} shape {tuple(leaf.shape)} {belongs}, "
+            "so no sharding derives from the parameters; teach "
+            "partitioning.optimizer_state_specs this optimizer's state layout"
+        )
 
     return jax.tree_util.tree_map_with_path(spec_for, abstract_opt_state)
 
 
-def _moment_spec(shape, param_shape, param_spec, field) -> PartitionSpec:
+def _moment_spec(shape, param_shape, param_spec, field) -> PartitionSpec | None:
+    """The spec of a moment of a parameter, or None if its shape is none of the known ones."""
     param_spec = param_spec + (None,) * (len(param_shape) - len(param_spec))
     if shape == param_shape:
         return PartitionSpec(*param_spec)
@@ -235,7 +264,7 @@ def _moment_spec(shape, param_shape, param_spec, field) -> PartitionSpec:
         dropped = largest if field == "v_row" else second
         if shape == tuple(np.delete(param_shape, dropped)):
             return PartitionSpec(*(s for i, s in enumerate(param_spec) if i != dropped))
-    return PartitionSpec()
+    return None
 
 
 def _path_keys(path) -> tuple:

@@ -68,3 +68,37 @@ def flan_env():
         cot.use_directory(None)
         tasks.flan.register_all()
         yield tasks.flan
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_config():
+    """A two-layer PaLM-style decoder: multi-query attention, RoPE, SwiGLU."""
+    from flan_jax.models import decoder
+
+    return decoder.DecoderConfig(
+        vocab_size=64, d_model=32, num_heads=4, head_dim=8, d_ff=64, num_layers=2
+    )
+
+
+@pytest.fixture(scope="session")
+def prefix_lm_batch():
+    """prefix_lm_batch(pack) -> seqio.PrefixLMFeatureConverter's output for two short
+    examples, stacked into one batch (one packed row, or two rows)."""
+
+    def converted(pack):
+        import seqio
+        import tensorflow as tf
+
+        examples = [
+            {"inputs": [9, 8, 7, 1], "targets": [5, 4, 1]},
+            {"inputs": [7, 1], "targets": [3, 6, 3, 2, 1]},
+        ]
+        ds = tf.data.Dataset.from_generator(
+            lambda: iter(examples),
+            output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")},
+        )
+        converted = seqio.PrefixLMFeatureConverter(pack=pack)(ds, {"inputs": 8, "targets": 8})
+        rows = list(converted.as_numpy_iterator())
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+    return converted

@@ -98,27 +98,9 @@ def test_prefix_is_bidirectional_and_targets_causal(model_and_params, prefix_bat
         assert not np.allclose(logits[1, position], base[1, position])
 
 
-def _converted(pack):
-    """Real seqio.PrefixLMFeatureConverter output for two short examples."""
-    import seqio
-    import tensorflow as tf
-
-    examples = [
-        {"inputs": [9, 8, 7, 1], "targets": [5, 4, 1]},
-        {"inputs": [7, 1], "targets": [3, 6, 3, 2, 1]},
-    ]
-    ds = tf.data.Dataset.from_generator(
-        lambda: iter(examples),
-        output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")},
-    )
-    converted = seqio.PrefixLMFeatureConverter(pack=pack)(ds, {"inputs": 8, "targets": 8})
-    rows = list(converted.as_numpy_iterator())
-    return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-
-
-def test_loss_only_on_targets_of_seqio_batches(model_and_params):
+def test_loss_only_on_targets_of_seqio_batches(model_and_params, prefix_lm_batch):
     model, params = model_and_params
-    batch = _converted(pack=False)
+    batch = prefix_lm_batch(pack=False)
     np.testing.assert_array_equal(
         batch["decoder_loss_weights"][:, :10],
         [[0, 0, 0, 0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 0, 0, 0]],
@@ -140,9 +122,9 @@ def test_loss_only_on_targets_of_seqio_batches(model_and_params):
     assert loss_fn(params, changed_target, None)[0] != loss
 
 
-def test_packed_equals_separate(model_and_params):
+def test_packed_equals_separate(model_and_params, prefix_lm_batch):
     model, params = model_and_params
-    separate, packed = _converted(pack=False), _converted(pack=True)
+    separate, packed = prefix_lm_batch(pack=False), prefix_lm_batch(pack=True)
     assert packed["decoder_input_tokens"].shape[0] == 1 and packed["decoder_segment_ids"].max() == 2
     separate_logits, packed_logits = _logits(model, params, separate), _logits(model, params, packed)
     for row, segment in enumerate((1, 2)):
@@ -234,22 +216,6 @@ def test_scanned_params_carry_a_leading_layers_axis():
     shapes = nn.unbox(abstract)
     assert shapes["layers"]["pre_layer_norm"]["scale"].shape == (3, CONFIG.d_model)
     assert "layers_0" not in shapes
-
-
-@pytest.mark.parametrize("policy, scan_layers", [("full", True), ("dots", False)])
-def test_remat_gives_the_same_loss_and_grads(policy, scan_layers):
-    config = dataclasses.replace(CONFIG, dropout_rate=0.1, scan_layers=scan_layers)
-    plain = DecoderOnlyModel(config)
-    remat = DecoderOnlyModel(dataclasses.replace(config, remat_policy=policy))
-    params = nn.unbox(plain.init(jax.random.key(0)))
-    batch = _converted(pack=True)
-    # Dropout on: remat must replay the same masks in the backward pass.
-    dropout_rng = jax.random.key(1, impl="rbg")
-    grad = lambda m: jax.jit(jax.value_and_grad(lambda p: m.loss_fn(p, batch, dropout_rng)[0]))
-    loss, grads = grad(plain)(params)
-    remat_loss, remat_grads = grad(remat)(params)
-    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads)
 
 
 def test_unknown_remat_policy_is_refused():

@@ -80,3 +80,76 @@ def test_adafactor_moments_follow_their_parameters():
         opt_state,
         opt_specs,
     )
+
+
+def test_optimizer_state_that_follows_no_parameter_is_refused_by_path():
+    params = {"mlp": {"wi": jnp.zeros((256, 512))}}
+    specs = {"mlp": {"wi": P("embed", "mlp")}}
+    state = {"count": jnp.zeros(()), "stray": jnp.zeros((512,)), "mu": {"mlp": {"wi": jnp.zeros((8, 8))}}}
+    with pytest.raises(ValueError, match=r"\['stray'\] shape \(512,\) ends in no parameter's path"):
+        partitioning.optimizer_state_specs({k: state[k] for k in ("count", "stray")}, params, specs)
+    with pytest.raises(ValueError, match=r"\['mu'\]\['mlp'\]\['wi'\] shape \(8, 8\) is not shaped "
+                       r"like its parameter mlp/wi \(256, 512\)"):
+        partitioning.optimizer_state_specs({"mu": state["mu"]}, params, specs)
+
+
+def test_unmapped_axis_names_are_named():
+    partitioning.check_axis_names(["batch", None, "embed"], partitioning.logical_axis_rules())
+    with pytest.raises(ValueError, match=r"\['head', 'kv_head'\] have no partitioning rule"):
+        partitioning.check_axis_names(["head", "kv_head", "batch"], partitioning.logical_axis_rules())
+
+
+def _traced_axis_names(model, batch, monkeypatch):
+    """Every logical axis name of the model's params and of the activation constraints its
+    training forward pass and its cached decoding trace."""
+    import flax.linen as nn
+
+    seen = []
+    constrain = nn.with_logical_constraint
+
+    def recording(x, names, *args, **kwargs):
+        seen.extend(names)
+        return constrain(x, names, *args, **kwargs)
+
+    monkeypatch.setattr(nn, "with_logical_constraint", recording)
+    abstract = jax.eval_shape(model.init, jax.random.key(0))
+    params = nn.unbox(abstract)
+    jax.eval_shape(model.loss_fn, params, batch, None)
+    jax.eval_shape(lambda p, b: model.predict_batch(p, b, max_decode_length=3), params, batch)
+    param_names = [n for spec in jax.tree.leaves(
+        nn.get_partition_spec(abstract), is_leaf=lambda x: isinstance(x, P)) for n in spec]
+    return set(param_names), set(seen)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("family", ["t5", "decoder"])
+def test_every_axis_name_a_model_uses_has_a_rule(family, scan_layers, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from flan_jax import axis_names
+    from flan_jax.models import base, decoder, t5
+
+    tokens = np.full((2, 4), 3, np.int32)
+    batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
+    if family == "t5":
+        config = t5.T5Config(vocab_size=16, d_model=8, num_heads=2, d_kv=4, d_ff=8,
+                             num_encoder_layers=1, num_decoder_layers=1,
+                             relative_attention_num_buckets=4, relative_attention_max_distance=8)
+        model = base.EncoderDecoderModel(dataclasses.replace(config, scan_layers=scan_layers))
+        batch["encoder_input_tokens"] = tokens
+    else:
+        config = decoder.DecoderConfig(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=8,
+                                       num_layers=1, scan_layers=scan_layers)
+        model = base.DecoderOnlyModel(config)
+        batch["decoder_causal_attention"] = np.ones_like(tokens)
+    param_names, activation_names = _traced_axis_names(model, batch, monkeypatch)
+    # The recorder saw the constraints (so it cannot go stale unnoticed), and the layers
+    # axis shows up exactly when layers are scanned.
+    assert {axis_names.BATCH, axis_names.HEADS, axis_names.MLP} <= activation_names
+    assert (axis_names.LAYERS in param_names) == scan_layers
+    for dims in ((1, 1), (1, 2), (2, 1), (2, 2)):
+        partitioning.check_axis_names(param_names | activation_names,
+                                      partitioning.logical_axis_rules(*dims))
+    assert (param_names | activation_names) - {None} <= set(axis_names.ALL)

@@ -6,13 +6,14 @@ import jax.numpy as jnp
 
 
 def write(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """cache [B, heads, length, D] with new [B, heads, T, D] at positions index[b] .. +T-1.
+    """cache [B, heads, length, D] with new [B, T, heads, D] at positions index[b] .. +T-1.
 
-    One batched dynamic_update_slice (vmapped over rows): XLA updates the T positions in
-    place instead of rewriting the cache.
+    One batched dynamic_update_slice: a scatter of each row's T positions, which XLA
+    updates in place instead of rewriting the cache; it reads `new` length-major as the
+    projections produce it, so no transpose comes first. Positions past the end are dropped.
     """
-    row = lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=1)
-    return jax.vmap(row)(cache, new, index)
+    positions = index[:, None] + jnp.arange(new.shape[1])
+    return cache.at[jnp.arange(cache.shape[0])[:, None], :, positions].set(new)
 
 
 class KVCache(nn.Module):
@@ -23,8 +24,7 @@ class KVCache(nn.Module):
     Each call writes its T keys/values [B, T, kv_heads, head_dim] at each row's own position
     `index` [B] and returns the whole cache; the caller's mask hides the positions a row has
     not written. The call that creates the cache (`length` positions, zeros) is the prefill:
-    it writes a prompt of T tokens at index 0. Keep index + T <= length: like
-    dynamic_update_slice, a write past the end would be shifted back into the cache.
+    it writes a prompt of T tokens at index 0.
     """
 
     length: int
@@ -41,7 +41,7 @@ class KVCache(nn.Module):
         cached = []
         for name, new in (("cached_key", key), ("cached_value", value)):
             variable = self.variable("cache", name, jnp.zeros, shape, new.dtype)
-            variable.value = write(variable.value, heads_major(new), index)
+            variable.value = write(variable.value, new, index)
             cached.append(variable.value)
         return tuple(cached)
 
