@@ -137,3 +137,24 @@ def test_the_static_check_sees_every_kind_of_import(tmp_path, source, found):
     path = tmp_path / "module.py"
     path.write_text(source)
     assert list(_imported_names(str(path))) == found
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in conftest.py or a helpers module (not named test_*), so a test
+    module runs alone and its tests are collected once."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    test_modules = {
+        name[:-3]
+        for _, _, files in os.walk(tests)
+        for name in files
+        if name.startswith("test_") and name.endswith(".py")
+    }
+    offenders = [
+        f"{os.path.relpath(os.path.join(root, name), REPO)} imports {imported}"
+        for root, _, files in os.walk(tests)
+        for name in sorted(files)
+        if name.endswith(".py")
+        for imported in _imported_names(os.path.join(root, name))
+        if imported.split(".")[0] in test_modules
+    ]
+    assert not offenders, "; ".join(offenders)
