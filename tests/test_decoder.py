@@ -4,7 +4,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -63,7 +62,9 @@ def test_greedy_prediction_equals_uncached_argmax(model_and_params, prefix_batch
     model, params = model_and_params
     steps = 5
     predicted = np.asarray(
-        jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=steps))(params, prefix_batch)
+        jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=steps))(
+            params, prefix_batch
+        )
     )
     assert predicted.shape == (4, steps)
     for row, n in enumerate(PREFIX_LENGTHS):
@@ -126,7 +127,10 @@ def test_packed_equals_separate(model_and_params, prefix_lm_batch):
     model, params = model_and_params
     separate, packed = prefix_lm_batch(pack=False), prefix_lm_batch(pack=True)
     assert packed["decoder_input_tokens"].shape[0] == 1 and packed["decoder_segment_ids"].max() == 2
-    separate_logits, packed_logits = _logits(model, params, separate), _logits(model, params, packed)
+    separate_logits, packed_logits = (
+        _logits(model, params, separate),
+        _logits(model, params, packed),
+    )
     for row, segment in enumerate((1, 2)):
         in_segment = packed["decoder_segment_ids"][0] == segment
         n = in_segment.sum()
@@ -200,7 +204,9 @@ def test_scanned_rematerialized_layers_give_the_same_logits_and_predictions(
     )
     # Beam search reorders every cache leaf along axis 0, so the layer axis must not be there.
     for kw in ({}, {"num_beams": 3, "num_decodes": 2}):
-        predict = lambda m: jax.jit(lambda p, b: m.predict_batch(p, b, max_decode_length=5, **kw))
+        predict = lambda m, kw=kw: jax.jit(
+            lambda p, b: m.predict_batch(p, b, max_decode_length=5, **kw)
+        )
         np.testing.assert_array_equal(
             predict(scanned)(scanned_params, prefix_batch), predict(model)(params, prefix_batch)
         )

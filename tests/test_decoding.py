@@ -13,9 +13,15 @@ from flan_jax.models.decoder import DecoderConfig
 from flan_jax.models.t5 import T5, T5Config
 
 CONFIG = T5Config(
-    vocab_size=40, d_model=24, num_heads=3, d_kv=8, d_ff=32,
-    num_encoder_layers=2, num_decoder_layers=2,
-    relative_attention_num_buckets=8, relative_attention_max_distance=16,
+    vocab_size=40,
+    d_model=24,
+    num_heads=3,
+    d_kv=8,
+    d_ff=32,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
 )
 LENGTH = 10
 
@@ -39,7 +45,9 @@ def encoder_tokens():
 
 
 def _predict(model, params, tokens, rng=None, **kwargs):
-    fn = jax.jit(lambda p, t, r: model.predict_batch(p, {"encoder_input_tokens": t}, rng=r, **kwargs))
+    fn = jax.jit(
+        lambda p, t, r: model.predict_batch(p, {"encoder_input_tokens": t}, rng=r, **kwargs)
+    )
     return np.asarray(fn(params, tokens, rng))
 
 
@@ -50,7 +58,9 @@ def _uncached_greedy(model, params, tokens, length):
     done = np.zeros(tokens.shape[0], bool)
     for i in range(length):
         decoder_inputs = np.pad(out, ((0, 0), (1, 0)))[:, :-1]
-        logits = logits_fn(params, {"encoder_input_tokens": tokens, "decoder_input_tokens": decoder_inputs})
+        logits = logits_fn(
+            params, {"encoder_input_tokens": tokens, "decoder_input_tokens": decoder_inputs}
+        )
         token = np.where(done, 0, np.asarray(logits)[:, i].argmax(-1))
         out[:, i] = token
         done |= token == 1
@@ -69,15 +79,27 @@ def test_cached_greedy_equals_uncached_argmax(model_and_params, encoder_tokens):
 def test_cached_step_logits_equal_full_forward(model_and_params, encoder_tokens):
     """Teacher-force a sequence one token at a time through the KV cache."""
     model, params = model_and_params
-    decoder_inputs = np.random.default_rng(1).integers(2, CONFIG.vocab_size, (6, LENGTH)).astype(np.int32)
+    decoder_inputs = (
+        np.random.default_rng(1).integers(2, CONFIG.vocab_size, (6, LENGTH)).astype(np.int32)
+    )
     decoder_inputs[:, 0] = 0
-    full = model._logits(params, {"encoder_input_tokens": encoder_tokens, "decoder_input_tokens": decoder_inputs})
+    full = model._logits(
+        params, {"encoder_input_tokens": encoder_tokens, "decoder_input_tokens": decoder_inputs}
+    )
 
     encoded = model.module.apply({"params": params}, encoder_tokens, method=T5.encode)
-    decode = jax.jit(lambda variables, tokens: model.module.apply(
-        variables, encoded, encoder_tokens, tokens, decode=True, max_decode_length=LENGTH,
-        mutable=["cache"], method=T5.decode,
-    ))
+    decode = jax.jit(
+        lambda variables, tokens: model.module.apply(
+            variables,
+            encoded,
+            encoder_tokens,
+            tokens,
+            decode=True,
+            max_decode_length=LENGTH,
+            mutable=["cache"],
+            method=T5.decode,
+        )
+    )
     logits, cache = decode({"params": params}, decoder_inputs[:, :1])  # prefills position 0
     steps = [logits[:, 0]]
     for i in range(1, LENGTH):
@@ -100,38 +122,59 @@ def _scripted_step_fn(script, calls):
 
 
 def test_eos_zeroes_the_rest_of_the_row_and_stops_early():
-    planned = np.array([[5, 1, 6, 7, 6, 7, 6, 7],   # EOS at step 1
-                        [3, 4, 5, 1, 2, 2, 2, 2]])  # EOS at step 3
+    planned = np.array(
+        [
+            [5, 1, 6, 7, 6, 7, 6, 7],  # EOS at step 1
+            [3, 4, 5, 1, 2, 2, 2, 2],
+        ]
+    )  # EOS at step 3
     script = np.eye(8, dtype=np.float32)[planned.T] * 5.0  # argmax at step i is planned[:, i]
     calls = []
-    out = jax.jit(lambda c: decoding.temperature_sample(
-        _scripted_step_fn(script, calls), c, batch_size=2, max_decode_length=8
-    ))(jnp.zeros((), jnp.int32))
+    out = jax.jit(
+        lambda c: decoding.temperature_sample(
+            _scripted_step_fn(script, calls), c, batch_size=2, max_decode_length=8
+        )
+    )(jnp.zeros((), jnp.int32))
     np.testing.assert_array_equal(out, [[5, 1, 0, 0, 0, 0, 0, 0], [3, 4, 5, 1, 0, 0, 0, 0]])
     # Four steps, not eight; each step is fed the previous token (0 once a row is done).
     assert calls == [(0, [0, 0]), (1, [5, 3]), (2, [1, 4]), (3, [0, 5])]
 
 
-@pytest.mark.parametrize("top_k, top_p, kept", [
-    (2, 1.0, [1, 0, 0, 1]),
-    (0, 0.75, [1, 0, 0, 1]),
-    (0, 0.81, [1, 0, 1, 1]),
-    (3, 0.45, [0, 0, 0, 1]),
-])
+@pytest.mark.parametrize(
+    "top_k, top_p, kept",
+    [
+        (2, 1.0, [1, 0, 0, 1]),
+        (0, 0.75, [1, 0, 0, 1]),
+        (0, 0.81, [1, 0, 1, 1]),
+        (3, 0.45, [0, 0, 0, 1]),
+    ],
+)
 def test_filter_logits_keeps_top_k_and_nucleus(top_k, top_p, kept):
     probs = np.array([0.30, 0.05, 0.15, 0.50])
     filtered = np.asarray(decoding.filter_logits(jnp.log(probs)[None], top_k=top_k, top_p=top_p))[0]
     np.testing.assert_array_equal(np.isfinite(filtered), np.array(kept, bool))
-    np.testing.assert_allclose(filtered[np.isfinite(filtered)], np.log(probs)[np.array(kept, bool)], rtol=1e-6)
+    np.testing.assert_allclose(
+        filtered[np.isfinite(filtered)], np.log(probs)[np.array(kept, bool)], rtol=1e-6
+    )
 
 
 def test_sampling_follows_the_renormalized_top_k_distribution():
     batch, length = 256, 4
     logits = np.log(np.array([0.05, 0.05, 0.45, 0.1, 0.35], np.float32))  # 1 is EOS
     step_fn = lambda cache, tokens: (jnp.broadcast_to(logits, (batch, 5)), cache)
-    out = np.asarray(jax.jit(lambda r: decoding.temperature_sample(
-        step_fn, (), batch_size=batch, max_decode_length=length, rng=r, temperature=1.0, top_k=2
-    ))(jax.random.key(0)))
+    out = np.asarray(
+        jax.jit(
+            lambda r: decoding.temperature_sample(
+                step_fn,
+                (),
+                batch_size=batch,
+                max_decode_length=length,
+                rng=r,
+                temperature=1.0,
+                top_k=2,
+            )
+        )(jax.random.key(0))
+    )
     assert set(np.unique(out)) == {2, 4}
     np.testing.assert_allclose((out == 2).mean(), 0.45 / 0.8, atol=0.05)
 
@@ -140,17 +183,28 @@ def test_top_k_1_and_tiny_top_p_sampling_equal_greedy(model_and_params, encoder_
     model, params = model_and_params
     greedy = _predict(model, params, encoder_tokens, max_decode_length=LENGTH)
     rng = jax.random.key(1)
-    top_k = _predict(model, params, encoder_tokens, rng, max_decode_length=LENGTH, temperature=0.8, top_k=1)
-    top_p = _predict(model, params, encoder_tokens, rng, max_decode_length=LENGTH, temperature=0.8, top_p=1e-6)
+    top_k = _predict(
+        model, params, encoder_tokens, rng, max_decode_length=LENGTH, temperature=0.8, top_k=1
+    )
+    top_p = _predict(
+        model, params, encoder_tokens, rng, max_decode_length=LENGTH, temperature=0.8, top_p=1e-6
+    )
     np.testing.assert_array_equal(top_k, greedy)
     np.testing.assert_array_equal(top_p, greedy)
 
 
 def test_num_decodes_shape_and_rng_determinism(model_and_params, encoder_tokens):
     model, params = model_and_params
-    fn = jax.jit(lambda p, t, r: model.predict_batch(
-        p, {"encoder_input_tokens": t}, max_decode_length=LENGTH, rng=r, temperature=2.0, num_decodes=3
-    ))
+    fn = jax.jit(
+        lambda p, t, r: model.predict_batch(
+            p,
+            {"encoder_input_tokens": t},
+            max_decode_length=LENGTH,
+            rng=r,
+            temperature=2.0,
+            num_decodes=3,
+        )
+    )
     first = np.asarray(fn(params, encoder_tokens, jax.random.key(5)))
     again = np.asarray(fn(params, encoder_tokens, jax.random.key(5)))
     other = np.asarray(fn(params, encoder_tokens, jax.random.key(6)))
@@ -165,7 +219,9 @@ def test_num_decodes_shape_and_rng_determinism(model_and_params, encoder_tokens)
 def test_sampling_without_rng_is_refused(model_and_params, encoder_tokens):
     model, params = model_and_params
     with pytest.raises(ValueError, match="rng"):
-        model.predict_batch(params, {"encoder_input_tokens": encoder_tokens}, max_decode_length=4, temperature=1.0)
+        model.predict_batch(
+            params, {"encoder_input_tokens": encoder_tokens}, max_decode_length=4, temperature=1.0
+        )
 
 
 # --- Beam search ---
@@ -176,7 +232,9 @@ PROMPT_LENGTHS = np.array([3, 7, 1, 5, 2, 4])
 @pytest.fixture(scope="module")
 def decoder_only():
     """A tiny PaLM-style model (EOS made likelier) and a batch of prompts of different lengths."""
-    config = DecoderConfig(vocab_size=40, d_model=24, num_heads=3, head_dim=8, d_ff=32, num_layers=2)
+    config = DecoderConfig(
+        vocab_size=40, d_model=24, num_heads=3, head_dim=8, d_ff=32, num_layers=2
+    )
     model = DecoderOnlyModel(config)
     params = nn.unbox(model.init(jax.random.key(0)))
     embedding = params["token_embedder"]["embedding"]
@@ -208,8 +266,12 @@ def _sequence_log_probs(model, params, batch, tokens):
     batch = {k: np.repeat(v, copies, axis=0) for k, v in batch.items()}
     weights = _through_eos_weights(tokens)
     if isinstance(model, EncoderDecoderModel):
-        scored = {**batch, "decoder_target_tokens": tokens, "decoder_loss_weights": weights,
-                  "decoder_input_tokens": np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]}
+        scored = {
+            **batch,
+            "decoder_target_tokens": tokens,
+            "decoder_loss_weights": weights,
+            "decoder_input_tokens": np.pad(tokens, ((0, 0), (1, 0)))[:, :-1],
+        }
     else:  # prefix-LM rows: prompt, then the generated tokens
         lengths = batch["decoder_causal_attention"].sum(1)
         inputs = np.zeros((tokens.shape[0], lengths.max() + tokens.shape[1]), np.int32)
@@ -219,16 +281,21 @@ def _sequence_log_probs(model, params, batch, tokens):
             inputs[row, n : n + tokens.shape[1]] = tokens[row]
             loss_weights[row, n - 1 : n - 1 + tokens.shape[1]] = weights[row]
         prefix = (np.arange(inputs.shape[1])[None] < lengths[:, None]).astype(np.int32)
-        scored = {"decoder_input_tokens": inputs, "decoder_causal_attention": prefix,
-                  "decoder_target_tokens": np.pad(inputs, ((0, 0), (0, 1)))[:, 1:],
-                  "decoder_loss_weights": loss_weights}
+        scored = {
+            "decoder_input_tokens": inputs,
+            "decoder_causal_attention": prefix,
+            "decoder_target_tokens": np.pad(inputs, ((0, 0), (0, 1)))[:, 1:],
+            "decoder_loss_weights": loss_weights,
+        }
     return np.asarray(jax.jit(model.score_batch)(params, scored))
 
 
 def test_one_beam_equals_greedy(family):
     model, params, batch = family
-    predict = jax.jit(lambda p, b, **kw: model.predict_batch(p, b, max_decode_length=LENGTH, **kw),
-                      static_argnames=("num_beams", "length_penalty"))
+    predict = jax.jit(
+        lambda p, b, **kw: model.predict_batch(p, b, max_decode_length=LENGTH, **kw),
+        static_argnames=("num_beams", "length_penalty"),
+    )
     greedy = np.asarray(predict(params, batch))
     beam = np.asarray(predict(params, batch, num_beams=1, length_penalty=0.0))
     finished = (greedy == 1).any(-1)
@@ -242,20 +309,33 @@ def test_beam_scores_are_true_log_probs_and_beat_greedy(family):
 
     def search(p, b):
         step_fn, cache, start = model._decoding_state(p, b, copies=beams, max_decode_length=LENGTH)
-        return decoding.beam_search(step_fn, cache, batch_size=start.shape[0] // beams, beam_size=beams,
-                                    max_decode_length=LENGTH, length_penalty=0.0, start_tokens=start[::beams])
+        return decoding.beam_search(
+            step_fn,
+            cache,
+            batch_size=start.shape[0] // beams,
+            beam_size=beams,
+            max_decode_length=LENGTH,
+            length_penalty=0.0,
+            start_tokens=start[::beams],
+        )
 
     sequences, scores = map(np.asarray, jax.jit(search)(params, batch))
     batch_size = scores.shape[0]
     assert (np.diff(scores, axis=1) <= 0).all(), "beams must come best first"
     # Scores the KV cache produced (reordered at every step) match a full forward pass.
-    recomputed = _sequence_log_probs(model, params, batch, sequences.reshape(batch_size * beams, LENGTH))
+    recomputed = _sequence_log_probs(
+        model, params, batch, sequences.reshape(batch_size * beams, LENGTH)
+    )
     np.testing.assert_allclose(recomputed.reshape(batch_size, beams), scores, rtol=1e-4, atol=1e-4)
     assert (sequences[:, 0] != sequences[:, 1]).any(1).all(), "beams must be distinct"
-    greedy = np.asarray(jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=LENGTH))(params, batch))
+    greedy = np.asarray(
+        jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=LENGTH))(params, batch)
+    )
     greedy_scores = _sequence_log_probs(model, params, batch, greedy)
     assert (scores[:, 0] >= greedy_scores - 1e-4).all()
-    assert (scores[:, 0] > greedy_scores + 1e-3).any(), "beam search should find better sequences somewhere"
+    assert (scores[:, 0] > greedy_scores + 1e-3).any(), (
+        "beam search should find better sequences somewhere"
+    )
 
 
 def _bigram_step_fn(table):
@@ -275,8 +355,12 @@ def test_length_penalty_prefers_longer_sequences():
 
     def search(alpha):
         sequences, scores = decoding.beam_search(
-            _bigram_step_fn(table / table.sum(1, keepdims=True)), jnp.zeros((2,)), batch_size=1, beam_size=2,
-            max_decode_length=5, length_penalty=alpha,
+            _bigram_step_fn(table / table.sum(1, keepdims=True)),
+            jnp.zeros((2,)),
+            batch_size=1,
+            beam_size=2,
+            max_decode_length=5,
+            length_penalty=alpha,
         )
         return np.asarray(sequences)[0, 0], float(scores[0, 0])
 
@@ -292,8 +376,18 @@ def test_length_penalty_prefers_longer_sequences():
 def test_beam_search_refuses_sampling_arguments(model_and_params, encoder_tokens):
     model, params = model_and_params
     with pytest.raises(ValueError, match=r"num_beams=2\) is deterministic"):
-        model.predict_batch(params, {"encoder_input_tokens": encoder_tokens}, max_decode_length=4,
-                            num_beams=2, temperature=1.0)
+        model.predict_batch(
+            params,
+            {"encoder_input_tokens": encoder_tokens},
+            max_decode_length=4,
+            num_beams=2,
+            temperature=1.0,
+        )
     with pytest.raises(ValueError, match="num_beams=2 must be >= num_decodes=3"):
-        model.predict_batch(params, {"encoder_input_tokens": encoder_tokens}, max_decode_length=4,
-                            num_beams=2, num_decodes=3)
+        model.predict_batch(
+            params,
+            {"encoder_input_tokens": encoder_tokens},
+            max_decode_length=4,
+            num_beams=2,
+            num_decodes=3,
+        )

@@ -98,8 +98,9 @@ def test_rope_makes_query_key_products_depend_on_relative_position_only():
         apply_rope(_normal(1, 1, 7), jnp.zeros((1, 1)))
 
 
-@pytest.mark.parametrize("activation, fn", [("silu", jax.nn.silu),
-                                            ("gelu_tanh", lambda x: jax.nn.gelu(x, True))])
+@pytest.mark.parametrize(
+    "activation, fn", [("silu", jax.nn.silu), ("gelu_tanh", lambda x: jax.nn.gelu(x, True))]
+)
 def test_gated_mlp_is_wo_of_activated_gate_times_linear(activation, fn):
     mlp = GatedMlp(d_ff=6, activation=activation)
     x = _normal(2, 3, 4)
@@ -123,10 +124,16 @@ def _arange(x):
 def test_shared_kv_heads_equal_multi_head_attention_with_repeated_kv_kernels(num_kv_heads):
     x = _normal(2, 5, 16)
     bias = mask_to_bias(causal_mask(jnp.arange(5)[None], 5))
-    shared = Attention(num_heads=4, num_kv_heads=num_kv_heads, head_dim=8, scale_logits=True,
-                       rope_max_wavelength=1e4)
-    full = Attention(num_heads=4, num_kv_heads=4, head_dim=8, scale_logits=True,
-                     rope_max_wavelength=1e4)
+    shared = Attention(
+        num_heads=4,
+        num_kv_heads=num_kv_heads,
+        head_dim=8,
+        scale_logits=True,
+        rope_max_wavelength=1e4,
+    )
+    full = Attention(
+        num_heads=4, num_kv_heads=4, head_dim=8, scale_logits=True, rope_max_wavelength=1e4
+    )
     params = _attention_params(shared, x)["params"]
     key_shape = params["key"]["kernel"].shape
     # A single key/value head has PaLM's kernel layout, without a heads axis.
@@ -157,7 +164,8 @@ def test_t5_attention_has_no_logit_scaling_but_a_scaled_query_init():
     # The same weights with the query kernel times sqrt(32) and logits / sqrt(32) agree.
     boosted = {**params, "query": {"kernel": params["query"]["kernel"] * np.sqrt(32.0)}}
     np.testing.assert_allclose(
-        t5.apply({"params": params}, x, x, bias), scaled.apply({"params": boosted}, x, x, bias),
+        t5.apply({"params": params}, x, x, bias),
+        scaled.apply({"params": boosted}, x, x, bias),
         **TOL,
     )
 
@@ -167,16 +175,35 @@ def test_cached_attention_steps_equal_the_full_pass(num_kv_heads):
     """Prefill 3 positions, then one per call, rows at different positions."""
     batch, length, cache_length = 2, 6, 8
     x = _normal(batch, length, 16)
-    attention = Attention(num_heads=4, num_kv_heads=num_kv_heads, head_dim=8, scale_logits=True,
-                          rope_max_wavelength=1e4)
+    attention = Attention(
+        num_heads=4,
+        num_kv_heads=num_kv_heads,
+        head_dim=8,
+        scale_logits=True,
+        rope_max_wavelength=1e4,
+    )
     params = _attention_params(attention, x)
-    full = attention.apply(params, x, x, mask_to_bias(causal_mask(jnp.arange(length)[None], length)),
-                           positions=_arange(x))
+    full = attention.apply(
+        params,
+        x,
+        x,
+        mask_to_bias(causal_mask(jnp.arange(length)[None], length)),
+        positions=_arange(x),
+    )
 
     def call(variables, inputs, positions, index):
         bias = mask_to_bias(causal_mask(positions, cache_length))
-        return attention.apply(variables, inputs, inputs, bias, positions=positions, decode=True,
-                               cache_index=index, max_decode_length=cache_length, mutable=["cache"])
+        return attention.apply(
+            variables,
+            inputs,
+            inputs,
+            bias,
+            positions=positions,
+            decode=True,
+            cache_index=index,
+            max_decode_length=cache_length,
+            mutable=["cache"],
+        )
 
     prefill, cache = call(params, x[:, :3], _arange(x[:, :3]), jnp.zeros(batch, jnp.int32))
     np.testing.assert_allclose(prefill, full[:, :3], **TOL)
@@ -200,8 +227,9 @@ def test_cross_attention_projects_the_encoder_once():
     np.testing.assert_allclose(out, expected, **TOL)
     assert cache["cache"]["cached_key"].shape == (2, 2, 7, 8)  # head-major
     # Later steps read the cache: other "encoder outputs" passed in change nothing.
-    again, _ = attention.apply({**params, **cache}, q, encoded * 0, jnp.zeros(()), decode=True,
-                               mutable=["cache"])
+    again, _ = attention.apply(
+        {**params, **cache}, q, encoded * 0, jnp.zeros(()), decode=True, mutable=["cache"]
+    )
     np.testing.assert_allclose(again, expected, **TOL)
 
 
@@ -229,5 +257,6 @@ def test_kv_cache_prefills_then_appends():
     np.testing.assert_array_equal(k[1, :, 1], step[1, 0])
     np.testing.assert_array_equal(k[0, :, :3], kvcache.heads_major(key)[0])
     with pytest.raises(ValueError, match="5 tokens do not fit a KV cache of length 4"):
-        layer.apply({}, _normal(1, 5, 1, 2), _normal(1, 5, 1, 2), jnp.zeros(1, jnp.int32),
-                    mutable=["cache"])
+        layer.apply(
+            {}, _normal(1, 5, 1, 2), _normal(1, 5, 1, 2), jnp.zeros(1, jnp.int32), mutable=["cache"]
+        )

@@ -51,7 +51,9 @@ def test_rules_map_logical_axes(param_dims, act_dims, expected_param, expected_a
 def test_batch_size_must_divide_data_parallel_size():
     p = partitioning.Partitioner(partitioning.create_mesh(2), partitioning.logical_axis_rules())
     p.check_batch_size(8)
-    with pytest.raises(ValueError, match="batch size 6 is not divisible by the data-parallel size 4"):
+    with pytest.raises(
+        ValueError, match="batch size 6 is not divisible by the data-parallel size 4"
+    ):
         p.check_batch_size(6)
 
 
@@ -85,18 +87,27 @@ def test_adafactor_moments_follow_their_parameters():
 def test_optimizer_state_that_follows_no_parameter_is_refused_by_path():
     params = {"mlp": {"wi": jnp.zeros((256, 512))}}
     specs = {"mlp": {"wi": P("embed", "mlp")}}
-    state = {"count": jnp.zeros(()), "stray": jnp.zeros((512,)), "mu": {"mlp": {"wi": jnp.zeros((8, 8))}}}
+    state = {
+        "count": jnp.zeros(()),
+        "stray": jnp.zeros((512,)),
+        "mu": {"mlp": {"wi": jnp.zeros((8, 8))}},
+    }
     with pytest.raises(ValueError, match=r"\['stray'\] shape \(512,\) ends in no parameter's path"):
         partitioning.optimizer_state_specs({k: state[k] for k in ("count", "stray")}, params, specs)
-    with pytest.raises(ValueError, match=r"\['mu'\]\['mlp'\]\['wi'\] shape \(8, 8\) is not shaped "
-                       r"like its parameter mlp/wi \(256, 512\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\['mu'\]\['mlp'\]\['wi'\] shape \(8, 8\) is not shaped "
+        r"like its parameter mlp/wi \(256, 512\)",
+    ):
         partitioning.optimizer_state_specs({"mu": state["mu"]}, params, specs)
 
 
 def test_unmapped_axis_names_are_named():
     partitioning.check_axis_names(["batch", None, "embed"], partitioning.logical_axis_rules())
     with pytest.raises(ValueError, match=r"\['head', 'kv_head'\] have no partitioning rule"):
-        partitioning.check_axis_names(["head", "kv_head", "batch"], partitioning.logical_axis_rules())
+        partitioning.check_axis_names(
+            ["head", "kv_head", "batch"], partitioning.logical_axis_rules()
+        )
 
 
 def _traced_axis_names(model, batch, monkeypatch):
@@ -116,8 +127,13 @@ def _traced_axis_names(model, batch, monkeypatch):
     params = nn.unbox(abstract)
     jax.eval_shape(model.loss_fn, params, batch, None)
     jax.eval_shape(lambda p, b: model.predict_batch(p, b, max_decode_length=3), params, batch)
-    param_names = [n for spec in jax.tree.leaves(
-        nn.get_partition_spec(abstract), is_leaf=lambda x: isinstance(x, P)) for n in spec]
+    param_names = [
+        n
+        for spec in jax.tree.leaves(
+            nn.get_partition_spec(abstract), is_leaf=lambda x: isinstance(x, P)
+        )
+        for n in spec
+    ]
     return set(param_names), set(seen)
 
 
@@ -134,14 +150,29 @@ def test_every_axis_name_a_model_uses_has_a_rule(family, scan_layers, monkeypatc
     tokens = np.full((2, 4), 3, np.int32)
     batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
     if family == "t5":
-        config = t5.T5Config(vocab_size=16, d_model=8, num_heads=2, d_kv=4, d_ff=8,
-                             num_encoder_layers=1, num_decoder_layers=1,
-                             relative_attention_num_buckets=4, relative_attention_max_distance=8)
+        config = t5.T5Config(
+            vocab_size=16,
+            d_model=8,
+            num_heads=2,
+            d_kv=4,
+            d_ff=8,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            relative_attention_num_buckets=4,
+            relative_attention_max_distance=8,
+        )
         model = base.EncoderDecoderModel(dataclasses.replace(config, scan_layers=scan_layers))
         batch["encoder_input_tokens"] = tokens
     else:
-        config = decoder.DecoderConfig(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=8,
-                                       num_layers=1, scan_layers=scan_layers)
+        config = decoder.DecoderConfig(
+            vocab_size=16,
+            d_model=8,
+            num_heads=2,
+            head_dim=4,
+            d_ff=8,
+            num_layers=1,
+            scan_layers=scan_layers,
+        )
         model = base.DecoderOnlyModel(config)
         batch["decoder_causal_attention"] = np.ones_like(tokens)
     param_names, activation_names = _traced_axis_names(model, batch, monkeypatch)
@@ -150,6 +181,7 @@ def test_every_axis_name_a_model_uses_has_a_rule(family, scan_layers, monkeypatc
     assert {axis_names.BATCH, axis_names.HEADS, axis_names.MLP} <= activation_names
     assert (axis_names.LAYERS in param_names) == scan_layers
     for dims in ((1, 1), (1, 2), (2, 1), (2, 2)):
-        partitioning.check_axis_names(param_names | activation_names,
-                                      partitioning.logical_axis_rules(*dims))
+        partitioning.check_axis_names(
+            param_names | activation_names, partitioning.logical_axis_rules(*dims)
+        )
     assert (param_names | activation_names) - {None} <= set(axis_names.ALL)

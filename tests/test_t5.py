@@ -20,12 +20,36 @@ VOCAB = 96
 # Differ in heads, head dim, depth and relative-position buckets / max distance. The
 # sequences below are long enough to reach the log-spaced buckets of each.
 HF_CONFIGS = [
-    dict(d_model=32, num_heads=4, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-         relative_attention_num_buckets=32, relative_attention_max_distance=128),
-    dict(d_model=24, num_heads=2, d_kv=16, d_ff=40, num_layers=3, num_decoder_layers=1,
-         relative_attention_num_buckets=8, relative_attention_max_distance=20),
-    dict(d_model=20, num_heads=6, d_kv=4, d_ff=36, num_layers=1, num_decoder_layers=3,
-         relative_attention_num_buckets=16, relative_attention_max_distance=12),
+    dict(
+        d_model=32,
+        num_heads=4,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+    ),
+    dict(
+        d_model=24,
+        num_heads=2,
+        d_kv=16,
+        d_ff=40,
+        num_layers=3,
+        num_decoder_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+    ),
+    dict(
+        d_model=20,
+        num_heads=6,
+        d_kv=4,
+        d_ff=36,
+        num_layers=1,
+        num_decoder_layers=3,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=12,
+    ),
 ]
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -34,8 +58,14 @@ def _hf_model(seed, overrides):
     """A random tiny HF T5 v1.1 with an untied lm_head and non-trivial norms/biases."""
     torch.manual_seed(seed)
     config = transformers.T5Config(
-        vocab_size=VOCAB, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **overrides,
+        vocab_size=VOCAB,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        **overrides,
     )
     model = transformers.T5ForConditionalGeneration(config).eval()
     d_model = overrides["d_model"]
@@ -77,7 +107,9 @@ def case(request):
         "decoder_target_tokens": targets,
         "decoder_input_tokens": _shift_right(targets),
     }
-    return dict(hf=hf, model=EncoderDecoderModel(config), params=params_from_hf(state, config), batch=batch)
+    return dict(
+        hf=hf, model=EncoderDecoderModel(config), params=params_from_hf(state, config), batch=batch
+    )
 
 
 def _hf_logits(case):
@@ -94,10 +126,14 @@ def _hf_logits(case):
 def test_encoder_outputs_match_hf(case):
     tokens = case["batch"]["encoder_input_tokens"]
     with torch.no_grad():
-        expected = case["hf"].encoder(
-            input_ids=torch.from_numpy(tokens).long(),
-            attention_mask=torch.from_numpy(tokens != 0).long(),
-        ).last_hidden_state.numpy()
+        expected = (
+            case["hf"]
+            .encoder(
+                input_ids=torch.from_numpy(tokens).long(),
+                attention_mask=torch.from_numpy(tokens != 0).long(),
+            )
+            .last_hidden_state.numpy()
+        )
     model = case["model"]
     encoded = jax.jit(lambda p, t: model.module.apply({"params": p}, t, method=T5.encode))(
         case["params"], tokens
@@ -130,11 +166,18 @@ def test_greedy_predict_matches_hf_generate(case):
     ours = np.asarray(predict(case["params"], {"encoder_input_tokens": tokens}))
     ids = torch.from_numpy(tokens).long()
     with torch.no_grad():
-        hf = case["hf"].generate(
-            input_ids=ids, attention_mask=(ids != 0).long(),
-            do_sample=False, num_beams=1, max_new_tokens=length,
-            use_cache=False,  # HF's cache assumes decoder depth == encoder depth
-        ).numpy()[:, 1:]  # drop the decoder start token
+        hf = (
+            case["hf"]
+            .generate(
+                input_ids=ids,
+                attention_mask=(ids != 0).long(),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=length,
+                use_cache=False,  # HF's cache assumes decoder depth == encoder depth
+            )
+            .numpy()[:, 1:]
+        )  # drop the decoder start token
     expected = np.zeros_like(ours)
     expected[:, : hf.shape[1]] = hf
     assert (ours == 1).any(), "seeds should make some row emit EOS, exercising early stop"
@@ -163,10 +206,17 @@ def test_packed_row_equals_separate_examples(case):
 
     enc_tokens, enc_segments = pack(inputs, 20)
     dec_inputs, dec_segments = pack([_shift_right(t[None])[0] for t in targets], 16)
-    packed = np.asarray(logits_fn(params, {
-        "encoder_input_tokens": enc_tokens, "encoder_segment_ids": enc_segments,
-        "decoder_input_tokens": dec_inputs, "decoder_segment_ids": dec_segments,
-    }))[0]
+    packed = np.asarray(
+        logits_fn(
+            params,
+            {
+                "encoder_input_tokens": enc_tokens,
+                "encoder_segment_ids": enc_segments,
+                "decoder_input_tokens": dec_inputs,
+                "decoder_segment_ids": dec_segments,
+            },
+        )
+    )[0]
     np.testing.assert_allclose(packed[:5], separate[0], **TOL)
     np.testing.assert_allclose(packed[5:13], separate[1], **TOL)
 
@@ -178,21 +228,39 @@ def test_relative_position_buckets_match_hf():
     for num_buckets, max_distance in [(32, 128), (8, 20), (16, 12), (64, 300)]:
         for bidirectional in (True, False):
             ours = relative_position_bucket(
-                relative, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+                relative,
+                bidirectional=bidirectional,
+                num_buckets=num_buckets,
+                max_distance=max_distance,
             )
             theirs = T5Attention._relative_position_bucket(
-                torch.from_numpy(relative), bidirectional=bidirectional,
-                num_buckets=num_buckets, max_distance=max_distance,
+                torch.from_numpy(relative),
+                bidirectional=bidirectional,
+                num_buckets=num_buckets,
+                max_distance=max_distance,
             ).numpy()
             np.testing.assert_array_equal(ours, theirs)
 
 
 FLAN_T5_SMALL_CONFIG = {  # as in google/flan-t5-small's config.json
-    "model_type": "t5", "vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 1024,
-    "num_layers": 8, "num_decoder_layers": 8, "num_heads": 6, "dropout_rate": 0.1,
-    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
-    "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+    "model_type": "t5",
+    "vocab_size": 32128,
+    "d_model": 512,
+    "d_kv": 64,
+    "d_ff": 1024,
+    "num_layers": 8,
+    "num_decoder_layers": 8,
+    "num_heads": 6,
+    "dropout_rate": 0.1,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+    "is_encoder_decoder": True,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
 }
 
 
@@ -245,8 +313,18 @@ def test_init_boxes_params_with_logical_axis_names():
 
 
 def test_bfloat16_activations_track_float32():
-    config = t5_config_from_hf({**FLAN_T5_SMALL_CONFIG, "vocab_size": VOCAB, "d_model": 32, "d_kv": 8,
-                                "num_heads": 4, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 2})
+    config = t5_config_from_hf(
+        {
+            **FLAN_T5_SMALL_CONFIG,
+            "vocab_size": VOCAB,
+            "d_model": 32,
+            "d_kv": 8,
+            "num_heads": 4,
+            "d_ff": 48,
+            "num_layers": 2,
+            "num_decoder_layers": 2,
+        }
+    )
     model = EncoderDecoderModel(config)
     bf16 = EncoderDecoderModel(dataclasses.replace(config, dtype="bfloat16"))
     params = nn.unbox(model.init(jax.random.key(0)))
@@ -262,7 +340,9 @@ def test_params_from_hf_copies_the_embedding_into_a_missing_lm_head(case):
     state = {k: v.detach().numpy() for k, v in case["hf"].state_dict().items()}
     del state["lm_head.weight"]
     params = params_from_hf(state, case["model"].config)
-    np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], state["shared.weight"].T)
+    np.testing.assert_array_equal(
+        params["decoder"]["logits_dense"]["kernel"], state["shared.weight"].T
+    )
 
 
 def test_scanned_rematerialized_layers_give_the_same_logits_and_predictions():
@@ -289,7 +369,9 @@ def test_scanned_rematerialized_layers_give_the_same_logits_and_predictions():
     )
     # Beam search reorders every cache leaf along axis 0, so the layer axis must not be there.
     for kw in ({}, {"num_beams": 3, "num_decodes": 2}):
-        predict = lambda m: jax.jit(lambda p, b: m.predict_batch(p, b, max_decode_length=8, **kw))
+        predict = lambda m, kw=kw: jax.jit(
+            lambda p, b: m.predict_batch(p, b, max_decode_length=8, **kw)
+        )
         np.testing.assert_array_equal(
             predict(scanned)(scanned_params, batch), predict(model)(params, batch)
         )
@@ -301,7 +383,9 @@ def test_scanned_params_carry_a_leading_layers_axis():
     config = dataclasses.replace(t5_config_from_hf(small), scan_layers=True)
     abstract = jax.eval_shape(EncoderDecoderModel(config).init, jax.random.key(0))
     specs = nn.get_partition_spec(abstract)
-    assert specs["encoder"]["layers"]["attention"]["query"]["kernel"] == P("layers", "embed", "heads", "kv")
+    assert specs["encoder"]["layers"]["attention"]["query"]["kernel"] == P(
+        "layers", "embed", "heads", "kv"
+    )
     assert specs["decoder"]["layers"]["mlp"]["wo"]["kernel"] == P("layers", "mlp", "embed")
     assert specs["decoder"]["relpos_bias"]["rel_embedding"] == P("heads", "relpos_buckets")
     shapes = nn.unbox(abstract)

@@ -141,9 +141,7 @@ class Attention(nn.Module):
         kv_heads = key.shape[1 if head_major else 2]
         query = query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
         kv = "bksd" if head_major else "bskd"
-        logits = jnp.einsum(
-            f"btkgd,{kv}->bkgts", query, key, preferred_element_type=jnp.float32
-        )
+        logits = jnp.einsum(f"btkgd,{kv}->bkgts", query, key, preferred_element_type=jnp.float32)
         logits = logits.reshape(batch, heads, length, -1) + bias.astype(jnp.float32)
         weights = jax.nn.softmax(logits, axis=-1)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not enable_dropout)

@@ -26,18 +26,20 @@ def _normalize_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     return tuple(a % ndim for a in axes)
 
 
-
 def check_dtypes(config) -> None:
     """Model configs name their dtypes as strings (gin-friendly); only these two are supported."""
     for field in ("dtype", "param_dtype"):
         name = getattr(config, field)
         if name not in ("float32", "bfloat16"):
-            raise ValueError(f"{type(config).__name__}.{field}={name!r}: use 'float32' or 'bfloat16'")
+            raise ValueError(
+                f"{type(config).__name__}.{field}={name!r}: use 'float32' or 'bfloat16'"
+            )
 
 
 def dtypes(config) -> dict:
     """The `dtype` / `param_dtype` keyword arguments of layers, from a model config."""
     return {"dtype": jnp.dtype(config.dtype), "param_dtype": jnp.dtype(config.param_dtype)}
+
 
 class DenseGeneral(nn.Module):
     """Bias-free linear map contracting `axis` of the input into `features`.
@@ -252,9 +254,7 @@ class GatedMlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, enable_dropout: bool = False) -> jax.Array:
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"activation={self.activation!r} is not one of {sorted(_ACTIVATIONS)}"
-            )
+            raise ValueError(f"activation={self.activation!r} is not one of {sorted(_ACTIVATIONS)}")
         dense = lambda features, axes, name: DenseGeneral(
             features, kernel_axes=axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )

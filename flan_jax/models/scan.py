@@ -72,5 +72,8 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
     """The inverse of stack_layers: one `layers_{i}` subtree per layer."""
     return {
         **{k: v for k, v in params.items() if k != "layers"},
-        **{f"layers_{i}": jax.tree.map(lambda x: x[i], params["layers"]) for i in range(num_layers)},
+        **{
+            f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], params["layers"])
+            for i in range(num_layers)
+        },
     }

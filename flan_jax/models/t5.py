@@ -168,9 +168,7 @@ class Encoder(nn.Module):
 
         x = dropout(self.shared_embedding(tokens))
         x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
-        x = apply_layers(
-            EncoderLayer, c, c.num_encoder_layers, (3,), x, bias, enable_dropout
-        )
+        x = apply_layers(EncoderLayer, c, c.num_encoder_layers, (3,), x, bias, enable_dropout)
         return dropout(_norm(c, "encoder_norm")(x))
 
 
