@@ -1,4 +1,4 @@
-"""The paper's benchmark suites on a checkpoint or a Hugging Face directory (gin-configured):
+r"""The paper's benchmark suites on a checkpoint or a Hugging Face directory (gin-configured):
 
   python -m flan_jax.evaluate --gin_file=gin/eval/evaluate.gin \
     --checkpoint=runs/my_run --gin.OUTPUT_DIR="'eval/my_run'"
@@ -26,6 +26,7 @@ import gin
 import jax
 
 import tasks.eval
+import tasks.suites
 from flan_jax import cli, evaluation, model_loader, partitioning, report
 
 
@@ -37,13 +38,13 @@ def evaluate(
     checkpoint_path: str | None = None,
     model_gin_file: str | None = None,
     vocabulary_path: str | None = None,
-    suites: Sequence[str] = tasks.eval.SUITES,
+    suites: Sequence[str] = tasks.suites.SUITES,
     subtasks: Mapping[str, Sequence[str]] | None = None,
     data_dirs: Mapping[str, str | None] | None = None,
     batch_size: int = 32,
     split: str = "test",
     num_examples: int | None = None,
-    self_consistency_suites: Sequence[str] = ("mmlu_cot", "bbh_cot", "mgsm"),
+    self_consistency_suites: Sequence[str] = tasks.suites.CHAIN_OF_THOUGHT_SUITES,
     num_samples: int = 1,
     temperature: float = 0.7,
     num_beams: int | None = None,

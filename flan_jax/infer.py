@@ -1,8 +1,7 @@
 """Batch inference over JSONL: predictions and, where targets are given, their scores.
 
   python -m flan_jax.infer --checkpoint OUT --input in.jsonl --output out.jsonl
-  python -m flan_jax.infer --checkpoint flan-t5-base --input in.jsonl --output out.jsonl \
-    --num_beams 4
+  python -m flan_jax.infer --checkpoint flan-t5-base --input in.jsonl --output o.jsonl --num_beams 4
 
 Each input line is {"inputs": str, "targets": str (optional), ...}; each output line is the
 same object plus "prediction" (a list of num_decodes strings when num_decodes > 1) and, when

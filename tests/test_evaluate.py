@@ -14,8 +14,8 @@ from matplotlib import image
 import tasks.eval
 from flan_jax import evaluate
 from flan_jax.interop import hf_t5
-from tasks import vocab
-from test_eval_loaders import SUBTASKS, write_benchmarks
+from tasks import demo, vocab
+from eval_testing import SUBTASKS, write_benchmarks
 from test_train import REPO, train_in_process
 
 torch = pytest.importorskip("torch")
@@ -102,7 +102,7 @@ def test_suites_are_scored_and_logged_during_training(setup, tmp_path, monkeypat
     _, _, data = setup
     for name, path in data.items():
         monkeypatch.setenv(name, path)
-    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, vocab.demo_vocabulary().sentencepiece_model_file)
+    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, demo.vocabulary().sentencepiece_model_file)
     monkeypatch.chdir(REPO)
     try:
         train_in_process(

@@ -108,13 +108,13 @@ def test_reading_a_model_gin_leaves_the_global_config_alone(imported):
 def test_a_vocabulary_comes_from_the_flag_the_checkpoint_or_the_environment(
     imported, monkeypatch
 ):
-    from tasks import vocab
+    from tasks import demo, vocab
 
     monkeypatch.delenv(vocab.FLAN_VOCAB_ENV, raising=False)
     loaded = model_loader.load(imported, partitioner())
     with pytest.raises(FileNotFoundError, match=r"vocabulary None not found; pass --vocabulary"):
         loaded.vocabulary()
-    demo = vocab.demo_vocabulary().sentencepiece_model_file
+    demo = demo.vocabulary().sentencepiece_model_file
     monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, demo)
     assert loaded.vocabulary().sentencepiece_model_file == demo
     given = model_loader.load(imported, partitioner(), vocabulary_path=demo)
