@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from test_train import REPO
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PYTHON_ROOTS = ("flan_jax", "tasks", "benchmarks", "tpu_scripts")
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
