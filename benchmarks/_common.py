@@ -24,18 +24,9 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Workers of CPU comparisons see only the CPU (libtpu is installed with the test extra and
-# would otherwise probe for a TPU) and use every core; TF and XLA stay quiet.
+# would otherwise probe for a TPU) and use every core; TF and XLA stay quiet. malloc is each
+# side's own: the worker tunes it for the flan_jax sides as the entry points do (_worker.py).
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-# glibc malloc for both sides of a comparison with transformers: one arena, no mmap'd
-# chunks, no trimming, huge pages. XLA's CPU runtime allocates each step's temporaries afresh
-# (4.4 GB for the T5-small step) and by default glibc maps them anew, so the kernel
-# zero-fills every page each step: 1.3 M page faults, 2-5 s of system time (PROFILE.md).
-# Not for long runs: the heap never shrinks, and T5-base at 2048/512 ran out of memory.
-COMPARISON_ENV = {
-    **CPU_ENV,
-    "GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-    "glibc.malloc.trim_threshold=1099511627776:glibc.malloc.hugetlb=1",
-}
 
 
 class WorkerError(RuntimeError):
@@ -63,6 +54,12 @@ class Worker:
             text=True,
         )
         self.info = self._receive()["ready"]
+
+    def peak_memory_gib(self) -> float:
+        """The worker's peak resident memory so far (VmHWM), in GiB."""
+        with open(f"/proc/{self._proc.pid}/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib / 2**20
 
     def _receive(self) -> dict:
         line = self._proc.stdout.readline()
@@ -108,12 +105,15 @@ def alternate(workers: Sequence[Worker], repetitions: int) -> list[list[dict]]:
 def compare_with_transformers(module: str, shape: Mapping[str, Any], repetitions: int):
     """Runs MODULE's flan_jax and transformers sides in alternation; the flan_jax side writes
     its initial weights into a shared HF directory that the transformers side then loads.
-    Returns (flan_jax results, transformers results, flan_jax info, transformers info)."""
+    Returns (flan_jax results, transformers results, flan_jax info, transformers info); each
+    info has the side's peak memory ("peak_gib")."""
     with tempfile.TemporaryDirectory() as hf_dir:
         args = {"hf_dir": hf_dir, **shape}
-        with Worker(module, "flan_jax", args, COMPARISON_ENV) as ours:
-            with Worker(module, "transformers", args, COMPARISON_ENV) as theirs:
+        with Worker(module, "flan_jax", args, CPU_ENV) as ours:
+            with Worker(module, "transformers", args, CPU_ENV) as theirs:
                 our_runs, their_runs = alternate([ours, theirs], repetitions)
+                for worker in (ours, theirs):
+                    worker.info["peak_gib"] = worker.peak_memory_gib()
                 return our_runs, their_runs, ours.info, theirs.info
 
 

@@ -29,7 +29,8 @@ def partitioner() -> partitioning.Partitioner:
 def train_step_runner(config: T5Config, batch: Mapping[str, np.ndarray], seed: int = 0):
     """(info, run, initial params): info has the compile time, the first step's
     cross-entropy (at the initial params) and the step's model FLOPs
-    (`flops.train_flops_per_sequence` x batch size); run() times one more step on the same batch."""
+    (`flops.train_flops_per_sequence` x batch size); run() times one more step on the same
+    batch."""
     trainer = Trainer(EncoderDecoderModel(config), optim.adafactor(LEARNING_RATE), partitioner())
     state = trainer.create_state(jax.random.key(seed))
     initial_params = jax.tree.map(np.asarray, state.params)
@@ -37,17 +38,13 @@ def train_step_runner(config: T5Config, batch: Mapping[str, np.ndarray], seed: i
     start = time.perf_counter()
     state, metrics = trainer.train_step(state, device_batch)
     metrics = jax.device_get(metrics)
+    rows, inputs = batch["encoder_input_tokens"].shape
+    lengths = {"inputs": inputs, "targets": batch["decoder_target_tokens"].shape[1]}
     info = {
         "compile_and_first_step_s": time.perf_counter() - start,
         "first_cross_entropy": float(metrics["cross_entropy"]),
         "devices": [d.device_kind for d in jax.devices()],
-        "step_flops": len(batch["encoder_input_tokens"]) * flops.train_flops_per_sequence(
-            config,
-            {
-                "inputs": batch["encoder_input_tokens"].shape[1],
-                "targets": batch["decoder_target_tokens"].shape[1],
-            },
-        ),
+        "step_flops": rows * flops.train_flops_per_sequence(config, lengths),
     }
 
     def run():

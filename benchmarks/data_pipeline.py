@@ -110,26 +110,30 @@ def measure(mixtures, repetitions: int, quick: bool = False) -> dict:
     )
     consumed_rows = consumer["batch_size"] / seconds
     rows = [
-        (m["mixture"], m["lengths"], m["packer"], f"{m['rows_per_s']:.1f}", f"{m['examples_per_s']:.0f}",
-         f"{m['tokens_per_s']:.0f}", f"{m['examples_per_row']:.1f}",
+        (m["mixture"], m["lengths"], m["packer"], f"{m['rows_per_s']:.1f}",
+         f"{m['examples_per_s']:.0f}", f"{m['tokens_per_s']:.0f}", f"{m['examples_per_row']:.1f}",
          f"{100 * m['input_efficiency']:.1f}% / {100 * m['target_efficiency']:.1f}%",
-         f"**{100 * m['efficiency']:.2f}%** ({_common.verdict(m['efficiency'], TARGET_EFFICIENCY)})",
+         f"**{100 * m['efficiency']:.2f}%** "
+         f"({_common.verdict(m['efficiency'], TARGET_EFFICIENCY)})",
          f"{m['rows_per_s'] / consumed_rows:.0f}x")
         for m in measured
     ]  # fmt: skip
+    header = ("mixture", "lengths", "packer", "rows/s", "examples/s", "tokens/s", "examples/row",
+              "efficiency inputs / targets", "efficiency", "headroom")  # fmt: skip
     lengths = f"{LENGTHS['inputs']}/{LENGTHS['targets']}"
     markdown = f"""`flan_jax.data.train_dataset` (seqio, shuffled, repeated, packed at {lengths}),
 batches of {BATCH_SIZE} rows; a repetition pulls {BATCHES_PER_RUN} batches in one process that
 does nothing else. Packer "flan_jax" is what training uses: `flan_jax.packing`, first-fit
-into up to {measured[0]['open_rows'] if measured else '?'} open rows, closing the one nearest to
-full (by its fullest side) when an example fits none. Packer "seqio" is seqio's `EncDecFeatureConverter(pack=True)` on the
-same stream: TF ops that keep one open row and close it at the first example that does not
-fit, and close the last row of every window of 128 examples (seqio's first-fit custom ops
-need tensor2tensor, not installable here). Tokens are non-padding positions of inputs and
-targets; packing efficiency is the non-padding fraction (inputs / targets, and both together).
+into up to {measured[0]["open_rows"] if measured else "?"} open rows, closing the one nearest to
+full (by its fullest side) when an example fits none. Packer "seqio" is seqio's
+`EncDecFeatureConverter(pack=True)` on the same stream: TF ops that keep one open row and
+close it at the first example that does not fit, and close the last row of every window of
+128 examples (seqio's first-fit custom ops need tensor2tensor, not installable here). Tokens
+are non-padding positions of inputs and targets; packing efficiency is the non-padding
+fraction (inputs / targets, and both together).
 
-The trainer consumes, at T5 v1.1 {consumer['size']} (fp32, this CPU, batch
-{consumer['batch_size']} x {lengths}, measured: median step {seconds:.2f} s of {repetitions}),
+The trainer consumes, at T5 v1.1 {consumer["size"]} (fp32, this CPU, batch
+{consumer["batch_size"]} x {lengths}, measured: median step {seconds:.2f} s of {repetitions}),
 {consumed_rows:.3f} packed rows/s, i.e. {consumed_rows * sum(LENGTHS.values()):.0f} positions/s;
 "headroom" is rows produced / rows consumed.
 
@@ -144,7 +148,7 @@ out of room first (targets, when a mixture has more than 1 target token per 4 in
 closes each row while the other is still partly empty, so those rows separate what the
 lengths cost from what the packer costs.
 
-{_common.table(("mixture", "lengths", "packer", "rows/s", "examples/s", "tokens/s", "examples/row", "efficiency inputs / targets", "efficiency", "headroom"), rows)}
+{_common.table(header, rows)}
 """
     for mixture, reason in failed:
         markdown += f"\n- `{mixture}` could not be measured: {reason}\n"

@@ -111,20 +111,22 @@ def measure(repetitions: int) -> dict:
         (name, f"{s['seconds']:.3f}", s["range"], f"{s['tokens_per_s']:.0f}")
         for name, s in sides.items()
     ]
-    markdown = f"""T5 v1.1 small, fp32, greedy, batch {batch}, {SHAPE['inputs_length']}-token
+    markdown = f"""T5 v1.1 small, fp32, greedy, batch {batch}, {SHAPE["inputs_length"]}-token
 inputs, {new} new tokens; the timed call includes encoding the inputs. Same weights on both
 sides (flan_jax's initialization, exported to HF).
 
 - flan_jax: `EncoderDecoderModel.predict_batch` (encoder, cross-attention K/V computed once,
   self-attention KV cache, one `jax.lax.while_loop`) under one `jax.jit`; compile + first call
-  {our_info['compile_and_first_s']:.1f} s (not timed).
-- transformers {their_info['version']}: `generate(max_new_tokens={new}, do_sample=False,
-  num_beams=1)` (its KV cache), `torch.inference_mode()`, `torch.set_num_threads({their_info['threads']})`.
+  {our_info["compile_and_first_s"]:.1f} s (not timed).
+- transformers {their_info["version"]}: `generate(max_new_tokens={new}, do_sample=False,
+  num_beams=1)` (its KV cache), `torch.inference_mode()`,
+  `torch.set_num_threads({their_info["threads"]})`.
 - Sanity: the two sides emit the same token at {100 * same:.1f}% of positions; every row
   generated at least {fewest} tokens (both stop early only if all rows emit EOS).
 
 {_common.table(("side", "median s per batch", "range s", "new tokens/s"), rows)}
 
-**flan_jax / transformers: {ratio:.2f}x** (target >= {TARGET_RATIO}x: {_common.verdict(ratio, TARGET_RATIO)}).
+**flan_jax / transformers: {ratio:.2f}x** (target >= {TARGET_RATIO}x:
+{_common.verdict(ratio, TARGET_RATIO)}).
 """
     return {"ratio": ratio, "sides": sides, "agreement": same, "markdown": markdown}

@@ -72,17 +72,18 @@ def measure(repetitions: int) -> dict:
         if mfu is not None
         else f"no known peak for device kind {info['device']!r}: MFU not computed"
     )
-    markdown = f"""{info['device']}: T5 v1.1 {SHAPE['size']} ({info['config']['num_encoder_layers']}+
-{info['config']['num_decoder_layers']} layers, d_model {info['config']['d_model']}), batch
-{SHAPE['batch_size']} x ({SHAPE['inputs_length']} inputs, {SHAPE['targets_length']} targets),
+    config = info["config"]
+    markdown = f"""{info["device"]}: T5 v1.1 {SHAPE["size"]} ({config["num_encoder_layers"]}+
+{config["num_decoder_layers"]} layers, d_model {config["d_model"]}), batch
+{SHAPE["batch_size"]} x ({SHAPE["inputs_length"]} inputs, {SHAPE["targets_length"]} targets),
 bfloat16 activations, float32 parameters, scanned layers, no remat, Adafactor; median step
 {seconds:.3f} s of {repetitions} ({_common.spread(runs)} s), compile + first step
-{info['compile_and_first_step_s']:.0f} s.
+{info["compile_and_first_step_s"]:.0f} s.
 
 FLOPs per step = batch x `flan_jax.flops.train_flops_per_sequence` = 3 x forward matmul FLOPs
 (2 per multiply-add; encoder: L_in x layers x (2 (4 d H + 3 d d_ff) + 4 L_in H); decoder:
 L_tgt x layers x (2 (6 d H + 3 d d_ff) + 4 (L_tgt + L_in) H) + cross-attention K/V
-L_in x layers x 4 d H; logits 2 L_tgt d V; H = heads x d_kv) = {info['step_flops'] / 1e12:.2f}
+L_in x layers x 4 d H; logits 2 L_tgt d V; H = heads x d_kv) = {info["step_flops"] / 1e12:.2f}
 TFLOP; achieved {achieved / 1e12:.1f} TFLOP/s. {mfu_text}.
 """
     return {"mfu": mfu, "markdown": markdown}

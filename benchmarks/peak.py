@@ -59,9 +59,10 @@ def setup_torch(sizes=SIZES):
 def measure(repetitions: int) -> dict:
     """{'peak_gflops', 'jax_gflops', 'torch_gflops', 'markdown'}: medians per library over
     alternating repetitions; the peak is the best single repetition of either."""
-    with _common.Worker("peak", "jax", {}, _common.COMPARISON_ENV) as jax_side, _common.Worker(
-        "peak", "torch", {}, _common.COMPARISON_ENV
-    ) as torch_side:
+    with (
+        _common.Worker("peak", "jax", {}, _common.CPU_ENV) as jax_side,
+        _common.Worker("peak", "torch", {}, _common.CPU_ENV) as torch_side,
+    ):
         jax_runs, torch_runs = _common.alternate([jax_side, torch_side], repetitions)
     peak = max(r["gflops"] for r in jax_runs + torch_runs)
     rows = [

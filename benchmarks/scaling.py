@@ -14,6 +14,7 @@ BATCH_SIZE = 2
 LENGTHS = (256, 512, 1024, 2048)  # inputs; targets = inputs / 4, T5 v1.1 small
 SIZES = ("tiny", "small", "base")  # at 512 / 128
 QUICK_LENGTHS, QUICK_SIZES = (256, 512), ("tiny", "small")
+HEADER = ("size", "inputs / targets", "median step s", "range s", "tokens/s", "MFU", "compile s")
 PLOT = os.path.join(_common.REPO_ROOT, "benchmarks", "scaling.png")
 
 
@@ -26,7 +27,9 @@ def setup_flan_jax(size, batch_size, inputs_length, targets_length):
     return info, run
 
 
-def step_time(size: str, batch_size: int, inputs_length: int, targets_length: int, repetitions: int):
+def step_time(
+    size: str, batch_size: int, inputs_length: int, targets_length: int, repetitions: int
+):
     """(median seconds, range, worker info) of one flan_jax train step."""
     args = dict(size=size, batch_size=batch_size, inputs_length=inputs_length,
                 targets_length=targets_length)  # fmt: skip
@@ -83,7 +86,7 @@ def measure(repetitions: int, peak_gflops: float, quick: bool = False) -> dict:
 `gin/models/t5_1_1/*.gin` with the 32128 vocabulary; each point in its own process, median of
 {repetitions}. Plot: `benchmarks/scaling.png`.
 
-{_common.table(("size", "inputs / targets", "median step s", "range s", "tokens/s", "MFU", "compile s"), rows)}
+{_common.table(HEADER, rows)}
 
 ![step time against length and size](benchmarks/scaling.png)
 """
