@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import gin
 import jax
 
+from flan_jax import allocator
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,8 +99,12 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Flags (`--gin.X=Y` bindings into `args.gin_bindings`); logging and, for a
-    multi-process run, jax.distributed: both before anything touches a device."""
+    """Flags (`--gin.X=Y` bindings into `args.gin_bindings`); the allocator, logging and, for
+    a multi-process run, jax.distributed: all before anything touches a device."""
+    allocator.configure()  # before jax starts its CPU client and threads
+    if not os.environ.get("JAX_PLATFORMS") and allocator._runs_on_cpu():
+        # No accelerator here: spare the user libtpu's failed probe (a screen of errors).
+        jax.config.update("jax_platforms", "cpu")
     argv = sys.argv[1:] if argv is None else list(argv)
     takes_gin = any(action.dest == "gin_file" for action in parser._actions)
     known = _option_strings(parser)

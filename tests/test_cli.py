@@ -136,3 +136,12 @@ def test_gin_files_ship_inside_the_package(tmp_path):
         if name.endswith(".gin")
     }
     assert "flan_jax/gin/runs/finetune.gin" in shipped and shipped == expected
+
+
+def test_the_front_door_tunes_malloc_before_anything_else(monkeypatch):
+    from flan_jax import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "configure", lambda: calls.append(len(calls)) or True)
+    cli.parse_args(cli.new_parser("test"), [])
+    assert calls == [0]
