@@ -5,15 +5,15 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import tensorboardX
 
 
 class ProgressWriter:
-    """Prints a progress line every `log_every` steps and writes scalars under `model_dir`
-    (from process 0 only, so hosts of one run do not write the same event files)."""
+    """Prints a step's progress line and writes scalars under `model_dir` (from process 0
+    only, so hosts of one run do not write the same event files)."""
 
     def __init__(
         self,
@@ -24,13 +24,11 @@ class ProgressWriter:
         tokens_per_step: int,
         flops_per_step: float,
         peak_flops: float | None,
-        log_every: int,
     ):
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
         self.flops_per_step = flops_per_step
         self.peak_flops = peak_flops
-        self.log_every = max(1, log_every)
         self._writers = {}
         self._model_dir = model_dir
         self._last = (start_step, time.perf_counter())
@@ -39,9 +37,6 @@ class ProgressWriter:
         if name not in self._writers:
             self._writers[name] = tensorboardX.SummaryWriter(os.path.join(self._model_dir, name))
         return self._writers[name]
-
-    def should_log(self, step: int) -> bool:
-        return step % self.log_every == 0 or step == self.total_steps
 
     def train(self, step: int, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
         """Logs the metrics of the step that just finished (`step` counts completed steps)."""

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import checkpoints, train
+from flan_jax import checkpoints, hooks
 from test_checkpoints import assert_trees_equal
 from test_train import REPO, run_from_repo_root, train_command, train_in_process  # noqa: F401
 from test_trainer import make_trainer
@@ -104,7 +104,7 @@ def test_trainer_skips_a_nonfinite_update_leaving_the_state_unchanged(tiny_confi
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(run_dir, trained):
-    with pytest.raises(train.NonFiniteLossError,
+    with pytest.raises(hooks.NonFiniteLossError,
                        match=r"step 5: the loss, gradients or update is NaN or infinite \(loss nan.*"
                        r"Stopped without saving this state; the last checkpoint, step 4 in .*, is "
                        r"intact.*--gin.NONFINITE=\"'skip'\""):

@@ -1,0 +1,212 @@
+"""The jobs of a training run around `train_loop.run`, one hook each: the non-finite policy,
+progress, evaluation, preemption and checkpoints."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from flan_jax import checkpoints, evaluation, report, summaries
+from flan_jax.train_loop import Hook, Step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss, gradients or update of a step were NaN or infinite under NONFINITE='stop'."""
+
+
+class NonFinite(Hook):
+    """NONFINITE='stop' raises at a NaN/inf step before anything of its state can be saved;
+    'skip' (the trainer drops such updates, see `skip`) records the step and goes on.
+
+    Reading a step's `finite` flag waits for the step: the hook reads the previous step's, so
+    the host queues each step while the one before runs. `check_unread` reads the newest one
+    now: the Checkpoint hook calls it before saving a state.
+    """
+
+    POLICIES = ("stop", "skip")
+
+    def __init__(self, policy: str, checkpointer: checkpoints.Checkpointer):
+        if policy not in self.POLICIES:
+            raise ValueError(f"NONFINITE={policy!r} must be one of {self.POLICIES}.")
+        self.skip = policy == "skip"
+        self.skipped: list[int] = []  # steps whose update was dropped
+        self._checkpointer = checkpointer
+        self._unread = None  # (step, metrics) of the newest step whose flag was not read
+
+    def after_step(self, step: Step) -> None:
+        self.check_unread()
+        self._unread = (step.number, step.metrics)
+
+    def check_unread(self) -> None:
+        if self._unread is not None:
+            number, metrics = self._unread
+            self._unread = None
+            if not float(metrics["finite"]):
+                self._handle(number, metrics)
+
+    def end(self, step: Step) -> None:
+        self.check_unread()
+        if self.skipped:
+            print(
+                f"NONFINITE='skip' dropped the updates of {len(self.skipped)} steps: "
+                f"{self.skipped}",
+                flush=True,
+            )
+
+    def _handle(self, number: int, metrics) -> None:
+        values = f"loss {float(metrics['loss'])}, grad_norm {float(metrics['grad_norm'])}"
+        if self.skip:
+            self.skipped.append(number)
+            print(
+                f"step {number}: non-finite loss, gradients or update ({values}); batch "
+                f"skipped, parameters unchanged ({len(self.skipped)} skipped so far)",
+                flush=True,
+            )
+            return
+        self._checkpointer.wait_until_finished()
+        latest = self._checkpointer.latest_step()
+        kept = (
+            "no checkpoint was saved yet"
+            if latest is None
+            else (
+                f"the last checkpoint, step {latest} in {self._checkpointer.directory}, is intact"
+            )
+        )
+        raise NonFiniteLossError(
+            f"step {number}: the loss, gradients or update is NaN or infinite ({values}). "
+            f"Stopped without saving this state; {kept}. Lower LEARNING_RATE or check the "
+            "data, or set --gin.NONFINITE=\"'skip'\" to skip such batches."
+        )
+
+
+class Progress(Hook):
+    """The console progress line and TensorBoard's train/ scalars every `every` steps and at
+    the last; closes the writer, which the evaluation hooks also write to, at the end."""
+
+    def __init__(self, writer: summaries.ProgressWriter, every: int):
+        self.writer, self.every = writer, max(1, every)
+
+    def after_step(self, step: Step) -> None:
+        if step.every(self.every):
+            self.writer.train(step.number, step.metrics)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TeacherForcedEval(Hook):
+    """Each task's teacher-forced loss and token accuracy every `every` steps and at the last,
+    printed and logged under eval/<task>."""
+
+    def __init__(self, evaluator, writer: summaries.ProgressWriter, every: int):
+        self.evaluator, self.writer, self.every = evaluator, writer, every
+
+    def after_step(self, step: Step) -> None:
+        if not step.every(self.every):
+            return
+        for task, values in self.evaluator.evaluate(step.state.params).items():
+            self.writer.scalars(f"eval/{task}", step.number, values)
+            shown = "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in values.items())
+            print(f"  eval {task}: {shown}", flush=True)
+
+
+class SuiteEval(Hook):
+    """The benchmark suites decoded and scored every `every` steps and at the last: each
+    suite's headline printed, its score and task metrics logged under benchmarks/<suite>."""
+
+    def __init__(self, evaluator, writer: summaries.ProgressWriter, every: int):
+        self.evaluator, self.writer, self.every = evaluator, writer, every
+
+    def after_step(self, step: Step) -> None:
+        if not step.every(self.every):
+            return
+        results = self.evaluator.evaluate(step.state.params, step=step.number)
+        for name, values in report.summary_scalars(results).items():
+            self.writer.scalars(name, step.number, values)
+            headline = values.get("score", values.get("normalized_average"))
+            print(f"  {name}: {headline:.1f}", flush=True)
+
+
+class PredictionEval(Hook):
+    """Each task decoded and scored before the first step and after the last (if any step
+    ran), logged under eval/<task>; the table of both is printed at the end. `results` maps
+    "step N" to the task metrics."""
+
+    def __init__(self, evaluator, writer: summaries.ProgressWriter):
+        self.evaluator, self.writer = evaluator, writer
+        self.results: dict[str, evaluation.TaskMetrics] = {}
+        self._start = None
+
+    def begin(self, step: Step) -> None:
+        self._start = step.number
+        self._evaluate(step)
+
+    def end(self, step: Step) -> None:
+        if step.number > self._start:
+            self._evaluate(step)
+            print(evaluation.format_table(self.results), flush=True)
+
+    def _evaluate(self, step: Step) -> None:
+        results = self.evaluator.evaluate(step.state.params, step=step.number)
+        self.results[f"step {step.number}"] = results
+        for task, values in results.items():
+            self.writer.scalars(f"eval/{task}", step.number, values)
+
+
+class Preemption(Hook):
+    """Turns SIGTERM (a TPU preemption notice) into a stop after the current step, which the
+    Checkpoint hook then saves. The handler is in place from `begin` to `end`: a SIGTERM
+    during the final evaluation ends the process as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def begin(self, step: Step) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        print("SIGTERM received: saving a checkpoint and exiting.", flush=True)
+        self.requested = True
+
+    def after_step(self, step: Step) -> None:
+        if self.requested:
+            step.stop = "SIGTERM"
+
+    def end(self, step: Step) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class Checkpoint(Hook):
+    """Saves every `every` steps, at the last step and at a step a hook stopped the run on,
+    after `before_save` (the non-finite check of the state). `data_state(step)` is what the
+    input needs to resume after `step`, saved beside the state. Owns the checkpointer: on
+    closing it waits for the last save (a failed write raises there), then closes it."""
+
+    def __init__(
+        self,
+        checkpointer: checkpoints.Checkpointer,
+        every: int,
+        data_state: Callable[[int], dict],
+        *,
+        before_save: Callable[[], None] = lambda: None,
+    ):
+        self.checkpointer, self.every = checkpointer, every
+        self.data_state, self.before_save = data_state, before_save
+
+    def after_step(self, step: Step) -> None:
+        if not (step.every(self.every) or step.stop):
+            return
+        self.before_save()
+        self.checkpointer.save(step.number, step.state, self.data_state(step.number), force=True)
+        if step.stop:
+            print(f"checkpoint at step {step.number} saved after {step.stop}; exiting.", flush=True)
+
+    def close(self) -> None:
+        self.checkpointer.wait_until_finished()
+        self.checkpointer.close()
