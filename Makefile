@@ -23,6 +23,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m flan_jax.train --gin_file=gin/runs/demo.gin
 
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
 
 # Rewrites BENCHMARKS.md (~15 min on 2 idle CPU cores); BENCH_QUICK=1 is a few-minute smoke run.

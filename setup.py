@@ -1,4 +1,5 @@
 """flan_jax: instruction finetuning (Flan-T5, Flan-PaLM) as a JAX training stack."""
+
 import setuptools
 
 setuptools.setup(
@@ -31,7 +32,7 @@ setuptools.setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", "transformers>=5", "safetensors", "jax[tpu]"],
+        "test": ["pytest", "ruff", "torch==2.13.0", "transformers>=5", "safetensors", "jax[tpu]"],
         "hf": ["safetensors"],
         "tpu": ["jax[tpu]"],
     },

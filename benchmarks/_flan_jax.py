@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from flan_jax import flops, gin_utils, optim, partitioning
+from flan_jax import cli, flops, model_loader, optim, partitioning
 from flan_jax.data import place
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import T5Config
@@ -59,6 +59,6 @@ def train_step_runner(config: T5Config, batch: Mapping[str, np.ndarray], seed: i
 def t5_config(size: str) -> T5Config:
     """The T5 v1.1 config of gin/models/t5_1_1/SIZE.gin, with the T5 vocabulary (32128) for
     every size, so sizes differ only in their layers."""
-    gin_file = os.path.join(gin_utils.DEFAULT_SEARCH_PATH, "models", "t5_1_1", f"{size}.gin")
-    model, _ = gin_utils.load_model(gin_file)
+    gin_file = os.path.join(cli.GIN_DIR, "models", "t5_1_1", f"{size}.gin")
+    model, _ = model_loader.model_from_gin_file(gin_file)
     return dataclasses.replace(model.config, vocab_size=T5Config().vocab_size, dropout_rate=0.0)

@@ -17,10 +17,10 @@ NAME = "flan_fixtures"
 
 
 def _register() -> None:
-    from tasks import vocab
+    from tasks import demo, vocab
     from tasks.flan import sources
 
-    os.environ[vocab.FLAN_VOCAB_ENV] = vocab.demo_vocabulary().sentencepiece_model_file
+    os.environ[vocab.FLAN_VOCAB_ENV] = demo.vocabulary().sentencepiece_model_file
     os.environ[sources.COT_DIR_ENV] = os.path.join(FIXTURES, "cot_data")
     os.environ[sources.NIV2_DIR_ENV] = os.path.join(FIXTURES, "natural-instructions")
     import tasks.flan

@@ -38,7 +38,7 @@ def configure() -> bool:
                          "glibc's malloc settings)")  # fmt: skip
     if choice == "default" or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    if not _runs_on_cpu():
+    if not runs_on_cpu():
         return False
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "gnu_get_libc_version"):  # musl, macOS: not glibc's arenas
@@ -48,7 +48,7 @@ def configure() -> bool:
     return all(libc.mallopt(param, value) == 1 for param, value in settings.items())
 
 
-def _runs_on_cpu() -> bool:
+def runs_on_cpu() -> bool:
     """Whether jax's default backend will be the CPU, judged without importing jax."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:

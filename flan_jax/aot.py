@@ -17,11 +17,18 @@ import dataclasses
 import functools
 import itertools
 import math
+
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
 import os
 import re
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 import jax
@@ -156,9 +163,7 @@ def load_run(
     files, gin_bindings, search_paths = cli.split_gin_args(gin_args)
     placeholders = [f"{macro}=None" for macro in UNUSED_REQUIRED_MACROS]
     with cli.separate_gin_config():
-        cli.parse_gin(
-            files, [*placeholders, *gin_bindings, *bindings], search_paths=search_paths
-        )
+        cli.parse_gin(files, [*placeholders, *gin_bindings, *bindings], search_paths=search_paths)
         learning_rate_fn = _train_argument("learning_rate_fn")
         return RunConfig(
             model=_train_argument("model"),
@@ -348,9 +353,7 @@ def _lower_decode(run: RunConfig, partitioner, trainer, batch_size: int):
         run.model, partitioner, trainer.params_shardings, settings
     )
     batch_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioner.replicated_sharding())
-    return predict_fn.lower(
-        trainer.abstract_state.params, _prompt_features(features), batch_index
-    )
+    return predict_fn.lower(trainer.abstract_state.params, _prompt_features(features), batch_index)
 
 
 def _prompt_features(features: dict) -> dict:

@@ -116,7 +116,9 @@ class Checkpointer:
                     raise
                 log.warning(
                     "checkpoint step %d is corrupt (%s: %s); falling back to the step before it",
-                    e.step, e.path, e.problem,
+                    e.step,
+                    e.path,
+                    e.problem,
                 )
                 self._set_aside(candidate)
         raise FileNotFoundError(
@@ -222,8 +224,8 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     ]
     if missing:
         raise ValueError(
-            f"checkpoint {step_dir} has no parameters {_first_five(missing, ', ')}; it was written for another "
-            "model config: check the layer counts and scan_layers "
+            f"checkpoint {step_dir} has no parameters {_first_five(missing, ', ')}; it was "
+            "written for another model config: check the layer counts and scan_layers "
             "(an HF import for scan_layers=True needs `hf_t5 import --scan_layers`)"
         )
     return restored["params"]

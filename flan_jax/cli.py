@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import gin
 import jax
@@ -32,7 +32,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 def _gin_dir() -> str:
     """setup.py installs gin/ as flan_jax/gin; a source checkout has it beside flan_jax/."""
     installed = os.path.join(_PACKAGE_DIR, "gin")
-    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(_PACKAGE_DIR), "gin")
+    return (
+        installed
+        if os.path.isdir(installed)
+        else os.path.join(os.path.dirname(_PACKAGE_DIR), "gin")
+    )
 
 
 GIN_DIR = _gin_dir()
@@ -53,7 +57,9 @@ def new_parser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="gin bindings: --gin.NAME=VALUE after the files, e.g. --gin.TRAIN_STEPS=100 or "
-        "--gin.MODEL_DIR=\"'/tmp/run'\" (strings in inner quotes)" if gin_files else None,
+        "--gin.MODEL_DIR=\"'/tmp/run'\" (strings in inner quotes)"
+        if gin_files
+        else None,
     )
     if gin_files:
         parser.add_argument("--gin_file", action="append", default=[], help="repeatable")
@@ -99,10 +105,10 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Flags (`--gin.X=Y` bindings into `args.gin_bindings`); the allocator, logging and, for
-    a multi-process run, jax.distributed: all before anything touches a device."""
-    allocator.configure()  # before jax starts its CPU client and threads
-    if not os.environ.get("JAX_PLATFORMS") and allocator._runs_on_cpu():
+    """Flags (`--gin.X=Y` bindings into `args.gin_bindings`); logging and, for a multi-process
+    run, jax.distributed: all before anything touches a device. (The entry modules tune
+    malloc earlier still, before their imports: see flan_jax.allocator.)"""
+    if not os.environ.get("JAX_PLATFORMS") and allocator.runs_on_cpu():
         # No accelerator here: spare the user libtpu's failed probe (a screen of errors).
         jax.config.update("jax_platforms", "cpu")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -118,10 +124,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         if not takes_gin or not item.startswith("--gin.") or "=" not in item:
             hint = (
                 "; gin bindings are written --gin.NAME=VALUE, e.g. --gin.TRAIN_STEPS=100"
-                if takes_gin else ""
+                if takes_gin
+                else ""
             )
             parser.error(f"unrecognized argument {item!r}{hint}")
-        bindings.append(item[len("--gin."):])
+        bindings.append(item[len("--gin.") :])
     args.gin_bindings = bindings
     configure_logging(verbose=args.verbose)
     if hasattr(args, "coordinator_address"):
@@ -182,10 +189,11 @@ def split_gin_args(arguments: Sequence[str]) -> tuple[list[str], list[str], list
         elif flag == "--gin_search_paths":
             search_paths += value.split(",")
         elif flag.startswith("--gin.") and value:
-            bindings.append(item[len("--gin."):])
+            bindings.append(item[len("--gin.") :])
         else:
-            raise ValueError(f"{item!r} is not --gin_file=FILE, --gin.NAME=VALUE or "
-                             "--gin_search_paths=DIRS")
+            raise ValueError(
+                f"{item!r} is not --gin_file=FILE, --gin.NAME=VALUE or --gin_search_paths=DIRS"
+            )
     return files, bindings, search_paths
 
 
@@ -385,8 +393,11 @@ def configure_logging(*, verbose: bool = False) -> None:
     root = logging.getLogger()
     # Ours from an earlier call, and logging.basicConfig's (some library called it on import);
     # other handlers (a test's log capture) stay.
-    for old in [h for h in root.handlers if getattr(h, "_flan_jax", False)
-                or type(h) is logging.StreamHandler]:
+    for old in [
+        h
+        for h in root.handlers
+        if getattr(h, "_flan_jax", False) or type(h) is logging.StreamHandler
+    ]:
         root.removeHandler(old)
     handler._flan_jax = True
     root.addHandler(handler)

@@ -10,7 +10,7 @@ little next to a training step.
 from __future__ import annotations
 
 import difflib
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np

@@ -16,11 +16,16 @@ predictions/{suite}.jsonl (each example's prompt, target and generated text).
 
 from __future__ import annotations
 
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import gin
 import jax

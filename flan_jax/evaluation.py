@@ -9,7 +9,8 @@ import functools
 import logging
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -166,10 +167,11 @@ class PredictionEvaluator:
             predict_fn=functools.partial(self._predict_fn, params),
         )
         return {
-            task: {name: float(getattr(value, "value", value)) for name, value in task_metrics.items()}
+            task: {
+                name: float(getattr(value, "value", value)) for name, value in task_metrics.items()
+            }
             for task, task_metrics in metrics.result().items()
         }
-
 
     def predictions(self) -> dict[str, list[dict[str, str]]]:
         """The last evaluation's outputs, decoded: {task: [{"inputs", "targets", "prediction"}]}
@@ -293,7 +295,9 @@ class TeacherForcedEvaluator:
             # Summed on the host: every process reads the replicated sums of each batch.
             sums = {}
             for batch in batches:
-                step_sums = jax.device_get(self._eval_step(params, data.place(batch, self._sharding)))
+                step_sums = jax.device_get(
+                    self._eval_step(params, data.place(batch, self._sharding))
+                )
                 for name, value in step_sums.items():
                     sums[name] = sums.get(name, 0.0) + np.float64(value)
             metrics = trainer.normalize_sums(sums)
@@ -309,7 +313,12 @@ def format_table(columns: Mapping[str, TaskMetrics]) -> str:
     after), so a user sees at a glance what training changed."""
     labels = list(columns)
     rows = sorted(
-        {(task, metric) for results in columns.values() for task, m in results.items() for metric in m}
+        {
+            (task, metric)
+            for results in columns.values()
+            for task, m in results.items()
+            for metric in m
+        }
     )
     lines = [
         "| task | metric | " + " | ".join(labels) + " |",

@@ -7,7 +7,7 @@ including attention scores over the full (unmasked) sequence, as the PaLM paper'
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
@@ -28,8 +28,10 @@ PEAK_FLOPS_PER_DEVICE = {
 def _t5_forward_flops(config, inputs_length: int, targets_length: int) -> float:
     d, attn, d_ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
     mlp = 3 * d * d_ff  # gated GELU: wi_0, wi_1, wo
-    encoder = inputs_length * config.num_encoder_layers * (
-        2 * (4 * d * attn + mlp) + 4 * inputs_length * attn
+    encoder = (
+        inputs_length
+        * config.num_encoder_layers
+        * (2 * (4 * d * attn + mlp) + 4 * inputs_length * attn)
     )
     decoder = config.num_decoder_layers * (
         targets_length * (2 * (6 * d * attn + mlp) + 4 * (targets_length + inputs_length) * attn)

@@ -11,6 +11,11 @@ Inputs are tokenized as seqio tasks do for Flan-T5 (pieces + EOS, trimmed to the
 
 from __future__ import annotations
 
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import dataclasses
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

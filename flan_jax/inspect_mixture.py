@@ -15,6 +15,12 @@ data is missing is listed with the reason and the variable to set; its rate stil
 from __future__ import annotations
 
 import importlib
+
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
 import os
 import sys
 
@@ -196,15 +202,23 @@ def mixture_from_gin() -> str | None:
 def main(argv=None) -> None:
     parser = cli.new_parser(__doc__, gin_files=True)
     parser.add_argument(
-        "mixture", nargs="?", help="a registered mixture or task; default: gin's MIXTURE_OR_TASK_NAME"
+        "mixture",
+        nargs="?",
+        help="a registered mixture or task; default: gin's MIXTURE_OR_TASK_NAME",
     )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--feature_lengths", default="inputs=2048,targets=512")
     parser.add_argument("--num_prompts", type=int, default=2)
-    parser.add_argument("--sample_examples", type=int, default=16, help="examples per task for token counts")
-    parser.add_argument("--module", action="append", default=[], help="module to import (repeatable); "
-                        f"always: {', '.join(DEFAULT_MODULES)}")
+    parser.add_argument(
+        "--sample_examples", type=int, default=16, help="examples per task for token counts"
+    )
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help=f"module to import (repeatable); always: {', '.join(DEFAULT_MODULES)}",
+    )
     args = cli.parse_args(parser, argv)
     for module in (*DEFAULT_MODULES, *args.module):
         importlib.import_module(module)

@@ -57,7 +57,9 @@ class _Rows:
         fullest = tf.argmax(tf.where(open_, fullness, -1.0), output_type=tf.int32)
         empty = tf.argmax(tf.cast(~open_, tf.int32), output_type=tf.int32)
         first_fit = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-        r = tf.where(tf.reduce_any(fits), first_fit, tf.where(tf.reduce_any(~open_), empty, fullest))
+        r = tf.where(
+            tf.reduce_any(fits), first_fit, tf.where(tf.reduce_any(~open_), empty, fullest)
+        )
         r = tf.where(flush, fullest, r)
         close = open_[r] & tf.where(flush, True, ~fits[r])
         closed = (rows[r], used[r])
@@ -112,7 +114,10 @@ def pack_dataset(
         raise ValueError(f"open_rows={open_rows}: first-fit packing needs at least one open row")
     rows = _Rows(lengths, open_rows)
     examples = dataset.map(
-        lambda ex: {**{k: tf.cast(ex[k][:n], tf.int32) for k, n in lengths.items()}, "flush": False},
+        lambda ex: {
+            **{k: tf.cast(ex[k][:n], tf.int32) for k, n in lengths.items()},
+            "flush": False,
+        },
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

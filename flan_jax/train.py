@@ -6,24 +6,29 @@ INITIAL_CHECKPOINT_PATH (parameters only) or from scratch.
 
 from __future__ import annotations
 
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 
+import gin
 import jax
 import optax
 
-import gin
 from flan_jax import (
     checkpoints,
+    cli,
     data,
     evaluation,
     flops,
-    gin_utils,
     hooks,
+    model_loader,
     optim,
     partitioning,
     summaries,
@@ -278,14 +283,15 @@ def _initial_state(
 
 
 def _pretrained_state(trainer, path: str) -> TrainState:
-    """INITIAL_CHECKPOINT_PATH: another checkpoint's parameters with fresh optimizer state."""
-    params = checkpoints.restore_params(path, trainer.abstract_state.params)
+    """INITIAL_CHECKPOINT_PATH: the parameters of a flan_jax checkpoint or a Hugging Face
+    directory, with fresh optimizer state."""
+    params = model_loader.restore_params(path, trainer.model, trainer.abstract_state.params)
     print(f"initialized parameters from {path}", flush=True)
     return trainer.state_from_params(params)
 
 
 def main(argv=None) -> None:
-    gin_utils.parse(sys.argv[1:] if argv is None else argv, description=__doc__)
+    cli.parse(argv, __doc__, checkpoint_macro="INITIAL_CHECKPOINT_PATH")
     # The run files bind every argument of `flan_jax.train.train` (dynamic registration).
     try:
         gin.get_configurable(train)()

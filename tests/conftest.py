@@ -102,3 +102,29 @@ def prefix_lm_batch():
         return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
     return converted
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    """A tiny random Hugging Face T5 (needs torch and transformers)."""
+    from hf_testing import HF_CONFIGS, random_hf_t5
+
+    return random_hf_t5(seed=0, overrides=HF_CONFIGS[0])
+
+
+@pytest.fixture(scope="module")
+def hf_dir(hf_model, tmp_path_factory):
+    """hf_model saved as a Flan-T5 hub directory (config, safetensors, spiece.model)."""
+    from hf_testing import save_hf_dir
+
+    return save_hf_dir(tmp_path_factory.mktemp("hf"), hf_model)
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dir, tmp_path_factory):
+    """hf_dir imported into a flan_jax model dir by `python -m flan_jax.interop.hf_t5 import`."""
+    from flan_jax.interop import hf_t5
+
+    out = str(tmp_path_factory.mktemp("imported"))
+    hf_t5.main(["import", "--hf_dir", hf_dir, "--out", out])
+    return out

@@ -1,14 +1,9 @@
 import jax
 import numpy as np
 import pytest
+from train_testing import assert_trees_equal, make_trainer, run_steps
 
 from flan_jax import checkpoints
-from test_trainer import make_trainer, run_steps
-
-
-def assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +34,18 @@ def test_restore_onto_another_mesh_reshards(trained, tiny_config, fixed_batch, t
     restored, _ = checkpointer.restore(other.abstract_state)
     assert_trees_equal(state.params, restored.params)
     jax.tree.map(
-        lambda array, sharding: array.sharding.is_equivalent_to(sharding, array.ndim) or pytest.fail(),
+        lambda array, sharding: (
+            array.sharding.is_equivalent_to(sharding, array.ndim) or pytest.fail()
+        ),
         restored.params,
         other.params_shardings,
     )
     # Training continues identically on the new mesh.
     batch = jax.device_put(fixed_batch, trainer.partitioner.batch_sharding())
     _, on_old = trainer.train_step(jax.tree.map(lambda x: x.copy(), state), batch)
-    _, on_new = other.train_step(restored, jax.device_put(fixed_batch, other.partitioner.batch_sharding()))
+    _, on_new = other.train_step(
+        restored, jax.device_put(fixed_batch, other.partitioner.batch_sharding())
+    )
     np.testing.assert_allclose(float(on_old["loss"]), float(on_new["loss"]), rtol=1e-6)
 
 

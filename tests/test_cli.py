@@ -17,8 +17,14 @@ from absl import logging as absl_logging
 from flan_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = ["flan_jax.train", "flan_jax.evaluate", "flan_jax.infer", "flan_jax.aot",
-                "flan_jax.interop.hf_t5", "flan_jax.inspect_mixture"]
+ENTRY_POINTS = [
+    "flan_jax.train",
+    "flan_jax.evaluate",
+    "flan_jax.infer",
+    "flan_jax.aot",
+    "flan_jax.interop.hf_t5",
+    "flan_jax.inspect_mixture",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +57,10 @@ def test_search_paths_come_before_the_current_directory_and_flan_jax(tmp_path, m
         "include '" + os.path.join(cli.GIN_DIR, "models/t5_1_1/tiny.gin") + "'\nVOCAB_SIZE = 640\n"
     )
     monkeypatch.chdir(tmp_path)
-    cli.parse([f"--gin_search_paths={mine}", "--gin_file=runs/demo.gin",
-               "--gin.MODEL_DIR='/tmp/x'"], "test")
+    cli.parse(
+        [f"--gin_search_paths={mine}", "--gin_file=runs/demo.gin", "--gin.MODEL_DIR='/tmp/x'"],
+        "test",
+    )
     assert gin.query_parameter("%VOCAB_SIZE") == 640
 
 
@@ -70,8 +78,15 @@ def test_a_missing_include_names_the_file_its_includer_and_the_fix(tmp_path, mon
 
 
 def test_checkpoint_flag_is_the_checkpoint_macro():
-    cli.parse(["--gin_file=eval/evaluate.gin", "--checkpoint=/data/flan-t5-base",
-               "--gin.OUTPUT_DIR='/tmp/eval'"], "test", checkpoint_macro="CHECKPOINT_PATH")
+    cli.parse(
+        [
+            "--gin_file=eval/evaluate.gin",
+            "--checkpoint=/data/flan-t5-base",
+            "--gin.OUTPUT_DIR='/tmp/eval'",
+        ],
+        "test",
+        checkpoint_macro="CHECKPOINT_PATH",
+    )
     assert gin.query_parameter("%CHECKPOINT_PATH") == "/data/flan-t5-base"
 
 
@@ -84,14 +99,26 @@ def test_every_entry_point_has_help(module, capsys):
     assert out.startswith("usage: ") and "--verbose" in out
 
 
-@pytest.mark.parametrize("module, argv, message", [
-    ("flan_jax.infer", ["--hf_dir", "x", "--input", "i", "--output", "o"],
-     "--hf_dir is now --checkpoint"),
-    ("flan_jax.evaluate", ["--gin_file=eval/evaluate.gin", "--gin.HF_DIR='x'"],
-     "--gin.HF_DIR is now --gin.CHECKPOINT_PATH"),
-    ("flan_jax.interop.hf_t5", ["export", "--checkpoint", "c", "--out", "o", "--gin_file=m.gin"],
-     "--gin_file is now --model_gin_file"),
-])
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        (
+            "flan_jax.infer",
+            ["--hf_dir", "x", "--input", "i", "--output", "o"],
+            "--hf_dir is now --checkpoint",
+        ),
+        (
+            "flan_jax.evaluate",
+            ["--gin_file=eval/evaluate.gin", "--gin.HF_DIR='x'"],
+            "--gin.HF_DIR is now --gin.CHECKPOINT_PATH",
+        ),
+        (
+            "flan_jax.interop.hf_t5",
+            ["export", "--checkpoint", "c", "--out", "o", "--gin_file=m.gin"],
+            "--gin_file is now --model_gin_file",
+        ),
+    ],
+)
 def test_old_spellings_name_the_new_ones(module, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         importlib.import_module(module).main(argv)
@@ -123,9 +150,21 @@ def test_gin_files_ship_inside_the_package(tmp_path):
         shutil.copytree(os.path.join(REPO, name), source / name, ignore=ignore)
     shutil.copy(os.path.join(REPO, "setup.py"), source)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path / "dist"), str(source)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").iterdir()
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("flan_jax/gin/")}

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import gin_utils, optim, partitioning
+from flan_jax import model_loader, optim, partitioning
 from flan_jax.models.base import DecoderOnlyModel
 from flan_jax.models.decoder import DecoderConfig, scan_params, unscan_params
 from flan_jax.trainer import Trainer
@@ -148,7 +148,7 @@ def test_packed_equals_separate(model_and_params, prefix_lm_batch):
     [("540b", 540.35e9, 0.01), ("62b", 62.50e9, 0.01), ("8b", 8.63e9, 0.01), ("tiny", 1.0e6, 0.05)],
 )
 def test_parameter_count_matches_palm(gin_file, paper_count, tolerance):
-    model, _ = gin_utils.load_model(f"models/palm/{gin_file}.gin")
+    model, _ = model_loader.model_from_gin_file(f"models/palm/{gin_file}.gin")
     assert isinstance(model, DecoderOnlyModel)
     shapes = jax.eval_shape(model.init, jax.random.key(0))  # allocates nothing
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))

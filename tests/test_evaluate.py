@@ -9,18 +9,21 @@ import sys
 import gin
 import pytest
 import tensorflow as tf
+from eval_testing import SUBTASKS, write_benchmarks
 from matplotlib import image
+from train_testing import REPO, train_in_process
 
 import tasks.eval
 from flan_jax import evaluate
 from flan_jax.interop import hf_t5
 from tasks import demo, vocab
-from eval_testing import SUBTASKS, write_benchmarks
-from test_train import REPO, train_in_process
 
 torch = pytest.importorskip("torch")
-from test_hf_t5 import save_hf_dir  # noqa: E402 (needs torch)
-from test_t5 import HF_CONFIGS, _hf_model  # noqa: E402
+from hf_testing import (  # noqa: E402
+    HF_CONFIGS,
+    random_hf_t5,
+    save_hf_dir,  # noqa: E402 (needs torch)
+)
 
 LENGTHS = {suite: {"inputs": 160, "targets": 12} for suite in tasks.eval.SUITES}
 COMMON = [
@@ -38,7 +41,7 @@ def setup(tmp_path_factory):
     """A tiny random Flan-T5 as an HF directory and imported as a flan_jax checkpoint, and
     fixture data for every suite."""
     root = tmp_path_factory.mktemp("evaluate")
-    hf_dir = save_hf_dir(root / "hf", _hf_model(seed=0, overrides=HF_CONFIGS[0]))
+    hf_dir = save_hf_dir(root / "hf", random_hf_t5(seed=0, overrides=HF_CONFIGS[0]))
     hf_t5.import_hf(hf_dir, str(root / "checkpoint"))
     data = write_benchmarks(root)
     return root, hf_dir, data
@@ -50,10 +53,21 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     mmlu_dir = env.pop(tasks.eval.DATA_DIR_ENVS["mmlu"])  # given through gin instead
     out = root / "from_checkpoint"
     result = subprocess.run(
-        [sys.executable, "-m", "flan_jax.evaluate", *COMMON,
-         f"--checkpoint={root / 'checkpoint'}", f"--gin.OUTPUT_DIR='{out}'",
-         f"--gin.MMLU_DIR='{mmlu_dir}'", "--gin.LABEL='tiny'"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "flan_jax.evaluate",
+            *COMMON,
+            f"--checkpoint={root / 'checkpoint'}",
+            f"--gin.OUTPUT_DIR='{out}'",
+            f"--gin.MMLU_DIR='{mmlu_dir}'",
+            "--gin.LABEL='tiny'",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "examples/s  ETA" in result.stderr
@@ -72,7 +86,9 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     predictions = (out / "predictions" / "mgsm.jsonl").read_text().splitlines()
     lines = [json.loads(line) for line in predictions]
     assert [(line["task"], line["targets"]) for line in lines] == [
-        ("mgsm_de", "2"), ("mgsm_de", "1234"), ("mgsm_zh", "3")
+        ("mgsm_de", "2"),
+        ("mgsm_de", "1234"),
+        ("mgsm_zh", "3"),
     ]
     assert lines[0]["inputs"].endswith("Schritt-für-Schritt-Antwort:")
     assert isinstance(lines[0]["prediction"], str)
@@ -82,8 +98,14 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     for name, path in data.items():
         monkeypatch.setenv(name, path)
     try:
-        evaluate.main([*COMMON, f"--gin.CHECKPOINT_PATH='{hf_dir}'", f"--gin.OUTPUT_DIR='{root / 'from_hf'}'",
-                       "--gin.SUITES=['tydiqa', 'mgsm']"])
+        evaluate.main(
+            [
+                *COMMON,
+                f"--gin.CHECKPOINT_PATH='{hf_dir}'",
+                f"--gin.OUTPUT_DIR='{root / 'from_hf'}'",
+                "--gin.SUITES=['tydiqa', 'mgsm']",
+            ]
+        )
     finally:
         gin.clear_config()
         tasks.eval.register_suites()
@@ -94,8 +116,12 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
 
 def test_unknown_data_dir_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match="data_dirs key 'mmmlu' is not a benchmark"):
-        evaluate.evaluate(output_dir=str(tmp_path), suite_feature_lengths=LENGTHS, partitioner=None,
-                          data_dirs={"mmmlu": "/x"})
+        evaluate.evaluate(
+            output_dir=str(tmp_path),
+            suite_feature_lengths=LENGTHS,
+            partitioner=None,
+            data_dirs={"mmmlu": "/x"},
+        )
 
 
 def test_suites_are_scored_and_logged_during_training(setup, tmp_path, monkeypatch):
@@ -106,8 +132,12 @@ def test_suites_are_scored_and_logged_during_training(setup, tmp_path, monkeypat
     monkeypatch.chdir(REPO)
     try:
         train_in_process(
-            tmp_path, 2, "--gin_file=gin/eval/during_training.gin", "--gin.EVAL_SUITES_EVERY=1",
-            "--gin.EVAL_SUITES_NUM_EXAMPLES=1", "--gin.EVAL_SUITE_NAMES=['mgsm']",
+            tmp_path,
+            2,
+            "--gin_file=gin/eval/during_training.gin",
+            "--gin.EVAL_SUITES_EVERY=1",
+            "--gin.EVAL_SUITES_NUM_EXAMPLES=1",
+            "--gin.EVAL_SUITE_NAMES=['mgsm']",
             f"--gin.EVAL_SUBTASKS={SUBTASKS!r}",
         )
     finally:

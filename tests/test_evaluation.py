@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 import seqio
+from train_testing import make_trainer
 
 import tasks.demo  # noqa: F401  (registers the demo tasks)
 from flan_jax import evaluation, predict
-from test_trainer import make_trainer
 
 
 def test_teacher_forced_metrics_do_not_depend_on_batching(tiny_config):
@@ -52,8 +52,11 @@ def test_majority_vote(answers, chosen):
 def test_self_consistency_scores_a_sample_with_the_majority_answer():
     task = seqio.get_mixture_or_task("demo_arithmetic_cot")  # postprocessor: "So the answer is"
     vocabulary = task.output_features["targets"].vocabulary
-    texts = ["3 + 1 = 4. So the answer is 4.", "3 - 1 = 2. So the answer is 2.",
-             "1 + 1 = 2. So the answer is 2."]
+    texts = [
+        "3 + 1 = 4. So the answer is 4.",
+        "3 - 1 = 2. So the answer is 2.",
+        "1 + 1 = 2. So the answer is 2.",
+    ]
     samples = np.zeros((3, 32), np.int32)
     for row, text in enumerate(texts):
         ids = vocabulary.encode(text) + [1]
@@ -66,25 +69,40 @@ def test_self_consistency_needs_sampling(tiny_config):
     trainer = make_trainer(dataclasses.replace(tiny_config, vocab_size=512))
     with pytest.raises(ValueError, match="num_samples=4 needs temperature > 0"):
         evaluation.PredictionEvaluator(
-            "demo_sort", {"inputs": 32, "targets": 16}, trainer.model, trainer.partitioner,
-            trainer.params_shardings, batch_size=8, num_samples=4, temperature=0.0,
+            "demo_sort",
+            {"inputs": 32, "targets": 16},
+            trainer.model,
+            trainer.partitioner,
+            trainer.params_shardings,
+            batch_size=8,
+            num_samples=4,
+            temperature=0.0,
         )
-
 
 
 def test_beam_search_reaches_the_decode_function(tiny_config):
     trainer = make_trainer(dataclasses.replace(tiny_config, vocab_size=512))
     lengths = {"inputs": 32, "targets": 16}
     suites = evaluation.SuiteEvaluator(
-        ["demo_sort", "demo_arithmetic_cot"], {"demo_sort": lengths, "demo_arithmetic_cot": lengths},
-        trainer.model, trainer.partitioner, trainer.params_shardings, batch_size=8,
-        split="validation", num_examples=2, self_consistency_suites=["demo_arithmetic_cot"],
-        num_samples=3, temperature=0.5, num_beams=2,
+        ["demo_sort", "demo_arithmetic_cot"],
+        {"demo_sort": lengths, "demo_arithmetic_cot": lengths},
+        trainer.model,
+        trainer.partitioner,
+        trainer.params_shardings,
+        batch_size=8,
+        split="validation",
+        num_examples=2,
+        self_consistency_suites=["demo_arithmetic_cot"],
+        num_samples=3,
+        temperature=0.5,
+        num_beams=2,
     )
 
     def decode(**settings):
         return predict.predict_function(
-            trainer.model, trainer.partitioner, trainer.params_shardings,
+            trainer.model,
+            trainer.partitioner,
+            trainer.params_shardings,
             predict.DecodeSettings(max_decode_length=16, **settings),
         )
 

@@ -116,7 +116,7 @@ def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(
     flan_env, tmp_path, monkeypatch
 ):
     """The real entry point: gin imports the user module, @flan_mixture() names the mixture."""
-    from flan_jax import gin_utils, train
+    from flan_jax import cli, train
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.chdir(repo)
@@ -139,7 +139,7 @@ def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(
     sys.modules.pop("tasks.examples.user_task", None)
     gin.clear_config()
     try:
-        gin_utils.parse(
+        cli.parse(
             [
                 f"--gin_file={run_gin}",
                 f"--gin.MODEL_DIR='{tmp_path / 'run'}'",

@@ -17,14 +17,21 @@ def xla_train_flops(model, batch):
 
 def test_t5_flops_match_what_xla_compiles():
     config = t5.T5Config(
-        vocab_size=2048, d_model=256, num_heads=4, d_kv=64, d_ff=1024,
-        num_encoder_layers=2, num_decoder_layers=3,
+        vocab_size=2048,
+        d_model=256,
+        num_heads=4,
+        d_kv=64,
+        d_ff=1024,
+        num_encoder_layers=2,
+        num_decoder_layers=3,
     )
     b, inputs, targets = 2, 64, 32
     ones = lambda n: jnp.ones((b, n), jnp.int32)
     batch = {
-        "encoder_input_tokens": ones(inputs), "decoder_input_tokens": ones(targets),
-        "decoder_target_tokens": ones(targets), "decoder_loss_weights": ones(targets),
+        "encoder_input_tokens": ones(inputs),
+        "decoder_input_tokens": ones(targets),
+        "decoder_target_tokens": ones(targets),
+        "decoder_loss_weights": ones(targets),
     }
     ours = b * flops.train_flops_per_sequence(config, {"inputs": inputs, "targets": targets})
     # XLA also counts elementwise work, which our matmul count leaves out.
@@ -38,8 +45,10 @@ def test_decoder_flops_match_what_xla_compiles():
     b, inputs, targets = 2, 64, 32
     ones = jnp.ones((b, inputs + targets), jnp.int32)
     batch = {
-        "decoder_input_tokens": ones, "decoder_target_tokens": ones,
-        "decoder_loss_weights": ones, "decoder_causal_attention": ones,
+        "decoder_input_tokens": ones,
+        "decoder_target_tokens": ones,
+        "decoder_loss_weights": ones,
+        "decoder_causal_attention": ones,
     }
     ours = b * flops.train_flops_per_sequence(config, {"inputs": inputs, "targets": targets})
     assert 1.0 <= xla_train_flops(base.DecoderOnlyModel(config), batch) / ours < 1.03

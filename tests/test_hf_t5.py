@@ -8,60 +8,23 @@ import os
 import jax
 import numpy as np
 import pytest
+from hf_testing import TOL, padded_tokens, save_hf_dir, shift_right
 
 from flan_jax import checkpoints, model_loader, partitioning
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
-from test_t5 import HF_CONFIGS, TOL, _hf_model, _padded_tokens, _shift_right
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-TEXT = [
-    "translate the sentence into french please",
-    "what is the answer to the question below",
-    "the quick brown fox jumps over the lazy dog",
-    "options yes no maybe",
-]
-
-
-def save_hf_dir(path, hf_model, *, max_shard_size=None):
-    """save_pretrained plus a spiece.model, as a Flan-T5 hub directory holds them."""
-    from tasks import vocab
-
-    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    hf_model.save_pretrained(path, **kwargs)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(vocab.CACHE_DIR_ENV, os.path.join(path, "cache"))
-        spm_file = vocab.sentencepiece_vocabulary(TEXT, "hf_test", hf_model.config.vocab_size)
-    os.replace(spm_file.sentencepiece_model_file, os.path.join(path, "spiece.model"))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    return _hf_model(seed=0, overrides=HF_CONFIGS[0])
-
-
-@pytest.fixture(scope="module")
-def hf_dir(hf_model, tmp_path_factory):
-    return save_hf_dir(tmp_path_factory.mktemp("hf"), hf_model)
-
-
-@pytest.fixture(scope="module")
-def imported(hf_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("imported"))
-    hf_t5.main(["import", "--hf_dir", hf_dir, "--out", out])
-    return out
 
 
 @pytest.fixture(scope="module")
 def batch():
     rng = np.random.default_rng(0)
-    targets = _padded_tokens(rng, [9, 4], 9, eos=True)
+    targets = padded_tokens(rng, [9, 4], 9, eos=True)
     return {
-        "encoder_input_tokens": _padded_tokens(rng, [11, 6], 11),
-        "decoder_input_tokens": _shift_right(targets),
+        "encoder_input_tokens": padded_tokens(rng, [11, 6], 11),
+        "decoder_input_tokens": shift_right(targets),
     }
 
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import sentencepiece as spm
+from hf_testing import TEXT
 
 from flan_jax import infer, model_loader, partitioning
-from test_hf_t5 import TEXT, hf_dir, hf_model, imported  # noqa: F401 (fixtures)
 
 torch = pytest.importorskip("torch")
 
@@ -30,8 +30,21 @@ def input_file(tmp_path_factory):
 
 def run(tmp_path, input_file, *source):
     output = tmp_path / "out.jsonl"
-    infer.main([*source, "--input", input_file, "--output", str(output), "--batch_size", "8",
-                "--max_input_length", "64", "--max_decode_length", str(MAX_DECODE_LENGTH)])
+    infer.main(
+        [
+            *source,
+            "--input",
+            input_file,
+            "--output",
+            str(output),
+            "--batch_size",
+            "8",
+            "--max_input_length",
+            "64",
+            "--max_decode_length",
+            str(MAX_DECODE_LENGTH),
+        ]
+    )
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
@@ -75,7 +88,10 @@ def test_infer_on_an_hf_dir_matches_hf(hf_dir, input_file, expected, tmp_path): 
 
 
 def test_infer_on_an_imported_checkpoint_matches_hf(
-    imported, input_file, expected, tmp_path  # noqa: F811
+    imported,
+    input_file,
+    expected,
+    tmp_path,  # noqa: F811
 ):
     check(run(tmp_path, input_file, "--checkpoint", imported), expected)
 
@@ -91,8 +107,9 @@ def test_malformed_line_names_file_and_line(tmp_path, line):
 
 
 def test_beam_search_is_reachable_from_the_command_line(hf_dir, input_file, tmp_path):  # noqa: F811
-    results = run(tmp_path, input_file, "--checkpoint", hf_dir, "--num_beams", "3",
-                  "--num_decodes", "2")
+    results = run(
+        tmp_path, input_file, "--checkpoint", hf_dir, "--num_beams", "3", "--num_decodes", "2"
+    )
     partitioner = partitioning.Partitioner(
         partitioning.create_mesh(), partitioning.logical_axis_rules()
     )
@@ -103,8 +120,11 @@ def test_beam_search_is_reachable_from_the_command_line(hf_dir, input_file, tmp_
         ids = vocabulary.encode(example["inputs"]) + [1]
         rows[row, : len(ids)] = ids
     beams = loaded.model.predict_batch(
-        loaded.params, {"encoder_input_tokens": rows}, max_decode_length=MAX_DECODE_LENGTH,
-        num_beams=3, num_decodes=2,
+        loaded.params,
+        {"encoder_input_tokens": rows},
+        max_decode_length=MAX_DECODE_LENGTH,
+        num_beams=3,
+        num_decodes=2,
     )
     assert [r["prediction"] for r in results] == [
         [vocabulary.decode(list(beam)) for beam in np.asarray(row)] for row in beams

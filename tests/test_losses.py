@@ -19,21 +19,32 @@ def _numpy_reference(logits, targets, weights, z_loss, label_smoothing):
     np.put_along_axis(soft, targets[..., None], confidence, axis=-1)
     log_z = np.log(np.exp(logits).sum(-1))
     log_probs = logits - log_z[..., None]
-    entropy = 0.0 if low == 0 else -confidence * np.log(confidence) - (vocab - 1) * low * np.log(low)
+    entropy = (
+        0.0 if low == 0 else -confidence * np.log(confidence) - (vocab - 1) * low * np.log(low)
+    )
     cross_entropy = -(soft * log_probs).sum(-1) - entropy
     z_term = z_loss * log_z**2
-    return ((cross_entropy + z_term) * weights).sum(), (cross_entropy * weights).sum(), (z_term * weights).sum()
+    return (
+        ((cross_entropy + z_term) * weights).sum(),
+        (cross_entropy * weights).sum(),
+        (z_term * weights).sum(),
+    )
 
 
-@pytest.mark.parametrize("z_loss, label_smoothing", [(0.0, 0.0), (1e-4, 0.0), (0.0, 0.1), (0.01, 0.2)])
+@pytest.mark.parametrize(
+    "z_loss, label_smoothing", [(0.0, 0.0), (1e-4, 0.0), (0.0, 0.1), (0.01, 0.2)]
+)
 def test_matches_numpy_reference(z_loss, label_smoothing):
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (2, 5, 11))
     targets = rng.integers(0, 11, (2, 5))
     weights = (rng.random((2, 5)) > 0.3).astype(np.float32)
     got = cross_entropy_with_z_loss(
-        jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.asarray(weights),
-        z_loss=z_loss, label_smoothing=label_smoothing,
+        jnp.asarray(logits, jnp.float32),
+        jnp.asarray(targets),
+        jnp.asarray(weights),
+        z_loss=z_loss,
+        label_smoothing=label_smoothing,
     )
     expected = _numpy_reference(logits, targets, weights, z_loss, label_smoothing)
     np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-5)
@@ -42,7 +53,9 @@ def test_matches_numpy_reference(z_loss, label_smoothing):
 def test_plain_cross_entropy_is_negative_log_likelihood():
     logits = jnp.log(jnp.array([[0.7, 0.2, 0.1]]))
     total, cross_entropy, z = cross_entropy_with_z_loss(logits, jnp.array([1]), jnp.ones(1))
-    np.testing.assert_allclose([total, cross_entropy, z], [-np.log(0.2), -np.log(0.2), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        [total, cross_entropy, z], [-np.log(0.2), -np.log(0.2), 0.0], rtol=1e-6
+    )
 
 
 def test_z_loss_is_squared_log_normalizer():
@@ -71,8 +84,9 @@ def test_zero_weights_ignore_padding_positions():
     garbage = logits.at[:, 2:].set(1e4)  # huge values where the weights are zero
     changed = cross_entropy_with_z_loss(garbage, targets, weights, z_loss=1e-3, label_smoothing=0.1)
     np.testing.assert_allclose(np.array(changed), np.array(base), rtol=1e-6)
-    only_real = cross_entropy_with_z_loss(logits[:, :2], targets[:, :2], jnp.ones((1, 2)),
-                                          z_loss=1e-3, label_smoothing=0.1)
+    only_real = cross_entropy_with_z_loss(
+        logits[:, :2], targets[:, :2], jnp.ones((1, 2)), z_loss=1e-3, label_smoothing=0.1
+    )
     np.testing.assert_allclose(np.array(base), np.array(only_real), rtol=1e-6)
 
 
@@ -83,8 +97,16 @@ def test_label_smoothing_out_of_range_is_refused():
 
 # --- EncoderDecoderModel.loss_fn: summed metrics, so microbatches add up exactly ---
 
-CONFIG = T5Config(vocab_size=30, d_model=16, num_heads=2, d_kv=8, d_ff=24,
-                  num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.2)
+CONFIG = T5Config(
+    vocab_size=30,
+    d_model=16,
+    num_heads=2,
+    d_kv=8,
+    d_ff=24,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    dropout_rate=0.2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +129,10 @@ def test_loss_fn_returns_sums_that_split_over_microbatches(model_params_batch):
     model, params, batch = model_params_batch
     loss_fn = jax.jit(model.loss_fn)
     loss, aux = loss_fn(params, batch, None)
-    halves = [loss_fn(params, {k: v[s] for k, v in batch.items()}, None)[1]
-              for s in (slice(0, 2), slice(2, 4))]
+    halves = [
+        loss_fn(params, {k: v[s] for k, v in batch.items()}, None)[1]
+        for s in (slice(0, 2), slice(2, 4))
+    ]
     for name in ("loss", "cross_entropy", "z_loss", "num_tokens", "num_correct"):
         np.testing.assert_allclose(aux[name], halves[0][name] + halves[1][name], rtol=1e-5)
     np.testing.assert_allclose(loss, aux["loss"])
@@ -118,8 +142,13 @@ def test_loss_fn_returns_sums_that_split_over_microbatches(model_params_batch):
     logits = np.asarray(model._logits(params, batch))
     correct = (logits.argmax(-1) == batch["decoder_target_tokens"]) * batch["decoder_loss_weights"]
     assert aux["num_correct"] == correct.sum()
-    expected = _numpy_reference(logits.astype(np.float64), batch["decoder_target_tokens"],
-                                batch["decoder_loss_weights"], 1e-3, 0.1)
+    expected = _numpy_reference(
+        logits.astype(np.float64),
+        batch["decoder_target_tokens"],
+        batch["decoder_loss_weights"],
+        1e-3,
+        0.1,
+    )
     np.testing.assert_allclose(loss, expected[0], rtol=1e-5)
 
 

@@ -83,13 +83,17 @@ def test_an_initial_checkpoint_from_an_hf_dir_takes_a_trainers_layout(hf_dir, co
     trainer = Trainer(scanned, optim.adafactor(1e-3), partitioner())
     params = model_loader.restore_params(hf_dir, scanned, trainer.abstract_state.params)
     assert params["encoder"]["layers"]["mlp"]["wo"]["kernel"].shape[0] == 2
-    assert params["decoder"]["decoder_norm"]["scale"].sharding == (
-        trainer.params_shardings["decoder"]["decoder_norm"]["scale"]
+    assert (
+        params["decoder"]["decoder_norm"]["scale"].sharding
+        == (trainer.params_shardings["decoder"]["decoder_norm"]["scale"])
     )
     wider = EncoderDecoderModel(dataclasses.replace(config, d_ff=128))
     abstract, _ = partitioning.abstract_params(wider, partitioner())
-    with pytest.raises(ValueError, match=r"does not fit this model: .*\['wi_0'\]\['kernel'\] "
-                       r"\(32, 64\) vs the model's \(32, 128\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit this model: .*\['wi_0'\]\['kernel'\] "
+        r"\(32, 64\) vs the model's \(32, 128\)",
+    ):
         model_loader.restore_params(hf_dir, wider, abstract)
 
 
@@ -105,9 +109,7 @@ def test_reading_a_model_gin_leaves_the_global_config_alone(imported):
         gin.clear_config()
 
 
-def test_a_vocabulary_comes_from_the_flag_the_checkpoint_or_the_environment(
-    imported, monkeypatch
-):
+def test_a_vocabulary_comes_from_the_flag_the_checkpoint_or_the_environment(imported, monkeypatch):
     from tasks import demo, vocab
 
     monkeypatch.delenv(vocab.FLAN_VOCAB_ENV, raising=False)

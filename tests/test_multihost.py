@@ -4,7 +4,7 @@ import os
 import socket
 import subprocess
 
-from test_train import REPO, logged_losses, train_command
+from train_testing import REPO, logged_losses, train_command
 
 
 def device_env(count: int) -> dict:
@@ -22,8 +22,14 @@ def free_port() -> int:
 def test_two_processes_train_the_same_losses_as_one(tmp_path):
     steps, bindings = 4, ["--gin.LOG_EVERY=1", "--gin.CHECKPOINT_EVERY=2"]
     single = tmp_path / "single"
-    subprocess.run(train_command(single, steps, *bindings), check=True, cwd=REPO,
-                   env=device_env(4), capture_output=True, timeout=600)
+    subprocess.run(
+        train_command(single, steps, *bindings),
+        check=True,
+        cwd=REPO,
+        env=device_env(4),
+        capture_output=True,
+        timeout=600,
+    )
 
     multi = tmp_path / "multi"
     address = f"127.0.0.1:{free_port()}"
@@ -31,7 +37,11 @@ def test_two_processes_train_the_same_losses_as_one(tmp_path):
         subprocess.Popen(
             train_command(multi, steps, *bindings)
             + [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO, env=device_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            env=device_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]

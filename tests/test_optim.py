@@ -12,7 +12,9 @@ def test_constant_schedule_is_the_papers():
 
 def test_linear_warmup_then_constant():
     schedule = optim.learning_rate_schedule(1e-2, warmup_steps=4)
-    np.testing.assert_allclose([schedule(s) for s in range(6)], [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2], rtol=1e-6)
+    np.testing.assert_allclose(
+        [schedule(s) for s in range(6)], [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2], rtol=1e-6
+    )
 
 
 def test_rsqrt_decay_is_continuous_after_warmup():

@@ -48,7 +48,7 @@ def _unpack(rows):
             assert all(a.dtype == np.int32 for a in (tokens, ids, pos))
             used = np.flatnonzero(ids)
             assert np.array_equal(used, np.arange(len(used))), "padding only at the end"
-            assert not tokens[len(used):].any() and not pos[len(used):].any()
+            assert not tokens[len(used) :].any() and not pos[len(used) :].any()
             segments[key] = [tokens[ids == s] for s in range(1, ids.max() + 1)]
             for s, seg in enumerate(segments[key], 1):
                 assert np.array_equal(pos[ids == s], np.arange(len(seg)))
@@ -80,7 +80,9 @@ def test_every_example_lands_once_trimmed_as_seqio_trims():
 def test_pads_less_than_seqio_packing_the_same_stream():
     examples = _examples(2000, seed=1)
     ours = _pack(examples)
-    theirs = list(seqio.utils.trim_and_pack_dataset(_dataset(examples), LENGTHS).as_numpy_iterator())
+    theirs = list(
+        seqio.utils.trim_and_pack_dataset(_dataset(examples), LENGTHS).as_numpy_iterator()
+    )
     assert collections.Counter(_unpack(ours)) == collections.Counter(_unpack(theirs))
     assert _efficiency(ours) > _efficiency(theirs) + 0.05
     assert set(ours[0]) == set(theirs[0])  # seqio's keys: "idx" dropped as seqio drops it
@@ -90,7 +92,9 @@ def test_deterministic_and_one_open_row_still_packs():
     examples = _examples(300, seed=2)
     first = _pack(examples)
     again = _pack(examples)
-    assert all(all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(first, again, strict=True))
+    assert all(
+        all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(first, again, strict=True)
+    )
     single = _pack(examples, open_rows=1)
     assert collections.Counter(_unpack(single)) == collections.Counter(_unpack(first))
     assert _efficiency(first) > _efficiency(single)

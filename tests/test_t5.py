@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_testing import HF_CONFIGS, TOL, VOCAB, padded_tokens, random_hf_t5, shift_right
 
 from flan_jax.interop.hf_t5 import params_from_hf, t5_config_from_hf
 from flan_jax.models.base import EncoderDecoderModel
@@ -16,96 +17,19 @@ from flan_jax.models.t5 import T5, scan_params, unscan_params
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 96
-# Differ in heads, head dim, depth and relative-position buckets / max distance. The
-# sequences below are long enough to reach the log-spaced buckets of each.
-HF_CONFIGS = [
-    dict(
-        d_model=32,
-        num_heads=4,
-        d_kv=8,
-        d_ff=48,
-        num_layers=2,
-        num_decoder_layers=2,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-    ),
-    dict(
-        d_model=24,
-        num_heads=2,
-        d_kv=16,
-        d_ff=40,
-        num_layers=3,
-        num_decoder_layers=1,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=20,
-    ),
-    dict(
-        d_model=20,
-        num_heads=6,
-        d_kv=4,
-        d_ff=36,
-        num_layers=1,
-        num_decoder_layers=3,
-        relative_attention_num_buckets=16,
-        relative_attention_max_distance=12,
-    ),
-]
-TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-def _hf_model(seed, overrides):
-    """A random tiny HF T5 v1.1 with an untied lm_head and non-trivial norms/biases."""
-    torch.manual_seed(seed)
-    config = transformers.T5Config(
-        vocab_size=VOCAB,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-        **overrides,
-    )
-    model = transformers.T5ForConditionalGeneration(config).eval()
-    d_model = overrides["d_model"]
-    # transformers 5 ties lm_head to the embedding at construction; Flan-T5's is separate.
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, d_model) * d_model**-0.5)
-    with torch.no_grad():
-        model.lm_head.weight[1] *= 1.7  # makes EOS a plausible greedy choice mid-sequence
-        for name, param in model.named_parameters():
-            if "layer_norm" in name:
-                param.copy_(1.0 + 0.3 * torch.randn_like(param))
-            elif "relative_attention_bias" in name:
-                param.copy_(torch.randn_like(param))
-    return model
-
-
-def _padded_tokens(rng, lengths, width, eos=False):
-    tokens = np.zeros((len(lengths), width), np.int32)
-    for row, n in enumerate(lengths):
-        tokens[row, :n] = rng.integers(2, VOCAB, n)
-        if eos:
-            tokens[row, n - 1] = 1
-    return tokens
-
-
-def _shift_right(targets):
-    return np.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-
 
 @pytest.fixture(scope="module", params=range(len(HF_CONFIGS)), ids=lambda i: f"config{i}")
 def case(request):
     i = request.param
-    hf = _hf_model(seed=i, overrides=HF_CONFIGS[i])
+    hf = random_hf_t5(seed=i, overrides=HF_CONFIGS[i])
     config = t5_config_from_hf(hf.config.to_dict())
     state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     rng = np.random.default_rng(i)
-    targets = _padded_tokens(rng, [18, 9, 4], 18, eos=True)
+    targets = padded_tokens(rng, [18, 9, 4], 18, eos=True)
     batch = {
-        "encoder_input_tokens": _padded_tokens(rng, [20, 13, 5], 20),
+        "encoder_input_tokens": padded_tokens(rng, [20, 13, 5], 20),
         "decoder_target_tokens": targets,
-        "decoder_input_tokens": _shift_right(targets),
+        "decoder_input_tokens": shift_right(targets),
     }
     return dict(
         hf=hf, model=EncoderDecoderModel(config), params=params_from_hf(state, config), batch=batch
@@ -161,7 +85,7 @@ def test_score_batch_matches_hf_log_likelihood(case):
 
 def test_greedy_predict_matches_hf_generate(case):
     model, length = case["model"], 20
-    tokens = _padded_tokens(np.random.default_rng(7), [16, 11, 6, 3, 16, 9], 16)
+    tokens = padded_tokens(np.random.default_rng(7), [16, 11, 6, 3, 16, 9], 16)
     predict = jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=length))
     ours = np.asarray(predict(case["params"], {"encoder_input_tokens": tokens}))
     ids = torch.from_numpy(tokens).long()
@@ -193,7 +117,7 @@ def test_packed_row_equals_separate_examples(case):
 
     separate = []
     for enc, tgt in zip(inputs, targets):
-        batch = {"encoder_input_tokens": enc[None], "decoder_input_tokens": _shift_right(tgt[None])}
+        batch = {"encoder_input_tokens": enc[None], "decoder_input_tokens": shift_right(tgt[None])}
         separate.append(np.asarray(logits_fn(params, batch))[0])
 
     def pack(seqs, width):
@@ -205,7 +129,7 @@ def test_packed_row_equals_separate_examples(case):
         return tokens, segments
 
     enc_tokens, enc_segments = pack(inputs, 20)
-    dec_inputs, dec_segments = pack([_shift_right(t[None])[0] for t in targets], 16)
+    dec_inputs, dec_segments = pack([shift_right(t[None])[0] for t in targets], 16)
     packed = np.asarray(
         logits_fn(
             params,
@@ -328,7 +252,7 @@ def test_bfloat16_activations_track_float32():
     model = EncoderDecoderModel(config)
     bf16 = EncoderDecoderModel(dataclasses.replace(config, dtype="bfloat16"))
     params = nn.unbox(model.init(jax.random.key(0)))
-    tokens = _padded_tokens(np.random.default_rng(0), [10, 6], 10)
+    tokens = padded_tokens(np.random.default_rng(0), [10, 6], 10)
     batch = {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens}
     logits32 = np.asarray(jax.jit(model._logits)(params, batch))
     logits16 = jax.jit(bf16._logits)(params, batch)
@@ -346,15 +270,15 @@ def test_params_from_hf_copies_the_embedding_into_a_missing_lm_head(case):
 
 
 def test_scanned_rematerialized_layers_give_the_same_logits_and_predictions():
-    hf = _hf_model(seed=1, overrides=HF_CONFIGS[1])  # encoder and decoder depths differ
+    hf = random_hf_t5(seed=1, overrides=HF_CONFIGS[1])  # encoder and decoder depths differ
     config = t5_config_from_hf(hf.config.to_dict())
     model = EncoderDecoderModel(config)
     params = params_from_hf({k: v.detach().numpy() for k, v in hf.state_dict().items()}, config)
     rng = np.random.default_rng(1)
-    targets = _padded_tokens(rng, [9, 4], 9, eos=True)
+    targets = padded_tokens(rng, [9, 4], 9, eos=True)
     batch = {
-        "encoder_input_tokens": _padded_tokens(rng, [11, 6], 11),
-        "decoder_input_tokens": _shift_right(targets),
+        "encoder_input_tokens": padded_tokens(rng, [11, 6], 11),
+        "decoder_input_tokens": shift_right(targets),
     }
     # remat too: the decoding cache must pass through both lifted transforms.
     scanned = EncoderDecoderModel(

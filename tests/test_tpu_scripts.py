@@ -45,7 +45,7 @@ def dry_run(script, args, fake_gcloud):
 
 def remote_words(command):
     """The words the worker's shell sees in an ssh command's --command."""
-    (remote,) = [a[len("--command="):] for a in command if a.startswith("--command=")]
+    (remote,) = [a[len("--command=") :] for a in command if a.startswith("--command=")]
     return remote
 
 
@@ -59,7 +59,9 @@ def test_create_requests_a_queued_resource(fake_gcloud):
     reserved = dry_run("create.sh", [*NODE, "--accelerator-type", "v4-1024", "--reserved"],
                        fake_gcloud)  # fmt: skip
     assert reserved[0][-3:] == [
-        "--accelerator-type=v4-1024", "--runtime-version=tpu-ubuntu2204-base", "--reserved"
+        "--accelerator-type=v4-1024",
+        "--runtime-version=tpu-ubuntu2204-base",
+        "--reserved",
     ]
 
 

@@ -4,60 +4,17 @@ import signal
 import subprocess
 import sys
 
-import gin
-import tensorflow as tf
 import jax
 import numpy as np
 import pytest
-
-from flan_jax import gin_utils, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = [
-    "--gin_file=gin/runs/demo.gin",
-    "--gin.BATCH_SIZE=8",
-    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}",
-    "--gin.CHECKPOINT_EVERY=2",
-    "--gin.LOG_EVERY=1",
-]
-
-
-def train_command(model_dir, steps, *bindings):
-    return [sys.executable, "-m", "flan_jax.train", *SMALL, f"--gin.MODEL_DIR='{model_dir}'",
-            f"--gin.TRAIN_STEPS={steps}", "--gin.PREDICT_EVAL=False", *bindings]
-
-
-def logged_losses(model_dir) -> dict[int, float]:
-    """Per-step training loss from the run's TensorBoard events; a step logged again after a
-    restart keeps its latest value."""
-    events_dir = os.path.join(model_dir, "train")
-    losses = {}
-    for name in sorted(os.listdir(events_dir), key=lambda n: os.path.getmtime(os.path.join(events_dir, n))):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(events_dir, name)):
-            for value in event.summary.value:
-                if value.tag == "loss":
-                    losses[event.step] = value.simple_value
-    return losses
-
-
-def train_in_process(model_dir, steps, *bindings):
-    """Exactly what `python -m flan_jax.train` does, minus the process boundary."""
-    gin.clear_config()
-    try:
-        gin_utils.parse(
-            SMALL
-            + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", "--gin.PREDICT_EVAL=False"]
-            + list(bindings),
-            description="test",
-        )
-        return gin.get_configurable(train.train)()
-    finally:
-        gin.clear_config()
-
-
-@pytest.fixture(autouse=True)
-def run_from_repo_root(monkeypatch):
-    monkeypatch.chdir(REPO)
+from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixture)
+    REPO,
+    SMALL,
+    logged_losses,
+    run_from_repo_root,
+    train_command,
+    train_in_process,
+)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -78,9 +35,19 @@ def test_resume_refuses_a_model_dir_of_another_run(tmp_path):
 
 def test_command_line_trains_evaluates_and_writes_outputs(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "flan_jax.train", *SMALL, f"--gin.MODEL_DIR='{tmp_path}'",
-         "--gin.TRAIN_STEPS=2", "--gin.EVAL_NUM_EXAMPLES=8"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "flan_jax.train",
+            *SMALL,
+            f"--gin.MODEL_DIR='{tmp_path}'",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.EVAL_NUM_EXAMPLES=8",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -101,9 +68,20 @@ def test_unknown_mixture_names_the_closest(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     stderr = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flan_jax.train", *SMALL, f"--gin.MODEL_DIR='{tmp_path}'",
-         "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_EVERY=100000", "--gin.PREDICT_EVAL=False"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "flan_jax.train",
+            *SMALL,
+            f"--gin.MODEL_DIR='{tmp_path}'",
+            "--gin.TRAIN_STEPS=100000",
+            "--gin.CHECKPOINT_EVERY=100000",
+            "--gin.PREDICT_EVAL=False",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=REPO,
     )
     for line in proc.stdout:
         if line.startswith("step 3/"):
@@ -120,8 +98,13 @@ def test_sigkill_then_restart_reproduces_every_loss(tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(train_command(straight, 8), check=True, cwd=REPO, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_command(killed, 8), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        train_command(killed, 8),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
     for line in proc.stdout:
         if line.startswith("step 5/"):
             proc.kill()
@@ -137,13 +120,19 @@ def test_sigkill_then_restart_reproduces_every_loss(tmp_path):
 
 def test_decoder_only_model_trains_and_evaluates_on_the_same_path(tmp_path):
     state, results = train_in_process(
-        tmp_path, 2, "--gin_file=gin/models/palm/tiny.gin", "--gin.PREDICT_EVAL=True",
+        tmp_path,
+        2,
+        "--gin_file=gin/models/palm/tiny.gin",
+        "--gin.PREDICT_EVAL=True",
         "--gin.EVAL_NUM_EXAMPLES=4",
     )
     assert "decoder_norm" in state.params and "encoder" not in state.params  # the PaLM model
     assert list(results) == ["step 0", "step 2"]
     assert set(results["step 2"]) == {
-        "demo_arithmetic_cot", "demo_sort", "demo_compare_options", "demo_antonyms_fewshot"
+        "demo_arithmetic_cot",
+        "demo_sort",
+        "demo_compare_options",
+        "demo_antonyms_fewshot",
     }
 
 

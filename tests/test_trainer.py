@@ -2,35 +2,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-
-from flan_jax import optim, partitioning
-from flan_jax.models import base
-from flan_jax.trainer import Trainer
-
-
-def make_trainer(config, mesh_shape=(8, 1), num_microbatches=1, learning_rate=1e-2, num_slices=1):
-    partitioner = partitioning.Partitioner(
-        partitioning.create_mesh(mesh_shape=mesh_shape, num_slices=num_slices),
-        partitioning.logical_axis_rules(),
-    )
-    schedule = optim.learning_rate_schedule(learning_rate)
-    return Trainer(
-        base.EncoderDecoderModel(config),
-        optim.adafactor(schedule, min_dim_size_to_factor=16),
-        partitioner,
-        learning_rate_fn=schedule,
-        num_microbatches=num_microbatches,
-    )
-
-
-def run_steps(trainer, batch, steps):
-    state = trainer.create_state(jax.random.key(0))
-    batch = jax.device_put(batch, trainer.partitioner.batch_sharding())
-    losses = []
-    for _ in range(steps):
-        state, metrics = trainer.train_step(state, batch)
-        losses.append(float(metrics["loss"]))
-    return state, losses, metrics
+from train_testing import make_trainer, run_steps
 
 
 def test_loss_decreases_on_a_fixed_batch(tiny_config, fixed_batch):

@@ -11,6 +11,12 @@ Command line (see README.md):
 
 import dataclasses
 import json
+
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
 import os
 import shutil
 import sys

@@ -10,11 +10,16 @@ import subprocess
 import jax
 import numpy as np
 import pytest
+from train_testing import (  # noqa: F401
+    REPO,
+    assert_trees_equal,
+    make_trainer,
+    run_from_repo_root,
+    train_command,
+    train_in_process,
+)
 
 from flan_jax import checkpoints, hooks
-from test_checkpoints import assert_trees_equal
-from test_train import REPO, run_from_repo_root, train_command, train_in_process  # noqa: F401
-from test_trainer import make_trainer
 
 QUICK = ("--gin.LENGTH_CHECK_EXAMPLES=0", "--gin.EVAL_EVERY=None")
 NAN_LOSS = "--gin.t5.T5Config.layer_norm_epsilon=-1e6"  # rsqrt of a negative: NaN activations
@@ -52,17 +57,22 @@ def truncate(path):
     os.truncate(path, os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (flip_a_byte, "contents changed since it was saved"),
-    (truncate, r"\d+ bytes, \d+ when saved \(truncated or overwritten\)"),
-    (os.remove, "file missing"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (flip_a_byte, "contents changed since it was saved"),
+        (truncate, r"\d+ bytes, \d+ when saved \(truncated or overwritten\)"),
+        (os.remove, "file missing"),
+    ],
+)
 def test_corrupt_latest_checkpoint_is_refused_naming_step_and_path(run_dir, damage, problem):
     damaged = largest_file(run_dir / "checkpoints" / "4")
     damage(damaged)
-    with pytest.raises(checkpoints.CorruptCheckpointError,
-                       match=rf"checkpoint step 4 is corrupt: {re.escape(damaged)}: {problem}\. "
-                       r"Nothing was loaded from it\. Set --gin.CHECKPOINT_FALLBACK=True"):
+    with pytest.raises(
+        checkpoints.CorruptCheckpointError,
+        match=rf"checkpoint step 4 is corrupt: {re.escape(damaged)}: {problem}\. "
+        r"Nothing was loaded from it\. Set --gin.CHECKPOINT_FALLBACK=True",
+    ):
         train_in_process(run_dir, 6, *QUICK)
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]  # nothing moved or written
 
@@ -70,8 +80,10 @@ def test_corrupt_latest_checkpoint_is_refused_naming_step_and_path(run_dir, dama
 def test_missing_manifest_is_refused(run_dir):
     manifest = run_dir / "checkpoints" / "4" / checkpoints.MANIFEST
     os.remove(manifest)
-    with pytest.raises(checkpoints.CorruptCheckpointError,
-                       match=rf"checkpoint step 4 is corrupt: {re.escape(str(manifest))}: missing"):
+    with pytest.raises(
+        checkpoints.CorruptCheckpointError,
+        match=rf"checkpoint step 4 is corrupt: {re.escape(str(manifest))}: missing",
+    ):
         checkpoints.restore_params(str(run_dir), None)
 
 
@@ -104,10 +116,12 @@ def test_trainer_skips_a_nonfinite_update_leaving_the_state_unchanged(tiny_confi
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(run_dir, trained):
-    with pytest.raises(hooks.NonFiniteLossError,
-                       match=r"step 5: the loss, gradients or update is NaN or infinite \(loss nan.*"
-                       r"Stopped without saving this state; the last checkpoint, step 4 in .*, is "
-                       r"intact.*--gin.NONFINITE=\"'skip'\""):
+    with pytest.raises(
+        hooks.NonFiniteLossError,
+        match=r"step 5: the loss, gradients or update is NaN or infinite \(loss nan.*"
+        r"Stopped without saving this state; the last checkpoint, step 4 in .*, is "
+        r"intact.*--gin.NONFINITE=\"'skip'\"",
+    ):
         train_in_process(run_dir, 8, *QUICK, NAN_LOSS)
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
     checkpoints.verify(str(run_dir / "checkpoints" / "4"), 4)
@@ -134,7 +148,10 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(r
     assert os.path.getsize(largest_file(run_dir / "checkpoints" / "4")) > 256 * 1024
     result = subprocess.run(
         with_file_size_limit(256, train_command(run_dir, 6, *QUICK)),
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
     )
     # Orbax's event loop may complain at exit after the failed save; show the rest.
     errors = "\n".join(line for line in result.stderr.splitlines() if "Event loop" not in line)
@@ -150,10 +167,18 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(r
 
 
 def test_checkpoint_of_another_vocabulary_names_each_parameter(trained, tmp_path):
-    with pytest.raises(ValueError, match=r"checkpoint step 4 at .*/checkpoints/4 does not fit this "
-                       r"model: \['decoder'\]\['logits_dense'\]\['kernel'\] saved \(128, 512\), "
-                       r"model \(128, 1024\); \['token_embedder'\]\['embedding'\] saved \(512, 128\), "
-                       r"model \(1024, 128\)\. A differing token_embedder/logits dimension is the "
-                       r"vocabulary size"):
-        train_in_process(tmp_path, 1, *QUICK, f"--gin.INITIAL_CHECKPOINT_PATH='{trained[0]}'",
-                         "--gin.VOCAB_SIZE=1024")
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint step 4 at .*/checkpoints/4 does not fit this "
+        r"model: \['decoder'\]\['logits_dense'\]\['kernel'\] saved \(128, 512\), "
+        r"model \(128, 1024\); \['token_embedder'\]\['embedding'\] saved \(512, 128\), "
+        r"model \(1024, 128\)\. A differing token_embedder/logits dimension is the "
+        r"vocabulary size",
+    ):
+        train_in_process(
+            tmp_path,
+            1,
+            *QUICK,
+            f"--gin.INITIAL_CHECKPOINT_PATH='{trained[0]}'",
+            "--gin.VOCAB_SIZE=1024",
+        )

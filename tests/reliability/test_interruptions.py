@@ -17,14 +17,18 @@ import time
 import jax
 import numpy as np
 import pytest
+from train_testing import REPO, logged_losses, run_from_repo_root, train_command, train_in_process  # noqa: F401
 
 from flan_jax import checkpoints
-from test_train import REPO, logged_losses, run_from_repo_root, train_command, train_in_process  # noqa: F401
 
 STEPS = 24
 # One task: each restart builds one input pipeline instead of four.
-BINDINGS = ("--gin.CHECKPOINT_EVERY=1", "--gin.LENGTH_CHECK_EXAMPLES=0", "--gin.EVAL_EVERY=None",
-            "--gin.MIXTURE_OR_TASK_NAME='demo_sort'")
+BINDINGS = (
+    "--gin.CHECKPOINT_EVERY=1",
+    "--gin.LENGTH_CHECK_EXAMPLES=0",
+    "--gin.EVAL_EVERY=None",
+    "--gin.MIXTURE_OR_TASK_NAME='demo_sort'",
+)
 NUM_KILLS = 10
 KILLS_DURING_SAVE = 4
 
@@ -42,7 +46,11 @@ def start(model_dir, env):
     """A training process, read until it says where it starts; returns (process, step)."""
     proc = subprocess.Popen(
         train_command(model_dir, STEPS, *BINDINGS),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env=env,
     )
     for line in proc.stdout:
         started = re.match(r"model_dir .*: starting at step (\d+) of", line)
@@ -69,7 +77,9 @@ def kill_during_save(proc, model_dir, timeout=60.0) -> None:
 
 def final_state(model_dir, like):
     """The last checkpoint of `model_dir`, verified and restored onto the structure of `like`."""
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+    )
     checkpointer = checkpoints.Checkpointer(model_dir)
     try:
         return checkpointer.restore(abstract, STEPS)[0]
@@ -125,4 +135,6 @@ def test_kills_and_sigterm_at_random_moments_end_in_the_uninterrupted_params(tmp
     assert logged_losses(model_dir) == logged_losses(tmp_path / "straight")
     interrupted = final_state(model_dir, straight)
     assert int(interrupted.step) == int(straight.step) == STEPS
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(interrupted), jax.device_get(straight))
+    jax.tree.map(
+        np.testing.assert_array_equal, jax.device_get(interrupted), jax.device_get(straight)
+    )

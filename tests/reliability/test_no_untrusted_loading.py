@@ -12,7 +12,16 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PYTHON_ROOTS = ("flan_jax", "tasks", "benchmarks", "tpu_scripts")
-UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+UNSAFE_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "shelve",
+    "marshal",
+}
 
 
 def unsafe_calls(source: str) -> list[str]:
@@ -51,8 +60,10 @@ def test_the_checker_finds_what_it_looks_for():
         "torch.load('w.pt', weights_only=True)\n"
     )
     assert unsafe_calls(bad) == [
-        "line 1: imports pickle", "line 2: imports joblib, load",
-        "line 5: np.load(allow_pickle=True)", "line 6: torch.load without weights_only=True",
+        "line 1: imports pickle",
+        "line 2: imports joblib, load",
+        "line 5: np.load(allow_pickle=True)",
+        "line 6: torch.load without weights_only=True",
         "line 7: eval()",
     ]
 
