@@ -177,10 +177,20 @@ def test_gin_files_ship_inside_the_package(tmp_path):
     assert "flan_jax/gin/runs/finetune.gin" in shipped and shipped == expected
 
 
-def test_the_front_door_tunes_malloc_before_anything_else(monkeypatch):
-    from flan_jax import allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "configure", lambda: calls.append(len(calls)) or True)
-    cli.parse_args(cli.new_parser("test"), [])
-    assert calls == [0]
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_entry_points_tune_malloc_before_numpy_tf_or_jax_load(module):
+    """Threads that numpy, TF or jax start keep arenas of their own: the entry module must
+    call allocator.configure before importing them (a spy reports what had loaded, then exits)."""
+    code = (
+        "import runpy, sys\n"
+        "from flan_jax import allocator\n"
+        "def first():\n"
+        "    print(sorted(m for m in ('numpy', 'jax', 'tensorflow') if m in sys.modules))\n"
+        "    raise SystemExit(0)\n"
+        "allocator.configure = first\n"
+        f"runpy.run_module({module!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
