@@ -43,7 +43,7 @@ def _t5_forward_flops(config, inputs_length: int, targets_length: int) -> float:
 
 def _decoder_forward_flops(config, length: int) -> float:
     d, heads = config.d_model, config.num_heads * config.head_dim
-    kv = 2 * config.head_dim  # multi-query: one key and one value head
+    kv = 2 * config.num_kv_heads * config.head_dim  # key and value heads (1 for multi-query)
     per_token = config.num_layers * (
         2 * (d * heads + d * kv + heads * d + 3 * d * config.d_ff) + 4 * length * heads
     )
