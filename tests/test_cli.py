@@ -13,10 +13,10 @@ import zipfile
 import gin
 import pytest
 from absl import logging as absl_logging
+from train_testing import REPO
 
 from flan_jax import cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = [
     "flan_jax.train",
     "flan_jax.evaluate",

@@ -14,8 +14,6 @@ from flan_jax.models import base
 from flan_jax.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 SMALL = [
     "--gin_file=gin/runs/demo.gin",
     "--gin.BATCH_SIZE=8",
