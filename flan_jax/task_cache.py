@@ -1,0 +1,139 @@
+"""The offline task cache on disk: each task's preprocessed, tokenized split as ArrayRecord shards.
+
+    <cache_dir>/<task>/spec.json                        what the shards hold and how they were made
+    <cache_dir>/<task>/<split>.array_record-00000-of-00004   one record per example (`encode`)
+
+A task's directory is complete or absent: its shards and spec are written into
+`<cache_dir>/.tmp/<task>-<uuid>/` and renamed into place (`TaskWriter.commit`). The spec
+lists every shard with its size, so a copy that stopped half way (a rename on an object
+store copies file by file) reads as absent, not as a shorter task. Records are msgpack maps
+of feature name -> little-endian int32 bytes: readable without TensorFlow or seqio.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+from array_record.python import array_record_module
+from etils import epath
+
+FORMAT_VERSION = 1
+SPEC_FILE = "spec.json"
+TMP_DIR = ".tmp"
+# One record per chunk: random access reads one example, not a 64k-record group.
+WRITER_OPTIONS = "group_size:1"
+
+
+class CacheMismatchError(ValueError):
+    """A cached task was made with another vocabulary, other lengths or other preprocessing."""
+
+
+def encode(example: Mapping[str, np.ndarray]) -> bytes:
+    return msgpack.packb(
+        {name: np.asarray(value, "<i4").tobytes() for name, value in sorted(example.items())}
+    )
+
+
+def decode(record: bytes) -> dict[str, np.ndarray]:
+    return {name: np.frombuffer(value, "<i4") for name, value in msgpack.unpackb(record).items()}
+
+
+def task_dir(cache_dir: str | epath.Path, task_name: str) -> epath.Path:
+    return epath.Path(cache_dir) / task_name
+
+
+def read_spec(cache_dir: str | epath.Path, task_name: str) -> dict | None:
+    """The spec of a complete cached task, or None where the task is absent or incomplete."""
+    directory = task_dir(cache_dir, task_name)
+    spec_path = directory / SPEC_FILE
+    if not spec_path.exists():
+        return None
+    spec = json.loads(spec_path.read_text())
+    for name, size in spec["files"].items():
+        path = directory / name
+        if not path.exists() or path.stat().length != size:
+            return None
+    return spec
+
+
+def shard_paths(cache_dir: str | epath.Path, spec: Mapping[str, Any]) -> list[str]:
+    directory = task_dir(cache_dir, spec["task"])
+    return [str(directory / name) for name in sorted(spec["files"])]
+
+
+def check_fingerprint(spec: Mapping[str, Any], expected: Mapping[str, Any], cache_dir) -> None:
+    """Refuses a cached task made differently from what this run asks for, naming the task
+    and each part that differs."""
+    saved = spec.get("fingerprint", {})
+    differs = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+    if differs:
+        details = "; ".join(
+            f"{key}: cached {saved.get(key)!r}, this run {expected.get(key)!r}" for key in differs
+        )
+        raise CacheMismatchError(
+            f"the cache of task {spec['task']!r} in {cache_dir} was made differently: {details}. "
+            "Rebuild it (python -m flan_jax.cache_tasks with this run's gin files, after "
+            f"removing {task_dir(cache_dir, spec['task'])}) or point CACHE_DIR at a cache made "
+            "with these settings."
+        )
+
+
+class TaskWriter:
+    """Writes one task's shards aside and commits them with its spec in one rename.
+
+    Records go round-robin to `num_shards` shards (readers see shard after shard: the
+    order is fixed by the cache, and training shuffles it anyway).
+    """
+
+    def __init__(self, cache_dir: str | epath.Path, task_name: str, split: str, num_shards: int):
+        self.cache_dir, self.task_name, self.split = epath.Path(cache_dir), task_name, split
+        self.aside = self.cache_dir / TMP_DIR / f"{task_name}-{uuid.uuid4().hex}"
+        self.aside.mkdir(parents=True)
+        self.names = [
+            f"{split}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)
+        ]
+        self._writers = [
+            array_record_module.ArrayRecordWriter(str(self.aside / name), WRITER_OPTIONS)
+            for name in self.names
+        ]
+        self.num_examples = 0
+
+    def write(self, example: Mapping[str, np.ndarray]) -> None:
+        self._writers[self.num_examples % len(self._writers)].write(encode(example))
+        self.num_examples += 1
+
+    def write_all(self, examples: Iterable[Mapping[str, np.ndarray]]) -> None:
+        for example in examples:
+            self.write(example)
+
+    def commit(self, fingerprint: Mapping[str, Any], stats: Mapping[str, Any]) -> dict:
+        """Closes the shards, writes the spec beside them and renames the directory into
+        place (replacing an incomplete one); returns the spec."""
+        for writer in self._writers:
+            writer.close()
+        spec = {
+            "format": FORMAT_VERSION,
+            "task": self.task_name,
+            "split": self.split,
+            "num_examples": self.num_examples,
+            "files": {name: (self.aside / name).stat().length for name in self.names},
+            "fingerprint": dict(fingerprint),
+            "stats": dict(stats),
+        }
+        (self.aside / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
+        final = task_dir(self.cache_dir, self.task_name)
+        if final.exists():
+            final.rmtree()
+        self.aside.rename(final)
+        return spec
+
+    def abort(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        shutil.rmtree(self.aside, ignore_errors=True)
