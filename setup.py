@@ -30,6 +30,14 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "numpy",
+        # The cached input path: Beam builds the cache (in this environment, not an extra, so
+        # the pipeline sees the same registered tasks and gin as training), Grain reads it.
+        "apache-beam>=2.77",
+        "grain>=0.2.18",
+        "array_record>=0.8",
+        "pyarrow",
+        "msgpack",
+        "etils[epath]",
     ],
     extras_require={
         "test": ["pytest", "ruff", "torch==2.13.0", "transformers>=5", "safetensors", "jax[tpu]"],
