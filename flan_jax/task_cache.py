@@ -12,7 +12,10 @@ of feature name -> little-endian int32 bytes: readable without TensorFlow or seq
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
@@ -82,6 +85,48 @@ def check_fingerprint(spec: Mapping[str, Any], expected: Mapping[str, Any], cach
             f"removing {task_dir(cache_dir, spec['task'])}) or point CACHE_DIR at a cache made "
             "with these settings."
         )
+
+
+def fingerprint(task, task_feature_lengths: Mapping[str, int]) -> dict:
+    """What makes a seqio task's cached examples what they are: its vocabularies (by the
+    content of their model files), the feature lengths examples were trimmed to, and its
+    preprocessors (by name and arguments; a preprocessor may add the settings it reads at
+    run time through a `cache_fingerprint()` attribute)."""
+    return {
+        "format": FORMAT_VERSION,
+        "vocabulary": {
+            name: _vocabulary_id(feature.vocabulary)
+            for name, feature in sorted(task.output_features.items())
+        },
+        "lengths": {
+            name: task_feature_lengths[name]
+            for name in sorted(task.output_features)
+            if name in task_feature_lengths
+        },
+        "preprocessors": [_callable_id(p) for p in task.preprocessors],
+    }
+
+
+def _vocabulary_id(vocabulary) -> str:
+    model_file = getattr(vocabulary, "sentencepiece_model_file", None)
+    if model_file:
+        digest = hashlib.sha256(epath.Path(model_file).read_bytes()).hexdigest()[:16]
+        return f"sentencepiece:{digest}:extra_ids={vocabulary.extra_ids}"
+    return f"{type(vocabulary).__qualname__}:{vocabulary.vocab_size}"
+
+
+def _callable_id(fn) -> str:
+    arguments = ""
+    if isinstance(fn, functools.partial):
+        parts = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        arguments = "(" + ", ".join(parts) + ")"
+        fn = fn.func
+    identity = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    settings = getattr(fn, "cache_fingerprint", None)
+    if settings is not None:
+        identity += f"[{json.dumps(settings(), sort_keys=True, default=repr)}]"
+    # Object addresses change from run to run; what they name does not.
+    return re.sub(r" at 0x[0-9a-f]+", "", identity + arguments)
 
 
 class TaskWriter:
