@@ -61,11 +61,13 @@ def capped_count(count: int | None, cap: int) -> int:
 
 
 def family_rates(
-    counts: Mapping[str, tuple[int | None, int]], cap: int, total: float
+    counts: Mapping[str, tuple[int | None, int]], cap: int | Mapping[str, int], total: float
 ) -> dict[str, float]:
     """task -> rate of each of its formats, for `counts` task -> (examples, formats); the
-    rates of all formats of all tasks sum to `total`."""
-    weights = {task: capped_count(n, cap) for task, (n, _) in counts.items()}
+    rates of all formats of all tasks sum to `total`. `cap`: one for all tasks, or per task
+    (a family mixing sources with different caps, e.g. Flan 2021 and Dialog)."""
+    caps = cap if isinstance(cap, Mapping) else dict.fromkeys(counts, cap)
+    weights = {task: capped_count(n, caps[task]) for task, (n, _) in counts.items()}
     whole = sum(weights.values())
     if whole == 0:
         return {task: 0.0 for task in counts}
@@ -99,9 +101,7 @@ def plan(
     the others are rescaled, as `python -m flan_jax.inspect_mixture` shows).
     """
     user_tasks = dict(user_tasks or {})
-    user_share = sum(user_tasks.values())
-    if user_share >= 1.0:
-        raise ValueError(f"User task shares {user_tasks} sum to {user_share}; keep them below 1.")
+    user_share = total_user_share(user_tasks)
     present = {f: p for f, p in proportions.items() if p > 0 and registry.variants(f, fmt_filter)}
     missing = sorted(set(f for f, p in proportions.items() if p > 0) - set(present))
     if missing and strict:
@@ -122,6 +122,14 @@ def plan(
             rates[name] = per_task[task.name]
     rates.update(user_tasks)
     return rates
+
+
+def total_user_share(user_tasks: Mapping[str, float]) -> float:
+    """The user tasks' share of the whole mixture (below 1: the Flan tasks fill the rest)."""
+    share = sum(user_tasks.values())
+    if share >= 1.0:
+        raise ValueError(f"User task shares {dict(user_tasks)} sum to {share}; keep them below 1.")
+    return share
 
 
 def missing_hint(family: str) -> str:
@@ -208,15 +216,29 @@ def flan_mixture(
         cot.use_directory(cot_dir)
     if niv2_dir or cot_dir:
         register_all()
+    extra = all_user_tasks(user_tasks)
+    name = variant_name(name, cot_ratio, extra)
+    logging.info("Flan mixture %s", name)
+    return register_mixture(name, with_cot_ratio(shares, cot_ratio), user_tasks=extra)
+
+
+def all_user_tasks(user_tasks: Mapping[str, float] | None) -> dict[str, float]:
+    """Those of `add_user_task` and `user_tasks`, each checked to be registered."""
     extra = {**USER_TASKS, **(user_tasks or {})}
     for task_name in extra:
         seqio.get_mixture_or_task(task_name)
+    return extra
+
+
+def variant_name(name: str, cot_ratio: float | None, user_tasks: Mapping[str, float]) -> str:
+    """A mixture's name with its CoT ratio and user tasks, so that each variant has its own."""
     if cot_ratio is not None:
         name += f"_cot{cot_ratio:g}"
-    if extra:
-        name += "_with_" + "_".join(f"{task}{share:g}" for task, share in sorted(extra.items()))
-    logging.info("Flan mixture %s", name)
-    return register_mixture(name, with_cot_ratio(shares, cot_ratio), user_tasks=extra)
+    if user_tasks:
+        name += "_with_" + "_".join(
+            f"{task}{share:g}" for task, share in sorted(user_tasks.items())
+        )
+    return name
 
 
 MIXTURE_NAMES = register_all()
