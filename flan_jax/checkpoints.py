@@ -1,33 +1,87 @@
-"""Orbax checkpoints: train state plus the input pipeline's position, saved together."""
+"""Orbax checkpoints: train state plus the input pipeline's position, saved together.
+
+Integrity at O(shard) cost. Every chunk of every array carries a CRC32C that TensorStore
+checks whenever it decodes that chunk (zarr v3's `crc32c` codec, appended to the chunk codec
+chain that Orbax builds), so each process checks exactly the chunks it restores, while
+reading them, and a save checksums bytes as it writes them. OCDBT's own manifests and b-tree
+nodes carry their CRC32C too. What no chunk checksum covers — Orbax's small metadata files,
+the JSON `data` item, and whether a data file is still whole — is recorded by the primary
+host in `state/flan_jax_integrity.json` when Orbax finalizes the `state` item (so it is
+committed with the step's atomic rename): SHA-256 of every file outside OCDBT's data
+directories (`d/`, whose contents the chunk and node checksums cover), the size of every
+file, and a SHA-256 of the data item's contents. A restore first checks that record (stat
+calls plus a few KiB of hashing), then lets TensorStore read and check the chunks; the
+processes agree on the outcome, so one corrupt chunk makes every process refuse (or fall
+back from) the same step.
+
+Orbax 0.12.8 has no option for the chunk codec chain, so `_with_chunk_checksums` wraps its
+`build_array_write_spec`; readers need nothing (the codec is in each array's zarr.json).
+Steps written before this scheme (zarr v2, with `flan_jax_manifest.json` at the step's top)
+still restore: they are verified the old way, re-reading and hashing every file.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint._src.serialization import tensorstore_utils
 
 log = logging.getLogger(__name__)
 
-# Written into each step directory before Orbax renames it into place, so it is part of the
-# atomic commit: sizes and SHA-256 of every file of the saved items.
+# Steps saved before chunk checksums: size and SHA-256 of every file, beside the items.
 MANIFEST = "flan_jax_manifest.json"
-_ITEMS = ("state", "data")
+# Steps saved now: inside the `state` item, written when Orbax finalizes it.
+INTEGRITY = "flan_jax_integrity.json"
+_OCDBT_DATA_DIR = "d"  # TensorStore OCDBT's data files; chunk and node CRC32Cs cover them
+# TensorStore's status codes for bytes that are missing, short or fail their checksum.
+_DATA_ERRORS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OUT_OF_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
+def _with_chunk_checksums(build):
+    """Wraps Orbax's array write spec builder: zarr v3 chunks also get the crc32c codec."""
+
+    @functools.wraps(build)
+    def build_with_chunk_checksums(*args, **kwargs):
+        spec = build(*args, **kwargs)
+        tspec = spec.json
+        while tspec.get("driver") == "cast":
+            tspec = tspec["base"]
+        codecs = tspec.get("metadata", {}).get("codecs") or [{}]
+        if tspec.get("driver") == "zarr3" and codecs[0].get("name") == "sharding_indexed":
+            chunk_codecs = codecs[0]["configuration"]["codecs"]
+            if {"name": "crc32c"} not in chunk_codecs:
+                chunk_codecs.append({"name": "crc32c"})
+        return spec
+
+    build_with_chunk_checksums.adds_chunk_checksums = True
+    return build_with_chunk_checksums
+
+
+if not getattr(tensorstore_utils.build_array_write_spec, "adds_chunk_checksums", False):
+    tensorstore_utils.build_array_write_spec = _with_chunk_checksums(
+        tensorstore_utils.build_array_write_spec
+    )
+
+
 class CorruptCheckpointError(RuntimeError):
-    """A step directory whose files do not match the manifest written when it was saved."""
+    """A step whose files do not match what was recorded (or checksummed) when it was saved."""
 
     def __init__(self, step: int, path: str, problem: str):
         self.step, self.path, self.problem = step, path, problem
@@ -42,6 +96,41 @@ class CheckpointWriteError(OSError):
     """Saving a step failed (typically a full disk); the steps saved before are untouched."""
 
 
+class _CheckedPyTreeHandler(ocp.PyTreeCheckpointHandler):
+    """The `state` item: zarr v3 arrays (so chunks carry CRC32Cs), the integrity record
+    written when Orbax finalizes the item, and read errors held back until every process
+    has finished reading (Orbax's restore ends in a barrier that a raising process would
+    never reach)."""
+
+    def __init__(self):
+        super().__init__(use_zarr3=True)
+        self.data_digest: str | None = None  # of the `data` item being saved
+        self.restore_error: Exception | None = None
+
+    def finalize(self, directory) -> None:
+        super().finalize(directory)
+        if jax.process_index() == 0:
+            _write_integrity(os.fspath(directory), self.data_digest)
+
+    def restore(self, directory, args=None):
+        self.restore_error = None
+        try:
+            return super().restore(directory, args=args)
+        except Exception as error:
+            self.restore_error = error
+            return None
+
+
+@ocp.args.register_with_handler(_CheckedPyTreeHandler, for_save=True)
+class _StateSave(ocp.args.PyTreeSave):
+    """PyTreeSave, for the handler above."""
+
+
+@ocp.args.register_with_handler(_CheckedPyTreeHandler, for_restore=True)
+class _StateRestore(ocp.args.PyTreeRestore):
+    """PyTreeRestore, for the handler above."""
+
+
 class Checkpointer:
     """Async, keep-N checkpoints of a TrainState in `<model_dir>/checkpoints/<step>`.
 
@@ -49,24 +138,24 @@ class Checkpointer:
     and `data` (JSON: where the input pipeline stands), so a resumed run sees exactly the
     batches an uninterrupted one would. Orbax writes into a temporary directory and renames
     it when complete, so a crash mid-save never leaves a checkpoint that looks finished; the
-    manifest written just before that rename lets every restore prove the files unchanged.
+    integrity record and the chunk checksums committed with it let every restore prove the
+    bytes it reads unchanged.
     """
 
     def __init__(self, model_dir: str, *, max_to_keep: int | None = 3, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
         self._async_save = async_save
         self._saving_step: int | None = None
-        # Always Orbax's async path, whose finalization hook writes the manifest; a
-        # synchronous save simply waits for it.
+        self._state_handler = _CheckedPyTreeHandler()
         self._manager = ocp.CheckpointManager(
             self.directory,
+            item_handlers={"state": self._state_handler, "data": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 enable_async_checkpointing=True,
                 create=True,
                 # Partial saves of a killed run: never listed as steps, removed on reopening.
                 cleanup_tmp_directories=True,
-                async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest),
             ),
         )
 
@@ -83,12 +172,13 @@ class Checkpointer:
         save / wait_until_finished; its partial directory is removed, earlier steps stay.
         """
         with self._reporting_write_errors():
-            self._manager.wait_until_finished()  # the manifest hook reads _saving_step
+            self._manager.wait_until_finished()  # finalizing the last step reads data_digest
             self._saving_step = step
+            self._state_handler.data_digest = _json_digest(data_state)
             saved = self._manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+                    state=_StateSave(state), data=ocp.args.JsonSave(data_state)
                 ),
                 force=force,
             )
@@ -101,9 +191,10 @@ class Checkpointer:
     ) -> tuple[Any, dict]:
         """Restores onto `abstract_state`'s shardings (which may differ from the saved ones).
 
-        Every file is checked against the step's manifest first. A corrupt step raises
-        CorruptCheckpointError; with `fallback` (and no explicit `step`) it is moved aside to
-        `<step>.corrupt-<time>` and the newest intact earlier step is restored instead.
+        The step's integrity record is checked first, then each chunk as it is read. A
+        corrupt step raises CorruptCheckpointError on every process; with `fallback` (and no
+        explicit `step`) it is moved aside to `<step>.corrupt-<time>` and the newest intact
+        earlier step is restored instead.
         """
         candidates = sorted(self.all_steps(), reverse=True) if step is None else [step]
         if not candidates:
@@ -128,7 +219,7 @@ class Checkpointer:
 
     def _restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
         step_dir = os.path.join(self.directory, str(step))
-        verify(step_dir, step)
+        record = verify(step_dir, step)
         abstract_params = getattr(abstract_state, "params", None)
         if abstract_params is not None:
             _check_param_shapes(step_dir, step, abstract_params)
@@ -136,11 +227,17 @@ class Checkpointer:
             restored = self._manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    state=_pytree_restore(abstract_state), data=ocp.args.JsonRestore()
                 ),
             )
+        _agree_on(self._state_handler.restore_error, step, step_dir)
+        data_state = dict(restored.data)
+        if record is not None and _json_digest(data_state) != record["data_sha256"]:
+            raise CorruptCheckpointError(
+                step, os.path.join(step_dir, "data"), "contents changed since it was saved"
+            )
         log.info("restored step %d from %s", step, self.directory)
-        return restored.state, dict(restored.data)
+        return restored.state, data_state
 
     def _set_aside(self, step: int) -> None:
         if jax.process_index() == 0:
@@ -148,21 +245,9 @@ class Checkpointer:
             aside = f"{step_dir}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
             os.rename(step_dir, aside)
             log.warning("moved corrupt checkpoint step %d to %s", step, aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"flan_jax: step {step} set aside")
         self._manager.reload()
-
-    def _write_manifest(self) -> None:
-        """Orbax's post-finalization hook: runs after every file of the step is written and
-        before the step directory is renamed into place."""
-        if jax.process_index() != 0:
-            return
-        step = self._saving_step
-        pending = glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))
-        step_dir = pending[0] if len(pending) == 1 else os.path.join(self.directory, str(step))
-        manifest = {"step": step, "files": _file_digests(step_dir)}
-        with open(os.path.join(step_dir, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
 
     @contextlib.contextmanager
     def _reporting_write_errors(self):
@@ -214,8 +299,13 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     step = int(os.path.basename(step_dir))
     verify(step_dir, step)
     _check_param_shapes(step_dir, step, abstract_params)
+    handler = _CheckedPyTreeHandler()
     with _naming_the_step(step, step_dir):
-        restored = _restore_subtree(os.path.join(step_dir, "state"), {"params": abstract_params})
+        restored = ocp.Checkpointer(handler).restore(
+            os.path.join(step_dir, "state"),
+            args=_pytree_restore({"params": abstract_params}, partial=True),
+        )
+    _agree_on(handler.restore_error, step, step_dir)
     # A partial restore leaves what the checkpoint lacks as the abstract leaf it was asked for.
     missing = [
         jax.tree_util.keystr(key_path)
@@ -231,16 +321,13 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     return restored["params"]
 
 
-def _restore_subtree(state_dir: str, target: dict) -> dict:
-    handler = ocp.PyTreeCheckpointer()
+def _pytree_restore(target: Any, *, partial: bool = False) -> _StateRestore:
+    """Restore args placing each array of `target` (abstract arrays) on its sharding."""
     restore_args = jax.tree.map(
         lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
         target,
     )
-    return handler.restore(
-        state_dir,
-        args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-    )
+    return _StateRestore(item=target, restore_args=restore_args, partial_restore=partial)
 
 
 def _resolve_step_dir(path: str) -> str:
@@ -257,21 +344,60 @@ def _resolve_step_dir(path: str) -> str:
     )
 
 
-def verify(step_dir: str, step: int) -> None:
+def _write_integrity(state_dir: str, data_digest: str | None) -> None:
+    """Records, inside the `state` item, the size of every file and the SHA-256 of every
+    file outside OCDBT's data directories (a few KiB in all, whatever the model size)."""
+    files = {}
+    for path in _files_under(state_dir):
+        relative = os.path.relpath(path, state_dir)
+        files[relative] = {"bytes": os.path.getsize(path)}
+        if _OCDBT_DATA_DIR not in relative.split(os.sep)[:-1]:
+            files[relative]["sha256"] = _sha256(path)
+    record = {"chunk_checksum": "crc32c", "data_sha256": data_digest, "files": files}
+    record["record_sha256"] = _json_digest(record)  # a flipped byte here is caught too
+    with open(os.path.join(state_dir, INTEGRITY), "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify(step_dir: str, step: int) -> dict | None:
     """Raises CorruptCheckpointError naming the first file that is missing, truncated or
-    changed since the step was saved (or the manifest itself, if that is gone)."""
-    manifest_path = os.path.join(step_dir, MANIFEST)
+    changed since the step was saved (or its integrity record, if that is gone); returns
+    the record. Array chunks are checked later, by TensorStore, as they are read; a step
+    saved before chunk checksums (it has MANIFEST) is checked here in full and gives None."""
+    legacy = os.path.join(step_dir, MANIFEST)
+    if os.path.exists(legacy):
+        _check_files(step, step_dir, _read_record(step, legacy)["files"])
+        return None
+    state_dir = os.path.join(step_dir, "state")
+    path = os.path.join(state_dir, INTEGRITY)
+    record = _read_record(step, path)
+    if _json_digest({k: v for k, v in record.items() if k != "record_sha256"}) != record.get(
+        "record_sha256"
+    ):
+        raise CorruptCheckpointError(step, path, "contents changed since it was saved")
+    _check_files(step, state_dir, record["files"])
+    return record
+
+
+def _read_record(step: int, path: str) -> dict:
     try:
-        with open(manifest_path) as f:
-            expected = json.load(f)["files"]
+        with open(path) as f:
+            record = json.load(f)
+        record["files"]  # noqa: B018 (present in every record)
     except FileNotFoundError:
         raise CorruptCheckpointError(
-            step, manifest_path, "missing; every step flan_jax saves has one"
+            step, path, "missing; every step flan_jax saves has one"
         ) from None
-    except (ValueError, KeyError) as e:
-        raise CorruptCheckpointError(step, manifest_path, f"unreadable ({e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(step, path, f"unreadable ({e})") from None
+    return record
+
+
+def _check_files(step: int, base_dir: str, expected: dict[str, dict]) -> None:
     for relative, want in sorted(expected.items()):
-        path = os.path.join(step_dir, relative)
+        path = os.path.join(base_dir, relative)
         if not os.path.isfile(path):
             raise CorruptCheckpointError(step, path, "file missing")
         size = os.path.getsize(path)
@@ -279,8 +405,46 @@ def verify(step_dir: str, step: int) -> None:
             raise CorruptCheckpointError(
                 step, path, f"{size} bytes, {want['bytes']} when saved (truncated or overwritten)"
             )
-        if _sha256(path) != want["sha256"]:
+        if "sha256" in want and _sha256(path) != want["sha256"]:
             raise CorruptCheckpointError(step, path, "contents changed since it was saved")
+
+
+def _agree_on(error: Exception | None, step: int, step_dir: str) -> None:
+    """Raises on every process if any process failed to read the step: one process finding
+    a bad chunk that only it reads must not leave the others resuming from that step."""
+    local = 0 if error is None else 1 if _data_error(error) else 2
+    codes = [local]
+    if jax.process_count() > 1:
+        codes = [int(c) for c in np.asarray(multihost_utils.process_allgather(np.int32(local)))]
+    if error is not None:
+        with _naming_the_step(step, step_dir):
+            raise error
+    failed = next((i for i, code in enumerate(codes) if code), None)
+    if failed is None:
+        return
+    if codes[failed] == 1:
+        raise CorruptCheckpointError(
+            step,
+            os.path.join(step_dir, "state"),
+            f"process {failed} read data that fails its checksum (its error names the array "
+            "and chunk); the chunks this process read were intact",
+        )
+    raise RuntimeError(
+        f"reading checkpoint step {step} from {step_dir} failed on process {failed} (see its "
+        "error); this process read its part intact"
+    )
+
+
+def _data_error(error: BaseException | None) -> str | None:
+    """TensorStore's message for missing, short or checksum-failing bytes, if that is
+    what `error` (or an error it was raised from) is."""
+    while error is not None:
+        if isinstance(error, json.JSONDecodeError):
+            return f"unreadable JSON ({error})"
+        if isinstance(error, ValueError) and str(error).startswith(_DATA_ERRORS):
+            return f"bytes missing, short or changed since it was saved ({error})"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _check_param_shapes(step_dir: str, step: int, abstract_params: Any) -> None:
@@ -313,17 +477,12 @@ def _first_five(items: list[str], separator: str) -> str:
     return separator.join(items[:5]) + (" ..." if len(items) > 5 else "")
 
 
-def _file_digests(step_dir: str) -> dict[str, dict]:
-    digests = {}
-    for item in _ITEMS:
-        for root, _, names in os.walk(os.path.join(step_dir, item)):
-            for name in names:
-                path = os.path.join(root, name)
-                digests[os.path.relpath(path, step_dir)] = {
-                    "bytes": os.path.getsize(path),
-                    "sha256": _sha256(path),
-                }
-    return digests
+def _files_under(directory: str) -> list[str]:
+    return [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _sha256(path: str) -> str:
@@ -333,13 +492,20 @@ def _sha256(path: str) -> str:
 
 @contextlib.contextmanager
 def _naming_the_step(step: int, step_dir: str):
-    """Re-raises Orbax's read errors (say, a truncated file of an unverified step) with the
-    step and its directory."""
+    """Re-raises Orbax's read errors with the step and its directory: missing, short or
+    checksum-failing bytes as CorruptCheckpointError (TensorStore names the array and
+    chunk), anything else as RuntimeError."""
     try:
         yield
     except CorruptCheckpointError:
         raise
     except Exception as error:
+        problem = _data_error(error)
+        if problem is not None:
+            # TensorStore names the chunk's key inside the item's OCDBT database.
+            key = re.search(r'"([^"]+)" in OCDBT database', problem)
+            path = os.path.join(step_dir, "state", key.group(1)) if key else step_dir
+            raise CorruptCheckpointError(step, path, problem) from error
         raise RuntimeError(
             f"reading checkpoint step {step} from {step_dir} failed: "
             f"{type(error).__name__}: {error}"

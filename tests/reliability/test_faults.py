@@ -58,27 +58,33 @@ def truncate(path):
 
 
 @pytest.mark.parametrize(
-    "damage, problem",
+    "damage, named, problem",
     [
-        (flip_a_byte, "contents changed since it was saved"),
-        (truncate, r"\d+ bytes, \d+ when saved \(truncated or overwritten\)"),
-        (os.remove, "file missing"),
+        # A chunk failing its CRC32C: named by its key in the state item's OCDBT database.
+        (
+            flip_a_byte,
+            r"/state/[\w.]+/c/[\d/]+",
+            r"bytes missing, short or changed since it was saved \(DATA_LOSS: .*\)",
+        ),
+        (truncate, "", r"\d+ bytes, \d+ when saved \(truncated or overwritten\)"),
+        (os.remove, "", "file missing"),
     ],
 )
-def test_corrupt_latest_checkpoint_is_refused_naming_step_and_path(run_dir, damage, problem):
+def test_corrupt_latest_checkpoint_is_refused_naming_step_and_path(run_dir, damage, named, problem):
     damaged = largest_file(run_dir / "checkpoints" / "4")
     damage(damaged)
+    path = re.escape(str(run_dir / "checkpoints" / "4")) + named if named else re.escape(damaged)
     with pytest.raises(
         checkpoints.CorruptCheckpointError,
-        match=rf"checkpoint step 4 is corrupt: {re.escape(damaged)}: {problem}\. "
+        match=rf"checkpoint step 4 is corrupt: {path}: {problem}\. "
         r"Nothing was loaded from it\. Set --gin.CHECKPOINT_FALLBACK=True",
     ):
         train_in_process(run_dir, 6, *QUICK)
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]  # nothing moved or written
 
 
-def test_missing_manifest_is_refused(run_dir):
-    manifest = run_dir / "checkpoints" / "4" / checkpoints.MANIFEST
+def test_missing_integrity_record_is_refused(run_dir):
+    manifest = run_dir / "checkpoints" / "4" / "state" / checkpoints.INTEGRITY
     os.remove(manifest)
     with pytest.raises(
         checkpoints.CorruptCheckpointError,

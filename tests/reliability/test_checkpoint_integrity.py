@@ -1,0 +1,248 @@
+"""Checkpoint integrity at O(shard) cost: the fault table on local disk (each case refused
+naming the step and the file, fallback to the previous intact step), chunks checksummed in
+the array codecs, steps written before that scheme still verified, and a restore that reads
+only the bytes it restores."""
+
+import glob
+import hashlib
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorstore as ts
+
+from flan_jax import checkpoints
+
+ROWS = 8 * 256  # 8 shards of 256 x 64 float32: 64 KiB each
+
+
+def sharded_state(scale=1.0):
+    """A state sharded 8 ways over the 8 fake devices, plus a replicated scalar step."""
+    mesh = jax.make_mesh((8,), ("x",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    kernel = np.arange(ROWS * 64, dtype=np.float32).reshape(ROWS, 64) * scale
+    return {
+        "kernel": jax.device_put(kernel, rows),
+        "step": jax.device_put(jnp.int32(scale), replicated),
+    }
+
+
+def abstract(state):
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """Steps 1 and 2 of a run, each with its input position."""
+    checkpointer = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+    for step in (1, 2):
+        checkpointer.save(step, sharded_state(step), {"step": step, "seed": 7})
+    checkpointer.close()
+    return tmp_path / "checkpoints"
+
+
+def restore(directory, **kwargs):
+    checkpointer = checkpoints.Checkpointer(str(directory.parent))
+    try:
+        return checkpointer.restore(abstract(sharded_state()), **kwargs)
+    finally:
+        checkpointer.close()
+
+
+def data_files(step_dir):
+    """OCDBT's data files of the state item, largest first (the array chunks)."""
+    files = glob.glob(f"{step_dir}/state/**/d/*", recursive=True)
+    return sorted(files, key=os.path.getsize, reverse=True)
+
+
+def flip_a_byte(path):
+    contents = bytearray(open(path, "rb").read())
+    contents[len(contents) // 2] ^= 0x01
+    open(path, "wb").write(contents)
+
+
+def truncate(path):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_save_then_restore_round_trips_state_and_data_state(saved):
+    state, data_state = restore(saved)
+    assert data_state == {"step": 2, "seed": 7}
+    np.testing.assert_array_equal(state["kernel"], sharded_state(2)["kernel"])
+    assert int(state["step"]) == 2
+
+
+def test_every_chunk_carries_a_crc32c_and_the_record_covers_the_small_files(saved):
+    state_dir = saved / "2" / "state"
+    kvstore = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state_dir}"}).result()
+    zarr = json.loads(kvstore.read(b"kernel/zarr.json").result().value)
+    (sharding,) = zarr["codecs"]
+    assert sharding["name"] == "sharding_indexed"
+    assert {"name": "crc32c"} in sharding["configuration"]["codecs"]  # each chunk
+    assert {"name": "crc32c"} in sharding["configuration"]["index_codecs"]
+    record = json.loads((state_dir / checkpoints.INTEGRITY).read_text())
+    on_disk = {
+        os.path.relpath(p, state_dir)
+        for p in glob.glob(f"{state_dir}/**/*", recursive=True)
+        if os.path.isfile(p)
+    }
+    assert set(record["files"]) <= on_disk and "_METADATA" in record["files"]
+    for relative, entry in record["files"].items():
+        assert entry["bytes"] == os.path.getsize(state_dir / relative)
+        in_data_dir = "d" in relative.split(os.sep)[:-1]
+        assert ("sha256" in entry) != in_data_dir, relative  # data files: sizes only
+        if not in_data_dir:
+            assert (
+                entry["sha256"] == hashlib.sha256((state_dir / relative).read_bytes()).hexdigest()
+            )
+    small = sum(e["bytes"] for e in record["files"].values() if "sha256" in e)
+    assert small < 16 * 1024  # what a save and a restore hash, whatever the model size
+
+
+def refusal(step, path, problem):
+    return (
+        rf"checkpoint step {step} is corrupt: {re.escape(str(path))}: {problem}\. Nothing was "
+        r"loaded from it\. Set --gin.CHECKPOINT_FALLBACK=True"
+    )
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (truncate, r"\d+ bytes, \d+ when saved \(truncated or overwritten\)"),
+        (os.remove, "file missing"),
+    ],
+)
+def test_truncated_or_deleted_data_file_is_refused_before_reading(saved, damage, problem):
+    damaged = data_files(saved / "2")[0]
+    damage(damaged)
+    with pytest.raises(checkpoints.CorruptCheckpointError, match=refusal(2, damaged, problem)):
+        restore(saved)
+
+
+def test_flipped_byte_in_a_chunk_fails_its_checksum_naming_the_array_chunk(saved):
+    flip_a_byte(data_files(saved / "2")[0])
+    with pytest.raises(checkpoints.CorruptCheckpointError) as caught:
+        restore(saved)
+    assert re.fullmatch(rf"{re.escape(str(saved))}/2/state/kernel/c/\d+/0", caught.value.path)
+    assert re.match(
+        refusal(
+            2,
+            caught.value.path,
+            r"bytes missing, short or changed since it was saved "
+            r"\(DATA_LOSS: .*Digest mismatch.*\)",
+        ),
+        str(caught.value),
+    )
+
+
+@pytest.mark.parametrize("name", ["_METADATA", checkpoints.INTEGRITY])
+def test_flipped_byte_or_deleted_metadata_file_is_refused(saved, name):
+    path = saved / "2" / "state" / name
+    flip_a_byte(path)
+    problem = "(contents changed since it was saved|unreadable)"
+    with pytest.raises(checkpoints.CorruptCheckpointError, match=refusal(2, path, problem)):
+        restore(saved)
+    os.remove(path)
+    problem = (
+        "file missing" if name == "_METADATA" else "missing; every step flan_jax saves has one"
+    )
+    with pytest.raises(checkpoints.CorruptCheckpointError, match=refusal(2, path, problem)):
+        restore(saved)
+
+
+def test_changed_data_item_is_refused(saved):
+    (path,) = [p for p in glob.glob(f"{saved}/2/data/*") if "step" in open(p).read()]
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace('"seed": 7', '"seed": 8'))
+    with pytest.raises(
+        checkpoints.CorruptCheckpointError,
+        match=refusal(2, saved / "2" / "data", "contents changed since it was saved"),
+    ):
+        restore(saved)
+
+
+def test_fallback_restores_the_previous_intact_step(saved, caplog):
+    flip_a_byte(data_files(saved / "2")[0])
+    state, data_state = restore(saved, fallback=True)
+    assert data_state == {"step": 1, "seed": 7}
+    np.testing.assert_array_equal(state["kernel"], sharded_state(1)["kernel"])
+    assert "checkpoint step 2 is corrupt" in caplog.text and "falling back" in caplog.text
+    names = sorted(os.listdir(saved))
+    assert names[0] == "1" and re.fullmatch(r"2\.corrupt-[\d-]+", names[1]), names
+
+
+def test_step_saved_before_chunk_checksums_is_verified_by_its_manifest(tmp_path):
+    """The layout of earlier flan_jax versions: zarr v2 arrays via StandardSave, and a
+    manifest of every file's size and SHA-256 beside the items."""
+    step_dir = tmp_path / "checkpoints" / "3"
+    with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+        manager.save(
+            3,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(sharded_state(3)), data=ocp.args.JsonSave({"step": 3})
+            ),
+        )
+    files = {}
+    for path in glob.glob(f"{step_dir}/*/**/*", recursive=True):
+        if os.path.isfile(path):
+            digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            files[os.path.relpath(path, step_dir)] = {
+                "bytes": os.path.getsize(path),
+                "sha256": digest,
+            }
+    (step_dir / checkpoints.MANIFEST).write_text(json.dumps({"step": 3, "files": files}))
+    state, data_state = restore(tmp_path / "checkpoints")
+    assert data_state == {"step": 3}
+    np.testing.assert_array_equal(state["kernel"], sharded_state(3)["kernel"])
+    flip_a_byte(data_files(step_dir)[0])
+    with pytest.raises(
+        checkpoints.CorruptCheckpointError,
+        match=refusal(3, data_files(step_dir)[0], "contents changed since it was saved"),
+    ):
+        restore(tmp_path / "checkpoints")
+
+
+def read_bytes(run):
+    """Bytes this process reads (read/pread system calls) while `run()` runs."""
+
+    def rchar():
+        with open("/proc/self/io") as f:
+            return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+    before = rchar()
+    result = run()
+    return rchar() - before, result
+
+
+def test_a_restore_reads_the_chunks_once_and_little_else(saved):
+    """Integrity checking adds no second read: the checked restore reads what Orbax alone
+    reads plus the integrity record and the small files it hashes (a few KiB)."""
+    target = abstract(sharded_state())
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
+        target,
+    )
+    orbax_alone, _ = read_bytes(
+        lambda: ocp.PyTreeCheckpointer().restore(
+            saved / "2" / "state",
+            args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args),
+        )
+    )
+    checked, (state, _) = read_bytes(lambda: restore(saved))
+    np.testing.assert_array_equal(state["kernel"], sharded_state(2)["kernel"])
+    record = json.loads((saved / "2" / "state" / checkpoints.INTEGRITY).read_text())
+    hashed = sum(e["bytes"] for e in record["files"].values() if "sha256" in e)
+    chunks = sum(os.path.getsize(p) for p in data_files(saved / "2"))
+    assert orbax_alone >= 0.9 * chunks  # the counter sees TensorStore's reads
+    assert checked <= orbax_alone + 2 * hashed + 64 * 1024, (checked, orbax_alone, hashed)
