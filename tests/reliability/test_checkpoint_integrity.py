@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
+from damage import flip_a_byte, truncate
 
 from flan_jax import checkpoints
 
@@ -61,16 +62,6 @@ def data_files(step_dir):
     """OCDBT's data files of the state item, largest first (the array chunks)."""
     files = glob.glob(f"{step_dir}/state/**/d/*", recursive=True)
     return sorted(files, key=os.path.getsize, reverse=True)
-
-
-def flip_a_byte(path):
-    contents = bytearray(open(path, "rb").read())
-    contents[len(contents) // 2] ^= 0x01
-    open(path, "wb").write(contents)
-
-
-def truncate(path):
-    os.truncate(path, os.path.getsize(path) // 2)
 
 
 def test_save_then_restore_round_trips_state_and_data_state(saved):

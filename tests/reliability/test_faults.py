@@ -10,6 +10,7 @@ import subprocess
 import jax
 import numpy as np
 import pytest
+from damage import flip_a_byte, truncate
 from train_testing import (  # noqa: F401
     REPO,
     assert_trees_equal,
@@ -45,16 +46,6 @@ def run_dir(trained, tmp_path):
 def largest_file(step_dir):
     files = glob.glob(f"{step_dir}/state/**/*", recursive=True)
     return max((f for f in files if os.path.isfile(f)), key=os.path.getsize)
-
-
-def flip_a_byte(path):
-    contents = bytearray(open(path, "rb").read())
-    contents[len(contents) // 2] ^= 0x01
-    open(path, "wb").write(contents)
-
-
-def truncate(path):
-    os.truncate(path, os.path.getsize(path) // 2)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+from damage import flip_a_byte
 from jax.experimental import multihost_utils
 
 from flan_jax import checkpoints
@@ -52,9 +53,7 @@ def main(model_dir, address, process_id):
     if process_id == 0:  # a chunk that process 1 wrote, and only process 1 reads back
         theirs = os.path.join(state_dir, "ocdbt.process_1", "d")
         largest = max((os.path.join(theirs, n) for n in os.listdir(theirs)), key=os.path.getsize)
-        contents = bytearray(open(largest, "rb").read())
-        contents[len(contents) // 2] ^= 0x01
-        open(largest, "wb").write(contents)
+        flip_a_byte(largest)
     multihost_utils.sync_global_devices("corrupted")
 
     try:
