@@ -5,8 +5,9 @@ The directory's files tell its format apart:
   model comes from model.gin (an HF import) or config.gin (a training run) beside it, read
   in a gin config of its own, so the caller's global gin config is never touched;
 - `hf`: a Hugging Face T5 directory (config.json, safetensors, spiece.model);
-- `t5x`: a T5X checkpoint (its msgpack `checkpoint` file): recognized, not read yet --
-  `_READERS` is where its reader goes.
+- `t5x`: a T5X checkpoint directory (`checkpoint_<step>`: its msgpack `checkpoint` file, or
+  Orbax's `state/`), read by flan_jax.interop.t5x; the model comes from the array shapes or
+  the model gin file given.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import gin
 import jax
 
 from flan_jax import checkpoints, cli, partitioning
-from flan_jax.interop import hf_t5
+from flan_jax.interop import hf_t5, t5x
 from flan_jax.models.base import EncoderDecoderModel
 
 FLAN_JAX, HF, T5X = "flan_jax", "hf", "t5x"
@@ -30,9 +31,10 @@ def checkpoint_format(path: str) -> str:
     """FLAN_JAX, HF or T5X, from the directory's files; FileNotFoundError naming them."""
     if os.path.isfile(os.path.join(path, "config.json")):
         return HF
-    if os.path.isfile(os.path.join(path, "checkpoint")) and not os.path.isdir(
-        os.path.join(path, "state")
-    ):
+    if (
+        os.path.isfile(os.path.join(path, t5x.MSGPACK_FILE))
+        and not os.path.isdir(os.path.join(path, "state"))
+    ) or t5x.is_orbax_checkpoint(path):
         return T5X
     for directory in (path, os.path.join(path, "checkpoints")):
         if os.path.isdir(os.path.join(directory, "state")) or (
@@ -41,8 +43,9 @@ def checkpoint_format(path: str) -> str:
             return FLAN_JAX
     raise FileNotFoundError(
         f"checkpoint {path!r} is none of: a flan_jax model dir (checkpoints/<step>/), a step "
-        "dir (with state/), a Hugging Face directory (config.json, model.safetensors), a T5X "
-        "checkpoint (a `checkpoint` file). Pass one of those."
+        "dir (with state/ and data/), a Hugging Face directory (config.json, "
+        "model.safetensors), a T5X checkpoint_<step> dir (a `checkpoint` file, or Orbax's "
+        "state/). Pass one of those."
     )
 
 
@@ -151,8 +154,7 @@ def _flan_jax_params(checkpoint: str, model, abstract_params: Any) -> Any:
 
 def _hf_params(checkpoint: str, model, abstract_params: Any) -> Any:
     _, params = hf_t5.read_hf_dir(checkpoint, scan_layers=model.config.scan_layers)
-    _check_fits(checkpoint, params, abstract_params)
-    return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
+    return _placed(checkpoint, params, abstract_params)
 
 
 def _check_fits(checkpoint: str, params: Any, abstract_params: Any) -> None:
@@ -175,18 +177,28 @@ def _check_fits(checkpoint: str, params: Any, abstract_params: Any) -> None:
         )
 
 
-def _t5x_not_read(checkpoint: str, *_) -> None:
-    raise NotImplementedError(
-        f"{checkpoint} is a T5X checkpoint, which flan_jax does not read yet; convert it to "
-        "a Hugging Face directory (or a flan_jax checkpoint) and pass that."
-    )
+def _t5x_model(checkpoint: str, model_gin_file: str | None):
+    if model_gin_file:
+        return model_from_gin_file(model_gin_file)
+    return EncoderDecoderModel(t5x.config_from_target(t5x.read_checkpoint(checkpoint).target)), None
+
+
+def _t5x_params(checkpoint: str, model, abstract_params: Any) -> Any:
+    params = t5x.params_from_t5x(t5x.read_checkpoint(checkpoint).target, model.config)
+    return _placed(checkpoint, params, abstract_params)
+
+
+def _placed(checkpoint: str, params: Any, abstract_params: Any) -> Any:
+    """Host `params` checked against the model's shapes, then laid out on its shardings."""
+    _check_fits(checkpoint, params, abstract_params)
+    return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
 
 
 # format -> (model reader, parameter reader)
 _READERS: dict[str, tuple[Callable, Callable]] = {
     FLAN_JAX: (_flan_jax_model, _flan_jax_params),
     HF: (_hf_model, _hf_params),
-    T5X: (_t5x_not_read, _t5x_not_read),
+    T5X: (_t5x_model, _t5x_params),
 }
 
 

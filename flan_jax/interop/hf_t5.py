@@ -330,18 +330,20 @@ def _read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
     )
 
 
-def model_gin(config: T5Config, vocabulary_path: str | None, source: str) -> str:
+def model_gin(
+    config: T5Config, vocabulary_path: str | None, source: str, importer: str = "hf_t5"
+) -> str:
     """A gin model file for `config`: the shared T5 v1.1 file with this config's numbers."""
     c = config
     lines = [
-        f"# T5 v1.1 imported from {source} by flan_jax.interop.hf_t5.",
+        f"# T5 v1.1 imported from {source} by flan_jax.interop.{importer}.",
         "from __gin__ import dynamic_registration",
         "from flan_jax.models import t5",
         "",
         "include 'models/t5_1_1/architecture.gin'",
         "",
         f"VOCAB_SIZE = {c.vocab_size}",
-        f"DROPOUT_RATE = {c.dropout_rate!r}  # the HF config's; the paper finetuned with 0.05",
+        f"DROPOUT_RATE = {c.dropout_rate!r}  # the source's; the paper finetuned with 0.05",
         f"SCAN_LAYERS = {c.scan_layers}  # fixed by the checkpoint's parameter layout",
     ]
     if vocabulary_path is not None:

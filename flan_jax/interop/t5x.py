@@ -1,0 +1,491 @@
+"""T5X T5 v1.1 / Flan-T5 checkpoints -> flan_jax parameters, Adafactor state and step.
+
+Two T5X layouts are read, both as T5X's own checkpoints.py writes them:
+- legacy: a `checkpoint` msgpack file {'version': 3, 'optimizer': {'target': params, 'state':
+  {'step', 'param_states'}}} whose large leaves are TensorStore zarr specs with kvstore paths
+  relative to the checkpoint directory (one directory per array, named like
+  `target.encoder.layers_0.attention.key.kernel`) and whose small ones are inline arrays;
+- Orbax: `checkpoint_<step>/state/`, the same tree saved by Orbax's PyTreeCheckpointHandler
+  (OCDBT).
+T5X's T5 names its parameters as flan_jax does; only the attention kernels differ, stored with
+the heads joined ([d_model, heads * d_kv], [heads * d_kv, d_model]), which a reshape splits.
+A checkpoint holds no config: the sizes come from the array shapes, relative attention's max
+distance is T5's 128 unless a model gin file says otherwise.
+
+Command line (see README.md):
+  python -m flan_jax.interop.t5x import --checkpoint DIR --output OUT [--model_gin_file F]
+      [--vocabulary spiece.model] [--scan_layers]
+"""
+
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
+import copy
+import dataclasses
+import math
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from flax import serialization, traverse_util
+
+from flan_jax import checkpoints, cli, optim
+from flan_jax.interop import hf_t5
+from flan_jax.models.base import EncoderDecoderModel
+from flan_jax.models.t5 import T5Config, scan_params
+from flan_jax.trainer import TrainState
+
+MSGPACK_FILE = "checkpoint"
+# T5X's Adafactor keeps these per parameter; the unused ones hold a (1,) placeholder.
+SLOTS = ("v_row", "v_col", "v", "m")
+_KVSTORE_DRIVERS = ("file", "gfile", "gcs")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5XCheckpoint:
+    """A T5X checkpoint's contents as numpy, keyed by T5X's dotted names."""
+
+    # "encoder.layers_0.attention.key.kernel" -> an array, or an opened TensorStore (its shape
+    # known, its data read by np.asarray)
+    target: dict[str, Any]
+    param_states: dict[str, dict[str, Any]]  # the same names -> {slot: array}
+    step: int
+
+
+def is_orbax_checkpoint(path: str) -> bool:
+    """An Orbax-based T5X checkpoint dir: `state/` without flan_jax's `data/` beside it."""
+    return os.path.isdir(os.path.join(path, "state")) and not os.path.isdir(
+        os.path.join(path, "data")
+    )
+
+
+def read_checkpoint(path: str) -> T5XCheckpoint:
+    """Every array of a legacy or Orbax T5X checkpoint directory; refuses what is not T5X's
+    Adafactor train state, naming the key."""
+    if os.path.isfile(os.path.join(path, MSGPACK_FILE)):
+        tree = _read_legacy(path)
+    elif is_orbax_checkpoint(path):
+        tree = _read_orbax(os.path.join(path, "state"))
+    else:
+        raise FileNotFoundError(
+            f"{path} is not a T5X checkpoint: it has neither a `{MSGPACK_FILE}` msgpack file "
+            "nor an Orbax `state/` directory; pass the checkpoint_<step> directory"
+        )
+    _refuse_unknown(tree, {"target", "state"}, "")
+    state = tree.get("state", {})
+    _refuse_unknown(state, {"step", "param_states"}, "state.")
+    if "target" not in tree or "step" not in state:
+        raise ValueError(f"T5X checkpoint {path} lacks `target` or `state.step`")
+    target = _dotted(tree["target"])
+    param_states: dict[str, dict[str, np.ndarray]] = {}
+    for name, value in _dotted(state.get("param_states", {})).items():
+        key, slot = name.rsplit(".", 1)
+        if slot not in SLOTS:
+            raise ValueError(
+                f"T5X optimizer state state.param_states.{name} is not Adafactor's "
+                f"({', '.join(SLOTS)}); only Adafactor checkpoints are read"
+            )
+        param_states.setdefault(key, {})[slot] = value
+    return T5XCheckpoint(target, param_states, int(np.asarray(state["step"])))
+
+
+def _read_legacy(path: str) -> dict:
+    with open(os.path.join(path, MSGPACK_FILE), "rb") as f:
+        try:
+            contents = serialization.msgpack_restore(f.read())
+        except Exception as e:
+            raise ValueError(f"{path}/{MSGPACK_FILE} is not a T5X msgpack file: {e}") from e
+    version = contents.get("version") if isinstance(contents, dict) else None
+    if version not in (2, 3):
+        raise ValueError(
+            f"T5X checkpoint {path} has version={version!r}; versions 2 and 3 (T5X since "
+            "2021) are read"
+        )
+    _refuse_unknown(contents, {"version", "optimizer"}, "")
+    return _map_leaves(contents["optimizer"], lambda name, leaf: _legacy_leaf(path, name, leaf), "")
+
+
+def _read_orbax(state_dir: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    tree = ocp.PyTreeCheckpointer().restore(state_dir)
+    return _map_leaves(tree, lambda name, leaf: np.asarray(leaf), "")
+
+
+def _map_leaves(tree: Mapping, fn, prefix: str) -> dict:
+    """`tree` with each array leaf (or TensorStore spec) replaced by fn(dotted name, leaf)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and not _is_spec(value):
+            out[key] = _map_leaves(value, fn, f"{name}.")
+        else:
+            out[key] = fn(name, value)
+    return out
+
+
+def _is_spec(value: Mapping) -> bool:
+    return {"driver", "kvstore"} <= set(value)
+
+
+def _legacy_leaf(directory: str, name: str, leaf: Any):
+    if isinstance(leaf, Mapping):
+        return _read_tensorstore(directory, name, leaf)
+    return np.asarray(leaf)
+
+
+def _read_tensorstore(directory: str, name: str, spec: Mapping):
+    """One TensorStore leaf, its relative kvstore path resolved against `directory`."""
+    import tensorstore as ts
+
+    spec = copy.deepcopy(dict(spec))
+    driver = spec["kvstore"].get("driver")
+    # tensorstore < 0.1.14 wrote the path beside the kvstore instead of inside it.
+    relative = spec["kvstore"].get("path", spec.pop("path", None))
+    if spec.get("driver") != "zarr" or driver not in _KVSTORE_DRIVERS or relative is None:
+        raise ValueError(
+            f"T5X leaf {name} has TensorStore spec {spec}; only zarr arrays on a "
+            f"{'/'.join(_KVSTORE_DRIVERS)} kvstore with a relative path are read"
+        )
+    metadata = spec.get("metadata", {})
+    if spec.get("dtype") == "uint16" or metadata.get("dtype") == "<u2":
+        raise ValueError(f"T5X leaf {name} is uint16 (bfloat16 of a version-2 checkpoint)")
+    # Chunking and compression are read from the array's own .zarray, as T5X does.
+    for field in ("chunks", "compressor"):
+        metadata.pop(field, None)
+    bucket = re.fullmatch(r"gs://([^/]+)/?(.*)", directory)
+    if bucket:
+        path = "/".join(p for p in (bucket.group(2).rstrip("/"), relative) if p)
+        spec["kvstore"] = {"driver": "gcs", "bucket": bucket.group(1), "path": path}
+    else:
+        spec["kvstore"] = {"driver": "file", "path": os.path.join(directory, relative)}
+    try:  # opened, not read: its shape is known now, its data is read by np.asarray
+        return ts.open(spec, open=True, read=True).result()
+    except ValueError as e:
+        raise ValueError(f"T5X leaf {name}: cannot read {spec['kvstore']}: {e}") from e
+
+
+def _refuse_unknown(tree: Mapping, known: set[str], prefix: str) -> None:
+    unknown = sorted(set(tree) - known)
+    if unknown:
+        raise ValueError(
+            f"T5X checkpoint holds {prefix}{unknown[0]}, which flan_jax does not read "
+            f"(it reads {', '.join(prefix + k for k in sorted(known))})"
+        )
+
+
+def _dotted(tree: Mapping) -> dict[str, np.ndarray]:
+    return {".".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def config_from_target(target: Mapping[str, np.ndarray], *, scan_layers: bool = False) -> T5Config:
+    """The T5Config whose parameters have the checkpoint's shapes (max distance: 128)."""
+
+    def shape(key):
+        if key not in target:
+            raise ValueError(
+                f"T5X checkpoint has no target.{key}; is it a T5 v1.1 / Flan-T5 checkpoint "
+                "(gated-GELU MLP, untied logits_dense)?"
+            )
+        return target[key].shape
+
+    def layers(stack):
+        return sum(
+            bool(re.fullmatch(rf"{stack}\.layers_\d+\.pre_mlp_layer_norm\.scale", k))
+            for k in target
+        )
+
+    vocab_size, d_model = shape("token_embedder.embedding")
+    num_heads, num_buckets = shape("encoder.relpos_bias.rel_embedding")
+    shape("decoder.logits_dense.kernel")
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        num_heads=num_heads,
+        d_kv=shape("encoder.layers_0.attention.query.kernel")[-1] // num_heads,
+        d_ff=shape("encoder.layers_0.mlp.wi_0.kernel")[-1],
+        num_encoder_layers=layers("encoder"),
+        num_decoder_layers=layers("decoder"),
+        relative_attention_num_buckets=num_buckets,
+        scan_layers=scan_layers,
+    )
+
+
+def _unscanned_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """flan_jax's per-layer parameter shapes for `config`, by T5X's dotted names."""
+    model = EncoderDecoderModel(dataclasses.replace(config, scan_layers=False))
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    return {k: tuple(v.shape) for k, v in _dotted(nn.unbox(shapes)).items()}
+
+
+def _to_shape(value: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """`value` in flan_jax's `shape`: as is, or a joined-heads kernel split by a reshape."""
+    if value.shape == shape:
+        return value
+    splits = value.ndim == 2 and any(
+        value.shape == (math.prod(shape[:k]), math.prod(shape[k:])) for k in range(len(shape))
+    )
+    if not splits:
+        raise ValueError(
+            f"T5X {name} has shape {value.shape}; this model's parameter is {shape}. Check "
+            "the model config (--model_gin_file) matches the checkpoint."
+        )
+    return value.reshape(shape)
+
+
+def params_from_t5x(target: Mapping[str, np.ndarray], config: T5Config) -> dict:
+    """flan_jax's "params" tree (float32, scanned if config.scan_layers) from T5X's target.
+    Every array must be used: a missing or extra key is refused by name."""
+    want = _unscanned_shapes(config)
+    _check_same_keys(target.keys(), want.keys(), "target.")
+    flat = {
+        tuple(k.split(".")): _to_shape(np.asarray(target[k]), shape, f"target.{k}").astype(
+            np.float32
+        )
+        for k, shape in want.items()
+    }
+    params = traverse_util.unflatten_dict(flat)
+    return scan_params(params, config) if config.scan_layers else params
+
+
+def _check_same_keys(have, want, prefix: str) -> None:
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        raise ValueError(f"T5X checkpoint has no {prefix}{missing[0]}, which this model needs")
+    if extra:
+        raise ValueError(
+            f"T5X checkpoint holds {prefix}{extra[0]}, which this model does not have; check "
+            "its layer counts (--model_gin_file) or that it is a T5 v1.1 checkpoint"
+        )
+
+
+def _second_moment(slots: Mapping[str, Any], shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Adafactor's full second-moment estimate for a parameter of T5X `shape`: `v` itself, or
+    v_row (x) v_col / mean(v_row), the estimate T5X's next update would scale by."""
+    v = slots.get("v")
+    if v is not None and v.shape == shape:
+        return np.asarray(v, np.float32)
+    v_row, v_col = slots.get("v_row"), slots.get("v_col")
+    if len(shape) == 2 and v_row is not None and v_col is not None:
+        v_row, v_col = np.asarray(v_row, np.float32), np.asarray(v_col, np.float32)
+        # T5X factors by its logical-axis rules or, by default, as optax does; either way
+        # v_row keeps axis d1 and v_col axis d0.
+        heuristic = _factored_axes(shape)
+        for d1, d0 in (heuristic, heuristic[::-1]):
+            if v_row.shape == (shape[d1],) and v_col.shape == (shape[d0],):
+                return np.expand_dims(v_row, d0) * np.expand_dims(v_col, d1) / v_row.mean()
+    shapes = {k: tuple(getattr(s, "shape", ())) for k, s in slots.items()}
+    raise ValueError(
+        f"T5X state.param_states.{name} has slots {shapes} for a {shape} parameter: neither "
+        "a full nor a factored Adafactor second moment"
+    )
+
+
+def _factored_axes(shape: Sequence[int]) -> tuple[int, int]:
+    """(d1, d0): the second-largest and largest axes, which T5X's and optax's Adafactor both
+    factor (v_row drops d0, v_col drops d1)."""
+    d1, d0 = np.argsort(shape)[-2:]
+    return int(d1), int(d0)
+
+
+def _slot_trees(checkpoint: T5XCheckpoint, config: T5Config) -> dict[str, dict]:
+    """T5X's slots as trees in flan_jax's parameter layout (scanned like `config`): "v" the
+    full second-moment estimate, "v_row"/"v_col" T5X's factored ones as stored, "m"."""
+    trees: dict[str, dict] = {slot: {} for slot in SLOTS}
+    for name, shape in _unscanned_shapes(config).items():
+        if name not in checkpoint.param_states:
+            raise ValueError(f"T5X checkpoint has no state.param_states.{name}")
+        slots = checkpoint.param_states[name]
+        t5x_shape = checkpoint.target[name].shape
+        key = tuple(name.split("."))
+        trees["v"][key] = _second_moment(slots, t5x_shape, name).reshape(shape)
+        placeholder = np.zeros((1,), np.float32)
+        for slot in ("v_row", "v_col"):
+            trees[slot][key] = np.asarray(slots.get(slot, placeholder), np.float32)
+        m = np.asarray(slots.get("m", placeholder), np.float32)
+        trees["m"][key] = m.reshape(shape) if m.shape == t5x_shape else placeholder
+    unflat = {slot: traverse_util.unflatten_dict(tree) for slot, tree in trees.items()}
+    if config.scan_layers:
+        unflat = {slot: scan_params(tree, config) for slot, tree in unflat.items()}
+    return {slot: traverse_util.flatten_dict(tree) for slot, tree in unflat.items()}
+
+
+def opt_state_from_t5x(
+    checkpoint: T5XCheckpoint,
+    config: T5Config,
+    optimizer: optax.GradientTransformation,
+    params: Any,
+) -> Any:
+    """`optimizer`'s state for `params` (flan_jax's layout for `config`) from T5X's Adafactor
+    slots: optax's factored second moments keep T5X's v_row / v_col where the parameter is
+    factored alike, else are derived from the full estimate (`v`, or the means of it over
+    the factored axes); T5X's momentum `m` goes into optax's EMA; each count is the step."""
+    trees = _slot_trees(checkpoint, config)
+    step = np.asarray(checkpoint.step, np.int32)
+    with_momentum = [
+        name
+        for name, slots in checkpoint.param_states.items()
+        if np.shape(slots.get("m", ())) == checkpoint.target[name].shape
+    ]
+
+    def fill(state):
+        if isinstance(state, optax.FactoredState):
+            return _fill_factored(state, step, trees)
+        if isinstance(state, optax.EmaState):
+            if not with_momentum:
+                raise ValueError(
+                    "the optimizer keeps momentum but the T5X checkpoint has none (its "
+                    "state.param_states.*.m are placeholders); use one without momentum"
+                )
+            return state._replace(count=step, ema=_tree_like(state.ema, trees["m"], "m"))
+        if isinstance(state, tuple) and not hasattr(state, "_fields"):
+            return tuple(fill(s) for s in state)
+        if hasattr(state, "_fields") and set(state._fields) == {"count"}:
+            return state._replace(count=step)
+        if not jax.tree.leaves(state):
+            return state
+        raise ValueError(
+            f"optimizer state {type(state).__name__} has no counterpart in a T5X Adafactor "
+            "checkpoint; use flan_jax.optim.adafactor"
+        )
+
+    abstract = jax.eval_shape(optimizer.init, params)
+    if with_momentum and not any(
+        isinstance(s, optax.EmaState)
+        for s in jax.tree.leaves(abstract, is_leaf=lambda s: isinstance(s, optax.EmaState))
+    ):
+        raise ValueError(
+            f"T5X state.param_states.{with_momentum[0]}.m holds momentum, which this "
+            "optimizer does not keep; use optim.adafactor(momentum=...)"
+        )
+    return fill(abstract)
+
+
+def _tree_like(abstract: Any, flat: Mapping[tuple, np.ndarray], slot: str) -> Any:
+    """`flat`'s arrays in `abstract`'s structure, refusing any whose shape differs."""
+    out = {}
+    for key, leaf in traverse_util.flatten_dict(abstract).items():
+        if flat[key].shape != leaf.shape:
+            raise ValueError(
+                f"T5X state.param_states.{'.'.join(key)}.{slot} has shape {flat[key].shape}; "
+                f"the optimizer keeps {leaf.shape}"
+            )
+        out[key] = flat[key].astype(leaf.dtype)
+    return traverse_util.unflatten_dict(out)
+
+
+def _fill_factored(state: optax.FactoredState, step: np.ndarray, trees: dict) -> Any:
+    rows, cols, full = {}, {}, {}
+    want_rows = traverse_util.flatten_dict(state.v_row)
+    want_cols = traverse_util.flatten_dict(state.v_col)
+    for key, want_v in traverse_util.flatten_dict(state.v).items():
+        v, row, col = trees["v"][key], trees["v_row"][key], trees["v_col"][key]
+        want_row, want_col = want_rows[key].shape, want_cols[key].shape
+        placeholder = np.zeros((1,), np.float32)
+        if want_v.shape == v.shape:  # not factored in flan_jax
+            rows[key], cols[key], full[key] = placeholder, placeholder, v
+            continue
+        if (row.shape, col.shape) != (want_row, want_col):  # factored unlike T5X's
+            d1, d0 = _factored_axes(v.shape)
+            row, col = v.mean(axis=d0), v.mean(axis=d1)
+        rows[key], cols[key], full[key] = row, col, placeholder
+    return state._replace(
+        count=step,
+        v_row=_tree_like(state.v_row, rows, "v_row"),
+        v_col=_tree_like(state.v_col, cols, "v_col"),
+        v=_tree_like(state.v, full, "v"),
+    )
+
+
+def restore_train_state(
+    path: str,
+    config: T5Config | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    *,
+    scan_layers: bool = False,
+) -> tuple[T5Config, dict, Any, int]:
+    """(config, params, optimizer state, step) of a T5X checkpoint, as numpy, for a trainer
+    to continue from. `config` defaults to the one the shapes imply (with `scan_layers`);
+    `optimizer` to flan_jax.optim.adafactor's defaults (its state is the same for any
+    constant learning rate)."""
+    checkpoint = read_checkpoint(path)
+    config = config or config_from_target(checkpoint.target, scan_layers=scan_layers)
+    params = params_from_t5x(checkpoint.target, config)
+    optimizer = optimizer or optim.adafactor(1.0)
+    return (
+        config,
+        params,
+        opt_state_from_t5x(checkpoint, config, optimizer, params),
+        checkpoint.step,
+    )
+
+
+def import_t5x(
+    checkpoint: str,
+    output: str,
+    *,
+    model_gin_file: str | None = None,
+    vocabulary_path: str | None = None,
+    scan_layers: bool = False,
+) -> None:
+    """T5X checkpoint -> OUTPUT/checkpoints/<step> (the train state: step, params and the
+    Adafactor state of flan_jax.optim.adafactor), OUTPUT/model.gin, OUTPUT/spiece.model."""
+    from flan_jax import model_loader
+
+    output = os.path.abspath(output)
+    if os.path.exists(os.path.join(output, "checkpoints")):
+        raise FileExistsError(f"{output} already holds checkpoints; pass a new --output")
+    config = None
+    if model_gin_file:
+        model, gin_vocabulary = model_loader.model_from_gin_file(model_gin_file)
+        config = dataclasses.replace(
+            model.config, scan_layers=scan_layers or model.config.scan_layers
+        )
+        vocabulary_path = vocabulary_path or gin_vocabulary
+    config, params, opt_state, step = restore_train_state(
+        checkpoint, config, scan_layers=scan_layers
+    )
+    os.makedirs(output, exist_ok=True)
+    if vocabulary_path:
+        copied = os.path.join(output, hf_t5.VOCABULARY_FILE)
+        shutil.copyfile(vocabulary_path, copied)
+        vocabulary_path = copied
+    state = TrainState(step=np.asarray(step, np.int32), params=params, opt_state=opt_state)
+    checkpointer = checkpoints.Checkpointer(output, max_to_keep=None, async_save=False)
+    try:
+        source = {"imported_from": os.path.abspath(checkpoint), "t5x_step": step}
+        checkpointer.save(step, state, source, force=True)
+    finally:
+        checkpointer.close()
+    with open(os.path.join(output, "model.gin"), "w") as f:
+        f.write(hf_t5.model_gin(config, vocabulary_path, os.path.abspath(checkpoint), "t5x"))
+    print(f"imported {checkpoint} (step {step}) into {output}: use {output}/model.gin")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = cli.new_parser(__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    imp = commands.add_parser("import", help="T5X checkpoint -> flan_jax model dir")
+    cli.add_checkpoint_flags(imp)
+    imp.add_argument("--output", required=True, help="a new flan_jax model dir")
+    imp.add_argument("--scan_layers", action="store_true", help="stack layers for SCAN_LAYERS")
+    args = cli.parse_args(parser, argv)
+    import_t5x(
+        args.checkpoint,
+        args.output,
+        model_gin_file=args.model_gin_file,
+        vocabulary_path=args.vocabulary,
+        scan_layers=args.scan_layers,
+    )
+
+
+if __name__ == "__main__":
+    main()
