@@ -201,14 +201,20 @@ _REQUIRED_NOT_SET = re.compile(r"(\S+) set to `%gin.REQUIRED` but not subsequent
 
 
 def parse_gin(
-    files: Sequence[str], bindings: Sequence[str], *, search_paths: Sequence[str] = ()
+    files: Sequence[str],
+    bindings: Sequence[str],
+    *,
+    search_paths: Sequence[str] = (),
+    finalize: bool = True,
 ) -> None:
     """Parses gin files and bindings into gin's config (finalized), files and includes looked
     up on flan_jax's search path; a missing REQUIRED macro or an unused UPPER_CASE macro
-    binding is refused saying what to pass."""
+    binding is refused saying what to pass. `finalize=False` leaves REQUIRED macros unset for
+    an entry point that reads only some of a run file's settings (the task cache needs no
+    MODEL_DIR)."""
     try:
         with _search_path([p for p in search_paths if p] + [".", GIN_DIR]):
-            gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+            gin.parse_config_files_and_bindings(files, bindings, finalize_config=finalize)
     except ValueError as e:
         required = _REQUIRED_NOT_SET.match(str(e))
         if not required:

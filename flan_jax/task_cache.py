@@ -3,8 +3,9 @@
     <cache_dir>/<task>/spec.json                        what the shards hold and how they were made
     <cache_dir>/<task>/<split>.array_record-00000-of-00004   one record per example (`encode`)
 
-A task's directory is complete or absent: its shards and spec are written into
-`<cache_dir>/.tmp/<task>-<uuid>/` and renamed into place (`TaskWriter.commit`). The spec
+A task's directory is complete or absent: its shards are written on local disk (ArrayRecord
+writes local paths only), copied into `<cache_dir>/.tmp/<task>-<uuid>/` (etils.epath: any
+filesystem, gs:// included) with the spec, and renamed into place (`TaskWriter.commit`). The spec
 lists every shard with its size, so a copy that stopped half way (a rename on an object
 store copies file by file) reads as absent, not as a shorter task. Records are msgpack maps
 of feature name -> little-endian int32 bytes: readable without TensorFlow or seqio.
@@ -17,6 +18,7 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -138,13 +140,12 @@ class TaskWriter:
 
     def __init__(self, cache_dir: str | epath.Path, task_name: str, split: str, num_shards: int):
         self.cache_dir, self.task_name, self.split = epath.Path(cache_dir), task_name, split
-        self.aside = self.cache_dir / TMP_DIR / f"{task_name}-{uuid.uuid4().hex}"
-        self.aside.mkdir(parents=True)
+        self.local = epath.Path(tempfile.mkdtemp(prefix=f"{task_name}-"))
         self.names = [
             f"{split}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)
         ]
         self._writers = [
-            array_record_module.ArrayRecordWriter(str(self.aside / name), WRITER_OPTIONS)
+            array_record_module.ArrayRecordWriter(str(self.local / name), WRITER_OPTIONS)
             for name in self.names
         ]
         self.num_examples = 0
@@ -158,8 +159,8 @@ class TaskWriter:
             self.write(example)
 
     def commit(self, fingerprint: Mapping[str, Any], stats: Mapping[str, Any]) -> dict:
-        """Closes the shards, writes the spec beside them and renames the directory into
-        place (replacing an incomplete one); returns the spec."""
+        """Closes the shards, copies them with the spec into the cache's .tmp/ and renames the
+        directory into place (replacing an incomplete one); returns the spec."""
         for writer in self._writers:
             writer.close()
         spec = {
@@ -167,18 +168,62 @@ class TaskWriter:
             "task": self.task_name,
             "split": self.split,
             "num_examples": self.num_examples,
-            "files": {name: (self.aside / name).stat().length for name in self.names},
+            "files": {name: (self.local / name).stat().length for name in self.names},
             "fingerprint": dict(fingerprint),
             "stats": dict(stats),
         }
-        (self.aside / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
-        final = task_dir(self.cache_dir, self.task_name)
-        if final.exists():
-            final.rmtree()
-        self.aside.rename(final)
+        aside = self.cache_dir / TMP_DIR / f"{self.task_name}-{uuid.uuid4().hex}"
+        aside.mkdir(parents=True)
+        try:
+            for name in self.names:
+                (self.local / name).copy(aside / name)
+            (aside / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
+            final = task_dir(self.cache_dir, self.task_name)
+            if final.exists():
+                final.rmtree()
+            aside.rename(final)
+        finally:
+            shutil.rmtree(self.local, ignore_errors=True)
+            if aside.exists():
+                aside.rmtree()
         return spec
 
     def abort(self) -> None:
         for writer in self._writers:
             writer.close()
-        shutil.rmtree(self.aside, ignore_errors=True)
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+def remove_leftovers(cache_dir: str | epath.Path) -> int:
+    """Removes what runs that stopped half way left in `<cache_dir>/.tmp/`; returns how many
+    entries. (Only while no other run writes into the same cache.)"""
+    leftovers = epath.Path(cache_dir) / TMP_DIR
+    if not leftovers.exists():
+        return 0
+    count = len(list(leftovers.iterdir()))
+    leftovers.rmtree()
+    return count
+
+
+def length_stats(
+    lengths: Mapping[str, Iterable[int]], task_feature_lengths: Mapping[str, int]
+) -> dict:
+    """Per feature, the examples' lengths before trimming (mean, max, median, 99th
+    percentile: the smallest length that at least that share of examples fits) and how many
+    examples the feature lengths cut."""
+    stats = {}
+    for name, values in sorted(lengths.items()):
+        values = np.asarray(list(values), np.int64)
+        limit = task_feature_lengths.get(name)
+        if not len(values):
+            stats[name] = {"mean": 0.0, "max": 0, "p50": 0, "p99": 0, "truncated": 0}
+            continue
+        p50, p99 = np.percentile(values, [50, 99], method="inverted_cdf")
+        stats[name] = {
+            "mean": float(values.mean()),
+            "max": int(values.max()),
+            "p50": int(p50),
+            "p99": int(p99),
+            "truncated": int((values > limit).sum()) if limit is not None else 0,
+        }
+    return stats

@@ -1,0 +1,339 @@
+"""The offline task cache, built by an Apache Beam pipeline:
+
+    python -m flan_jax.cache_tasks --gin_file=<the training run file> \\
+        --gin.CACHE_DIR="'/data/cache'" [--direct_num_workers=4 \\
+        --direct_running_mode=multi_processing | --runner=DataflowRunner ...]
+
+It reads the same gin as training (MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, the tasks and
+vocabulary the run registers, CACHE_DIR) and writes each subtask's train split into CACHE_DIR
+in `flan_jax.task_cache`'s format: exactly the examples `task.get_dataset(sequence_length=
+lengths, shuffle=False, use_cached=False)` yields, with counts and length statistics.
+
+One unit of work is one task, run through its own seqio source and preprocessors. Tasks whose
+rows live in files shared by many tasks (a source with `shared_files`, `partition`,
+`read_partitioned`, `rows_to_dataset`: the released collection) are read file by file once
+for all of them, their rows grouped by task (GroupByKey) and fed through each task's own
+preprocessors. A rerun skips tasks already complete with the same fingerprint and refuses one
+made differently. Beam's worker processes start empty: each re-parses the command's gin
+files (which import and register the tasks) before its first task.
+"""
+
+from __future__ import annotations
+
+from flan_jax import allocator
+
+if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
+    allocator.configure()
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import logging
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+
+import apache_beam as beam
+import gin
+import seqio
+import tensorflow as tf
+from etils import epath
+
+from flan_jax import cli, task_cache
+
+log = logging.getLogger(__name__)
+
+# Parsed before the run's own files: CACHE_DIR's default and the settings this command reads.
+CACHE_GIN = "cache.gin"
+# A shared-file source implements these (the contract in flan_jax/task_cache.py's readers).
+SHARED_FILE_METHODS = ("shared_files", "partition", "read_partitioned", "rows_to_dataset")
+
+
+def settings(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    cache_dir: str | None,
+    split: str = "train",
+    num_shards: int = 1,
+) -> dict:
+    """What gin/cache.gin binds from the run's macros (num_shards: ArrayRecord files a task)."""
+    return dict(
+        mixture_or_task_name=mixture_or_task_name,
+        task_feature_lengths=dict(task_feature_lengths),
+        cache_dir=cache_dir,
+        split=split,
+        num_shards=num_shards,
+    )
+
+
+def postcache(task: seqio.Task, ds: tf.data.Dataset, lengths: Mapping[str, int] | None):
+    """Preprocessed rows the rest of the way: the steps of `Task.get_dataset` after
+    `preprocess_precache` (lengths None: nothing trimmed)."""
+    ds = task.preprocess_postcache(ds, sequence_length=lengths)
+    return task._trim_output_features(task._validate_preprocessing(ds), lengths)
+
+
+def write_task(
+    task: seqio.Task,
+    raw: tf.data.Dataset,
+    *,
+    cache_dir: str,
+    task_feature_lengths: Mapping[str, int],
+    split: str = "train",
+    num_shards: int = 1,
+) -> dict:
+    """Caches one task from its source rows; returns its spec. The length statistics come
+    from a second pass without trimming that starts from the first pass's rows as they were
+    at the cache point (kept in memory), so the source and the costly pre-cache steps
+    (tokenizing) run once."""
+    features = [name for name, f in task.output_features.items() if f.dtype.is_integer]
+    precached = task.preprocess_precache(raw).cache()
+    writer = task_cache.TaskWriter(cache_dir, task.name, split, num_shards)
+    try:
+        for example in postcache(task, precached, task_feature_lengths).as_numpy_iterator():
+            writer.write({name: example[name] for name in features})
+        untrimmed = {name: [] for name in features}
+        for example in postcache(task, precached, None).as_numpy_iterator():
+            for name in features:
+                untrimmed[name].append(len(example[name]))
+        stats = task_cache.length_stats(untrimmed, task_feature_lengths)
+        return writer.commit(task_cache.fingerprint(task, task_feature_lengths), stats)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+_loaded_gin: tuple[str, ...] | None = None
+
+
+def load_gin(gin_args: Sequence[str]) -> None:
+    """Parses the command's gin files and bindings (registering its tasks) once per process:
+    Beam's worker processes start with none of them."""
+    global _loaded_gin
+    if not gin_args or tuple(gin_args) == _loaded_gin:
+        return
+    files, bindings, search_paths = cli.split_gin_args(gin_args)
+    gin.clear_config()
+    cli.parse_gin(files, bindings, search_paths=search_paths, finalize=False)
+    _loaded_gin = tuple(gin_args)
+
+
+def error_path(cache_dir: str, task_name: str) -> epath.Path:
+    return epath.Path(cache_dir) / task_cache.TMP_DIR / f"{task_name}.error"
+
+
+class _TaskDoFn(beam.DoFn):
+    """Loads the command's tasks in its worker; `_cache` writes one task, and a task that
+    fails leaves its error beside the cache instead of stopping the other tasks."""
+
+    def __init__(self, gin_args: Sequence[str], options: Mapping):
+        self.gin_args, self.options = tuple(gin_args), dict(options)
+
+    def setup(self):
+        load_gin(self.gin_args)
+
+    def _cache(self, task_name: str, raw_fn) -> Iterator[tuple[str, int]]:
+        try:
+            task = seqio.get_mixture_or_task(task_name)
+            spec = write_task(task, raw_fn(task), **self.options)
+        except Exception as e:
+            log.exception("caching task %s failed", task_name)
+            path = error_path(self.options["cache_dir"], task_name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            summary = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            path.write_text(f"{summary}\n{traceback.format_exc()}")
+            return
+        beam.metrics.Metrics.counter("cache_tasks", "examples").inc(spec["num_examples"])
+        yield task_name, spec["num_examples"]
+
+
+class CacheTask(_TaskDoFn):
+    """A task name -> its cache, from its own source."""
+
+    def process(self, task_name: str):
+        split = self.options["split"]
+        yield from self._cache(
+            task_name, lambda task: task.source.get_dataset(split=split, shuffle=False)
+        )
+
+
+class ReadSharedFile(beam.DoFn):
+    """(path, reading task, {partition: (task, file index)}) -> (task, (file index, row
+    index, row)) for the rows of the wanted partitions, streaming the file once."""
+
+    def __init__(self, gin_args: Sequence[str]):
+        self.gin_args = tuple(gin_args)
+
+    def setup(self):
+        load_gin(self.gin_args)
+
+    def process(self, element):
+        path, reader, wanted = element
+        source = seqio.get_mixture_or_task(reader).source
+        for row_index, (key, row) in enumerate(source.read_partitioned(path)):
+            if key in wanted:
+                task_name, file_index = wanted[key]
+                yield task_name, (file_index, row_index, row)
+
+
+class CacheRows(_TaskDoFn):
+    """(task, its grouped rows) -> its cache: the rows in file order, through
+    `rows_to_dataset` and the task's preprocessors."""
+
+    def process(self, element):
+        task_name, items = element
+        rows = [row for *_, row in sorted(items, key=lambda item: item[:2])]
+        yield from self._cache(task_name, lambda task: task.source.rows_to_dataset(rows))
+
+
+def is_shared_file_source(source) -> bool:
+    return all(hasattr(source, name) for name in SHARED_FILE_METHODS)
+
+
+def plan(tasks: Sequence[seqio.Task], cache_dir: str, lengths: Mapping[str, int]):
+    """(tasks to cache, names of those already complete with the same fingerprint); refuses,
+    naming each, the complete tasks made differently."""
+    todo, skipped, mismatches = [], [], []
+    for task in tasks:
+        spec = task_cache.read_spec(cache_dir, task.name)
+        if spec is None:
+            todo.append(task)
+            continue
+        try:
+            task_cache.check_fingerprint(spec, task_cache.fingerprint(task, lengths), cache_dir)
+            skipped.append(task.name)
+        except task_cache.CacheMismatchError as e:
+            mismatches.append(str(e))
+    if mismatches:
+        raise task_cache.CacheMismatchError("\n".join(mismatches))
+    return todo, skipped
+
+
+def build_pipeline(pipeline, tasks: Sequence[seqio.Task], gin_args, options: Mapping) -> None:
+    """Adds the caching of `tasks` to a Beam pipeline: generic tasks one unit each; tasks of
+    shared files through one read of each file and a GroupByKey by task."""
+    shared = [t for t in tasks if is_shared_file_source(t.source)]
+    generic = [t.name for t in tasks if t not in shared]
+    if generic:
+        _ = (
+            pipeline
+            | "task names" >> beam.Create(generic)
+            | "spread tasks" >> beam.Reshuffle()
+            | "cache tasks" >> beam.ParDo(CacheTask(gin_args, options))
+        )
+    if shared:
+        files: dict[str, tuple[str, dict]] = {}
+        for task in shared:
+            for index, path in enumerate(task.source.shared_files(options["split"])):
+                _, wanted = files.setdefault(path, (task.name, {}))
+                wanted[task.source.partition] = (task.name, index)
+        _ = (
+            pipeline
+            | "shared files" >> beam.Create([(p, r, w) for p, (r, w) in sorted(files.items())])
+            | "spread files" >> beam.Reshuffle()
+            | "read shared files" >> beam.ParDo(ReadSharedFile(gin_args))
+            | "rows by task" >> beam.GroupByKey()
+            | "cache grouped rows" >> beam.ParDo(CacheRows(gin_args, options))
+        )
+
+
+def run(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    cache_dir: str,
+    *,
+    split: str = "train",
+    num_shards: int = 1,
+    gin_args: Sequence[str] = (),
+    beam_args: Sequence[str] = (),
+) -> dict:
+    """Caches every subtask of the mixture not yet complete; returns what it did
+    ({'cached': {task: examples}, 'skipped': [...], 'failed': {task: error}})."""
+    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+    removed = task_cache.remove_leftovers(cache_dir)
+    if removed:
+        log.info("removed %d leftovers of earlier runs from %s/.tmp", removed, cache_dir)
+    todo, skipped = plan(tasks, cache_dir, task_feature_lengths)
+    log.info(
+        "%s: %d tasks to cache into %s, %d already complete (skipped)",
+        mixture_or_task_name,
+        len(todo),
+        cache_dir,
+        len(skipped),
+    )
+    if todo:
+        options = dict(
+            cache_dir=str(cache_dir),
+            task_feature_lengths=dict(task_feature_lengths),
+            split=split,
+            num_shards=num_shards,
+        )
+        with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(beam_args)) as p:
+            build_pipeline(p, todo, gin_args, options)
+    cached, failed = {}, {}
+    for task in todo:
+        spec = task_cache.read_spec(cache_dir, task.name)
+        if spec is not None:
+            cached[task.name] = spec["num_examples"]
+            continue
+        error = error_path(cache_dir, task.name)
+        failed[task.name] = (
+            error.read_text().splitlines()[0]
+            if error.exists()
+            else "no rows of this task in its shared files"
+        )
+    return {"cached": cached, "skipped": skipped, "failed": failed}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = cli.new_parser(
+        "Builds the offline task cache of a training run's mixture (Apache Beam). Flags "
+        "other than the ones below go to Beam (e.g. --direct_num_workers=4 "
+        "--direct_running_mode=multi_processing, or --runner=DataflowRunner --project=... "
+        "--region=... --temp_location=gs://... --setup_file=./setup.py); write them "
+        "--flag=value.",
+        gin_files=True,
+    )
+    _, rest = parser.parse_known_args(argv)
+    beam_args = [a for a in rest if not a.startswith("--gin.")]
+    own = list(argv)
+    for item in beam_args:
+        own.remove(item)
+    args = cli.parse_args(parser, own)
+    if not args.gin_file:
+        parser.error("at least one --gin_file is required: the training run's, e.g. runs/demo.gin")
+    # Workers look the files up from wherever they start: add this directory to the path.
+    search_paths = [p for p in args.gin_search_paths.split(",") if p] + [os.getcwd()]
+    args.gin_search_paths = ",".join(search_paths)
+    gin_args = [f"--gin_file={CACHE_GIN}", *cli.gin_args(args)]
+    load_gin(gin_args)
+    config = gin.get_configurable(settings)()
+    if not config["cache_dir"]:
+        parser.error("CACHE_DIR is not set: pass --gin.CACHE_DIR=\"'DIR'\" (a path or gs://)")
+    result = run(
+        config.pop("mixture_or_task_name"),
+        config.pop("task_feature_lengths"),
+        config.pop("cache_dir"),
+        **config,
+        gin_args=gin_args,
+        beam_args=beam_args,
+    )
+    examples = sum(result["cached"].values())
+    print(
+        f"cached {len(result['cached'])} tasks ({examples} examples); skipped "
+        f"{len(result['skipped'])} already complete; failed {len(result['failed'])}",
+        flush=True,
+    )
+    for name, error in sorted(result["failed"].items()):
+        print(f"  failed {name}: {error}", file=sys.stderr)
+    if result["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    # Beam pickles the DoFns by reference to this module, not to __main__.
+    from flan_jax import cache_tasks
+
+    cache_tasks.main()
