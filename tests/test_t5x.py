@@ -1,13 +1,15 @@
 """T5X checkpoints in: the test writes T5X's own layouts (msgpack `checkpoint` file with
 TensorStore zarr v2 gzip leaves; Orbax OCDBT) from a random transformers T5's weights."""
 
+import dataclasses
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
 import pytest
-from flax import serialization
+from flax import serialization, traverse_util
 from hf_testing import padded_tokens, shift_right
 from test_hf_t5 import hf_logits
 
@@ -301,3 +303,20 @@ def test_unsupported_contents_are_refused_by_name(target, slots, tmp_path, chang
     path = write_legacy(tmp_path / "bad", state_dict(target, slots))
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         t5x.restore_train_state(path)
+
+
+@pytest.mark.parametrize("size", ["small", "xxl"])  # the others differ only in numbers
+def test_config_from_the_shapes_of_t5_1_1_sizes(size):
+    model, _ = model_loader.model_from_gin_file(f"gin/models/t5_1_1/{size}.gin")
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    target = {}
+    for key, leaf in traverse_util.flatten_dict(nn.unbox(shapes)).items():
+        shape = leaf.shape
+        if key[-2] in ("query", "key", "value"):  # T5X joins the heads
+            shape = (shape[0], shape[1] * shape[2])
+        elif key[-2] == "out":
+            shape = (shape[0] * shape[1], shape[2])
+        target[".".join(key)] = jax.ShapeDtypeStruct(shape, np.float32)
+    config = t5x.config_from_target(target)
+    want = dataclasses.replace(model.config, dropout_rate=config.dropout_rate)
+    assert config == want

@@ -53,8 +53,8 @@ _KVSTORE_DRIVERS = ("file", "gfile", "gcs")
 class T5XCheckpoint:
     """A T5X checkpoint's contents as numpy, keyed by T5X's dotted names."""
 
-    # "encoder.layers_0.attention.key.kernel" -> an array, or an opened TensorStore (its shape
-    # known, its data read by np.asarray)
+    # "encoder.layers_0.attention.key.kernel" -> an array, or an opened TensorStore / Orbax
+    # leaf (its shape known, its data read by np.asarray)
     target: dict[str, Any]
     param_states: dict[str, dict[str, Any]]  # the same names -> {slot: array}
     step: int
@@ -116,8 +116,28 @@ def _read_legacy(path: str) -> dict:
 def _read_orbax(state_dir: str) -> dict:
     import orbax.checkpoint as ocp
 
-    tree = ocp.PyTreeCheckpointer().restore(state_dir)
-    return _map_leaves(tree, lambda name, leaf: np.asarray(leaf), "")
+    checkpointer = ocp.PyTreeCheckpointer()
+    restored: list[dict] = []  # the whole tree, restored once, when an array is first read
+
+    def leaf(name, metadata):
+        def read():
+            if not restored:
+                restored.append(_dotted(checkpointer.restore(state_dir)))
+            return restored[0][name]
+
+        return _Deferred(tuple(metadata.shape), read)
+
+    return _map_leaves(checkpointer.metadata(state_dir).item_metadata.tree, leaf, "")
+
+
+class _Deferred:
+    """An array whose shape is known before its data is read (by np.asarray)."""
+
+    def __init__(self, shape: tuple[int, ...], read):
+        self.shape, self._read = shape, read
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._read(), dtype)
 
 
 def _map_leaves(tree: Mapping, fn, prefix: str) -> dict:
