@@ -67,17 +67,17 @@ def test_niv2_enumerates_tasks_and_drops_the_mmlu_derived_ones():
 
 
 def test_niv2_task_reads_definition_and_first_outputs():
-    task = sources.read_niv2_task(os.path.join(NIV2_DIR, "tasks", "task002_plural_generation.json"))
-    assert task["definition"] == "Write the plural of the given English noun."
-    assert task["instances"][2] == {"input": "child", "output": "children"}
-    assert len(task["instances"]) == 6
+    path = os.path.join(NIV2_DIR, "tasks", "task002_plural_generation.json")
+    assert sources.niv2_definition(path) == "Write the plural of the given English noun."
+    assert list(sources.niv2_instances(path))[2] == {"input": "child", "output": "children"}
+    assert sources.niv2_count(path) == 6
 
 
 def test_niv2_malformed_files_name_file_line_and_fix(tmp_path):
     bad_json = tmp_path / "task010_broken.json"
     bad_json.write_text('{\n  "Definition": ["x"],\n  "Instances": [\n')
     with pytest.raises(ValueError, match=rf"{bad_json}:4: invalid JSON"):
-        sources.read_niv2_task(str(bad_json))
+        sources.niv2_count(str(bad_json))
     no_output = tmp_path / "task011_no_output.json"
     no_output.write_text(
         json.dumps({"Definition": ["d"], "Instances": [{"id": "1", "input": "i", "output": []}]})
@@ -85,11 +85,18 @@ def test_niv2_malformed_files_name_file_line_and_fix(tmp_path):
     with pytest.raises(
         ValueError, match=r"Instances\[0\] needs a string \"input\" and a non-empty"
     ):
-        sources.read_niv2_task(str(no_output))
+        sources.niv2_count(str(no_output))
     no_instances = tmp_path / "task012_empty.json"
     no_instances.write_text(json.dumps({"Definition": ["d"], "Instances": []}))
     with pytest.raises(ValueError, match='no "Instances"'):
-        sources.read_niv2_task(str(no_instances))
+        sources.niv2_count(str(no_instances))
+    no_definition = tmp_path / "task013_no_definition.json"
+    no_definition.write_text('{"Instances": [{"input": "i", "output": ["o"]}],\n"Definition": []}')
+    with pytest.raises(ValueError, match=rf'{no_definition}:2: "Definition" must be a non-empty'):
+        sources.niv2_definition(str(no_definition))
+    # Building the dataset checks the whole file, so training fails before its first step.
+    with pytest.raises(ValueError, match=r"Instances\[0\] needs a string"):
+        sources.niv2_source(str(no_output)).get_dataset("train")
 
 
 def test_niv2_directory_errors(tmp_path):

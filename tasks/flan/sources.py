@@ -8,11 +8,12 @@ with the directory or environment variable to set. Malformed files fail with `fi
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import seqio
 import tensorflow as tf
@@ -28,6 +29,10 @@ _MMLU_PATTERN = re.compile(r"mmlu|hendrycks", re.IGNORECASE)
 _NIV2_SOURCE_PATTERN = re.compile(r'"Source"\s*:\s*\[([^\]]*)\]')
 # "Source" sits near the top of a task file; reading this much finds it without the instances.
 _NIV2_HEAD_BYTES = 8192
+# Task files are read this many bytes at a time (more only for a longer value).
+_NIV2_READ_BYTES = 1 << 16
+_JSON_DECODER = json.JSONDecoder()
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 class LazyCountSource(seqio.FunctionDataSource):
@@ -177,54 +182,199 @@ def is_mmlu_task(path: str) -> bool:
 
 
 @functools.cache
-def read_niv2_task(path: str) -> dict:
-    """A task file's definition and instances, checked: {"definition", "instances":
-    [{"input", "output"}]} (the first of each instance's outputs)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            task = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path}:{e.lineno}: invalid JSON ({e.msg}); re-fetch the file from the "
-            "natural-instructions repository."
-        ) from None
-    where = f"{path}:1"
-    if not isinstance(task, dict):
-        raise ValueError(f'{where}: expected a JSON object with "Definition" and "Instances".')
-    definition = task.get("Definition")
-    if isinstance(definition, list):
-        definition = " ".join(str(d) for d in definition)
-    if not isinstance(definition, str) or not definition.strip():
-        raise ValueError(f'{where}: "Definition" must be a non-empty string or list of strings.')
-    instances = []
-    for number, instance in enumerate(task.get("Instances") or []):
+def niv2_definition(path: str) -> str:
+    """A task file's "Definition" (a string, or a list of strings joined), checked."""
+    where = 1
+    for key, value, line in _niv2_fields(path):
+        if key == "Definition":
+            if isinstance(value, list):
+                value = " ".join(str(d) for d in value)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            where = line
+            break
+    raise ValueError(f'{path}:{where}: "Definition" must be a non-empty string or list of strings.')
+
+
+def niv2_instances(path: str) -> Iterator[dict[str, str]]:
+    """A task file's instances as {"input", "output"} (the first of its outputs), in file
+    order, read one at a time: a task file is never held in memory."""
+    number = -1
+    for key, instance, line in _niv2_fields(path):
+        if key != "Instances":
+            continue
+        number += 1
         outputs = instance.get("output") if isinstance(instance, dict) else None
         outputs = [outputs] if isinstance(outputs, str) else outputs
         if (
-            not isinstance(instance.get("input") if isinstance(instance, dict) else None, str)
+            not isinstance(outputs, list)
             or not outputs
+            or not isinstance(instance.get("input"), str)
         ):
             raise ValueError(
-                f'{where}: Instances[{number}] needs a string "input" and a non-empty '
+                f'{path}:{line}: Instances[{number}] needs a string "input" and a non-empty '
                 f'"output" list; got {str(instance)[:80]!r}. Fix or remove that instance.'
             )
-        instances.append({"input": instance["input"], "output": str(outputs[0])})
-    if not instances:
-        raise ValueError(f'{where}: no "Instances"; a NIV2 task needs at least one.')
-    return {"definition": definition.strip(), "instances": instances}
+        yield {"input": instance["input"], "output": str(outputs[0])}
+    if number < 0:
+        raise ValueError(f'{path}:1: no "Instances"; a NIV2 task needs at least one.')
+
+
+@functools.cache
+def niv2_count(path: str) -> int:
+    """The number of instances of a task file, checking each, in one streaming pass (cached:
+    mixture rates ask for every task's count)."""
+    return sum(1 for _ in niv2_instances(path))
 
 
 def niv2_source(path: str) -> LazyCountSource:
+    """A task file's instances with its definition, streamed from the file each time the
+    dataset is iterated (a mixture holds thousands of these at once)."""
+
     def dataset_fn(split, shuffle_files, seed=None):
         del split, shuffle_files, seed
-        task = read_niv2_task(path)
-        rows = [{"definition": task["definition"], **i} for i in task["instances"]]
-        return _rows_dataset(rows)
+        definition = niv2_definition(path)
+        niv2_count(path)  # Checks every instance now: a malformed file fails here, not mid-run.
+
+        def rows():
+            for instance in niv2_instances(path):
+                yield {"definition": definition, **instance}
+
+        spec = tf.TensorSpec((), tf.string)
+        return tf.data.Dataset.from_generator(
+            rows, output_signature={"definition": spec, "input": spec, "output": spec}
+        )
 
     def count(split):
-        return len(read_niv2_task(path)["instances"]) if split == "train" else None
+        return niv2_count(path) if split == "train" else None
 
     return LazyCountSource(dataset_fn, ("train",), count)
+
+
+def _niv2_fields(path: str) -> Iterator[tuple[str, object, int]]:
+    """(key, value, line) of each top-level field of a task file, in file order, except that
+    "Instances" comes as one ("Instances", instance, line) per instance: only the current
+    value is decoded, whatever the order of the keys."""
+    stream = _JsonStream(path)
+    if stream.peek() != "{":
+        raise ValueError(f'{path}:1: expected a JSON object with "Definition" and "Instances".')
+    for _ in stream.items("{", "}"):
+        line = stream.line()
+        key = stream.value()
+        if not isinstance(key, str):
+            raise stream.error("object keys must be strings")
+        stream.expect(":")
+        if key != "Instances":
+            yield key, stream.value(), line
+            continue
+        if stream.peek() != "[":
+            raise ValueError(f'{path}:{stream.line()}: "Instances" must be a list of objects.')
+        for _ in stream.items("[", "]"):
+            line = stream.line()
+            yield key, stream.value(), line
+    if stream.peek():
+        raise stream.error("extra data after the top-level object")
+
+
+class _JsonStream:
+    """One JSON document read incrementally: `value()` decodes the next value from a buffer
+    holding that value and at most one further read of the file.
+
+    The file is opened for each read, so thousands of partly read streams (the tasks of a
+    mixture) hold no file handles between reads.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._offset = 0  # Bytes of the file read so far.
+        self._eof = False
+        self._text = ""  # Decoded text from position 0 on is still unread or being decoded.
+        self._pos = 0
+        self._line = 1  # The line of position `_counted` in `_text`.
+        self._counted = 0
+
+    def peek(self) -> str:
+        """The next character after whitespace ("" at the end of the file), not consumed."""
+        while True:
+            self._pos = _JSON_WHITESPACE.match(self._text, self._pos).end()
+            if self._pos < len(self._text) or not self._read():
+                return self._text[self._pos : self._pos + 1]
+
+    def expect(self, choices: str) -> str:
+        found = self.peek()
+        if not found or found not in choices:
+            raise self.error(f"expected {' or '.join(repr(c) for c in choices)}")
+        self._pos += 1
+        return found
+
+    def items(self, opening: str, closing: str) -> Iterator[None]:
+        """Consumes an object or array, yielding before each item for the caller to read it."""
+        self.expect(opening)
+        if self.peek() == closing:
+            self._pos += 1
+            return
+        while True:
+            yield
+            if self.expect(f",{closing}") == closing:
+                return
+
+    def value(self):
+        self.peek()
+        while True:
+            try:
+                value, end = _JSON_DECODER.raw_decode(self._text, self._pos)
+            except json.JSONDecodeError as e:
+                if self._read():  # The value may continue in the next read.
+                    continue
+                raise self.error(e.msg, e.pos) from None
+            # A number that ends the buffer may go on in the next read: decode it again then.
+            if end < len(self._text) or not self._read():
+                self._pos = end
+                return value
+
+    def line(self) -> int:
+        """The line of the next value or delimiter."""
+        self.peek()
+        return self._line_at(self._pos)
+
+    def _line_at(self, pos: int) -> int:
+        """The line of position `pos` of the text; `pos` never moves back."""
+        self._line += self._text.count("\n", self._counted, pos)
+        self._counted = pos
+        return self._line
+
+    def error(self, message: str, pos: int | None = None) -> ValueError:
+        line = self._line_at(self._pos if pos is None else pos)
+        return ValueError(
+            f"{self.path}:{line}: invalid JSON ({message}); re-fetch the file from the "
+            "natural-instructions repository."
+        )
+
+    def _read(self) -> bool:
+        """Drops the text before the current position and appends the next read (as large as
+        the unread text, so a value longer than a read takes a few reads, not quadratic
+        time); False, changing nothing, at the end of the file."""
+        if self._eof:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read(max(_NIV2_READ_BYTES, len(self._text) - self._pos))
+            self._eof = not data
+            text = self._decoder.decode(data, final=self._eof)
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{self.path}: not UTF-8 ({e.reason} near byte {self._offset + e.start}); "
+                "re-fetch the file from the natural-instructions repository."
+            ) from None
+        if self._eof:
+            return False
+        self._offset += len(data)
+        self._line_at(self._pos)
+        self._text = self._text[self._pos :] + text
+        self._pos = self._counted = 0
+        return True
 
 
 def _rows_dataset(rows) -> tf.data.Dataset:
