@@ -104,19 +104,30 @@ def write_task(
         raise
 
 
-_loaded_gin: tuple[str, ...] | None = None
+_parsed: tuple[tuple[str, ...], dict] | None = None
 
 
-def load_gin(gin_args: Sequence[str]) -> None:
-    """Parses the command's gin files and bindings (registering its tasks) once per process:
-    Beam's worker processes start with none of them."""
-    global _loaded_gin
-    if not gin_args or tuple(gin_args) == _loaded_gin:
-        return
-    files, bindings, search_paths = cli.split_gin_args(gin_args)
-    gin.clear_config()
-    cli.parse_gin(files, bindings, search_paths=search_paths, finalize=False)
-    _loaded_gin = tuple(gin_args)
+def parse_gin_once(gin_args: Sequence[str]) -> dict:
+    """The command's gin files and bindings into this process's gin config, unless already
+    there; returns its `settings`. Both register the tasks: the files import their modules,
+    and a mixture made by a gin call (`@released.released_mixture()`) is registered when
+    the settings are evaluated."""
+    global _parsed
+    if _parsed is None or _parsed[0] != tuple(gin_args):
+        files, bindings, search_paths = cli.split_gin_args(gin_args)
+        gin.clear_config()
+        cli.parse_gin(files, bindings, search_paths=search_paths, finalize=False)
+        _parsed = tuple(gin_args), gin.get_configurable(settings)()
+    return dict(_parsed[1])
+
+
+def load_tasks(gin_args: Sequence[str], mixture_or_task_name: str) -> None:
+    """Registers the command's tasks in a Beam worker process, which starts with none: its
+    gin, then its mixture resolved (which registers the tasks of a lazy mixture, as the
+    released collection's)."""
+    if gin_args:
+        parse_gin_once(gin_args)
+    seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
 
 
 def error_path(cache_dir: str, task_name: str) -> epath.Path:
@@ -127,11 +138,11 @@ class _TaskDoFn(beam.DoFn):
     """Loads the command's tasks in its worker; `_cache` writes one task, and a task that
     fails leaves its error beside the cache instead of stopping the other tasks."""
 
-    def __init__(self, gin_args: Sequence[str], options: Mapping):
-        self.gin_args, self.options = tuple(gin_args), dict(options)
+    def __init__(self, tasks: tuple, options: Mapping):
+        self.tasks, self.options = tasks, dict(options)
 
     def setup(self):
-        load_gin(self.gin_args)
+        load_tasks(*self.tasks)
 
     def _cache(self, task_name: str, raw_fn) -> Iterator[tuple[str, int]]:
         try:
@@ -162,11 +173,11 @@ class ReadSharedFile(beam.DoFn):
     """(path, reading task, {partition: (task, file index)}) -> (task, (file index, row
     index, row)) for the rows of the wanted partitions, streaming the file once."""
 
-    def __init__(self, gin_args: Sequence[str]):
-        self.gin_args = tuple(gin_args)
+    def __init__(self, tasks: tuple):
+        self.tasks = tasks
 
     def setup(self):
-        load_gin(self.gin_args)
+        load_tasks(*self.tasks)
 
     def process(self, element):
         path, reader, wanted = element
@@ -210,9 +221,10 @@ def plan(tasks: Sequence[seqio.Task], cache_dir: str, lengths: Mapping[str, int]
     return todo, skipped
 
 
-def build_pipeline(pipeline, tasks: Sequence[seqio.Task], gin_args, options: Mapping) -> None:
+def build_pipeline(pipeline, tasks: Sequence[seqio.Task], loader: tuple, options: Mapping):
     """Adds the caching of `tasks` to a Beam pipeline: generic tasks one unit each; tasks of
-    shared files through one read of each file and a GroupByKey by task."""
+    shared files through one read of each file and a GroupByKey by task. `loader`: the
+    arguments of `load_tasks` that register the tasks in a worker."""
     shared = [t for t in tasks if is_shared_file_source(t.source)]
     generic = [t.name for t in tasks if t not in shared]
     if generic:
@@ -220,7 +232,7 @@ def build_pipeline(pipeline, tasks: Sequence[seqio.Task], gin_args, options: Map
             pipeline
             | "task names" >> beam.Create(generic)
             | "spread tasks" >> beam.Reshuffle()
-            | "cache tasks" >> beam.ParDo(CacheTask(gin_args, options))
+            | "cache tasks" >> beam.ParDo(CacheTask(loader, options))
         )
     if shared:
         files: dict[str, tuple[str, dict]] = {}
@@ -232,9 +244,9 @@ def build_pipeline(pipeline, tasks: Sequence[seqio.Task], gin_args, options: Map
             pipeline
             | "shared files" >> beam.Create([(p, r, w) for p, (r, w) in sorted(files.items())])
             | "spread files" >> beam.Reshuffle()
-            | "read shared files" >> beam.ParDo(ReadSharedFile(gin_args))
+            | "read shared files" >> beam.ParDo(ReadSharedFile(loader))
             | "rows by task" >> beam.GroupByKey()
-            | "cache grouped rows" >> beam.ParDo(CacheRows(gin_args, options))
+            | "cache grouped rows" >> beam.ParDo(CacheRows(loader, options))
         )
 
 
@@ -270,7 +282,7 @@ def run(
             num_shards=num_shards,
         )
         with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(beam_args)) as p:
-            build_pipeline(p, todo, gin_args, options)
+            build_pipeline(p, todo, (tuple(gin_args), mixture_or_task_name), options)
     cached, failed = {}, {}
     for task in todo:
         spec = task_cache.read_spec(cache_dir, task.name)
@@ -308,8 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     search_paths = [p for p in args.gin_search_paths.split(",") if p] + [os.getcwd()]
     args.gin_search_paths = ",".join(search_paths)
     gin_args = [f"--gin_file={CACHE_GIN}", *cli.gin_args(args)]
-    load_gin(gin_args)
-    config = gin.get_configurable(settings)()
+    config = parse_gin_once(gin_args)
     if not config["cache_dir"]:
         parser.error("CACHE_DIR is not set: pass --gin.CACHE_DIR=\"'DIR'\" (a path or gs://)")
     result = run(

@@ -240,3 +240,51 @@ def test_a_task_failing_mid_write_leaves_no_directory_while_the_others_commit(tm
     assert not (cache_dir / "h2_broken").exists()
     assert not leftover.exists()
     assert sorted(p.name for p in (cache_dir / task_cache.TMP_DIR).iterdir()) == ["h2_broken.error"]
+
+
+def test_released_collection_tasks_cache_from_one_read_of_each_shard(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks import vocab
+    from tasks.flan import released
+
+    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, demo.vocabulary().sentencepiece_model_file)
+    data = tmp_path / "released" / released.folder("cot") / "data"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    keys = [("gsm8k", "zs_opt"), ("gsm8k", "fs_opt"), ("strategyqa", "zs_opt")]
+    for index in range(2):
+        rows = [keys[k] for k in rng.integers(len(keys), size=40)]
+        table = pa.table(
+            {
+                "inputs": [f"Q{index}.{i}: what is {i} plus {i}?" for i in range(len(rows))],
+                "targets": [f"{2 * i}" for i in range(len(rows))],
+                "task_source": ["CoT"] * len(rows),
+                "task_name": [name for name, _ in rows],
+                "template_type": [template_type for _, template_type in rows],
+            }
+        )
+        pq.write_table(table, data / f"train-{index:05d}-of-00002.parquet", row_group_size=16)
+    names = released.register_collection(str(tmp_path / "released"))
+    seqio.MixtureRegistry.remove("h2_released")
+    seqio.MixtureRegistry.add("h2_released", names, default_rate=1.0)
+    reads = []
+    read = released.ReleasedSource.read_partitioned
+
+    def counted(self, path):
+        reads.append(path)
+        return read(self, path)
+
+    monkeypatch.setattr(released.ReleasedSource, "read_partitioned", counted)
+    lengths = {"inputs": 10, "targets": 4}
+    try:
+        result = cache_tasks.run("h2_released", lengths, str(tmp_path / "cache"))
+        assert len(reads) == 2 and sorted(result["cached"]) == sorted(names)
+        for name in names:
+            _, cached = _cached(tmp_path / "cache", name)
+            _assert_same(cached, _seqio_examples(seqio.get_mixture_or_task(name), lengths))
+    finally:
+        seqio.MixtureRegistry.remove("h2_released")
+        for name in names:
+            seqio.TaskRegistry.remove(name)

@@ -187,5 +187,8 @@ def _render(dataset: tf.data.Dataset, task: FlanTask, fmt: str) -> tf.data.Datas
     return dataset.map(tag, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+_render.cache_fingerprint = current_settings  # read at run time: part of a task cache's identity
+
+
 def templates_from_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[Template, ...]:
     return tuple(Template(inputs, targets) for inputs, targets in pairs)
