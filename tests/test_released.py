@@ -3,6 +3,7 @@ released layout (several shards a submix, small row groups, tasks spread across 
 as seqio tasks and mixed at FLAN's and the paper's rates."""
 
 import io
+import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -104,6 +105,8 @@ def test_registration_reads_nothing_and_first_use_names_the_path(tmp_path, monke
     assert {t.name for t in seqio.get_subtasks(mixture)} == {
         task_name("cot", n, t) for n, t, _ in LAYOUT["cot"]
     }
+    names = released.register_collection(str(later))  # present submixes only: cot
+    assert sorted(names) == sorted(t.name for t in mixture.tasks)
     monkeypatch.delenv(released.DIR_ENV, raising=False)
     unset = released.register_mixture("test_released_unset", {"cot": 1.0})
     with pytest.raises(FileNotFoundError, match=released.DIR_ENV):
@@ -132,7 +135,7 @@ def test_sanitized_names_stay_unique():
 
 def test_get_dataset_yields_the_vocabulary_encoding_plus_eos(collection):
     directory, rows = collection
-    released.released_mixture("released", directory=directory)
+    released.register_collection(directory)
     name, template_type = "glue/cola:2.0.0", "zs_opt"
     task = seqio.get_mixture_or_task(task_name("flan2021", name, template_type))
     mine = [
@@ -156,7 +159,7 @@ def test_get_dataset_yields_the_vocabulary_encoding_plus_eos(collection):
 
 def test_source_shards_partition_the_rows_whatever_the_order(collection):
     directory, rows = collection
-    released.released_mixture("released", directory=directory)
+    released.register_collection(directory)
     task = seqio.get_mixture_or_task(
         task_name("niv2", "task001_quoref_question_generation", "fs_opt")
     )
@@ -183,7 +186,7 @@ def test_source_shards_partition_the_rows_whatever_the_order(collection):
 
 def test_read_partitioned_reads_each_row_once_and_rows_to_dataset_matches(collection):
     directory, rows = collection
-    released.released_mixture("released", directory=directory)
+    released.register_collection(directory)
     task = seqio.get_mixture_or_task(task_name("dialog", "wiki_dialog", "zs_opt"))
     source = task.source
     files = source.shared_files("train")
@@ -198,6 +201,8 @@ def test_read_partitioned_reads_each_row_once_and_rows_to_dataset_matches(collec
     assert rebuilt.element_spec == expected.element_spec
     assert list(rebuilt.as_numpy_iterator()) == list(expected.as_numpy_iterator())
     assert source.rows_to_dataset([]).element_spec == expected.element_spec
+    copy = pickle.loads(pickle.dumps(source))  # as Beam ships it to its workers
+    assert list(copy.read_partitioned(files[0])) == list(source.read_partitioned(files[0]))
 
 
 def test_flan_scheme_weights_submixes_template_types_equally_and_caps_rows(collection, monkeypatch):

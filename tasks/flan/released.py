@@ -128,12 +128,13 @@ def resolve_directory(directory: str | None) -> str:
 @dataclasses.dataclass(frozen=True, eq=False)
 class SubmixIndex:
     """Which tasks one submix holds: per (task_name, template_type) its row count, its seqio
-    task name, and the row groups holding it as (file number, row group, rows)."""
+    task name, and the row groups holding it: an int array of rows (file number, row group,
+    rows), compact because a task may lie in every row group of a shuffled submix."""
 
     submix: str
     files: tuple[str, ...]
     counts: Mapping[tuple[str, str], int]
-    units: Mapping[tuple[str, str], tuple[tuple[int, int, int], ...]]
+    units: Mapping[tuple[str, str], np.ndarray]
     names: Mapping[tuple[str, str], str]
 
 
@@ -202,27 +203,31 @@ def submix_index(directory: str, submix: str) -> SubmixIndex:
             f"{base} has no shards {SHARD_PATTERN}; fetch them with "
             f"`{fetch_command(directory, submix)}`."
         )
-    counts = collections.Counter()
-    units = collections.defaultdict(list)
+    ids: dict[tuple[str, str], int] = {}  # key -> its number, in order of appearance
+    found = []  # per row group: (key numbers, file number, row group, rows) arrays
     keys = ["task_name", "template_type"]
     for number, path in enumerate(files):
         with _parquet(path) as shard:
             for group in range(shard.num_row_groups):
                 table = shard.read_row_group(group, columns=keys)
                 grouped = table.group_by(keys).aggregate([([], "count_all")])
-                columns = (grouped.column(c).to_pylist() for c in (*keys, "count_all"))
-                for name, template_type, rows in zip(*columns):
-                    _check_key(path, name, template_type)
-                    counts[(name, template_type)] += rows
-                    units[(name, template_type)].append((number, group, rows))
+                names, types = (grouped.column(c).to_pylist() for c in keys)
+                for key in zip(names, types):
+                    _check_key(path, *key)
+                key_ids = [ids.setdefault(key, len(ids)) for key in zip(names, types)]
+                rows = grouped.column("count_all").to_numpy()
+                found.append(
+                    np.stack(
+                        [key_ids, np.full_like(rows, number), np.full_like(rows, group), rows], 1
+                    )
+                )
+    found = np.concatenate(found)
+    found = found[np.argsort(found[:, 0], kind="stable")]  # each key's units, in file order
+    splits = np.split(found[:, 1:], np.flatnonzero(np.diff(found[:, 0])) + 1)
+    units = dict(zip(ids, splits))
+    counts = {key: int(value[:, 2].sum()) for key, value in units.items()}
     logging.info("Released %s: %d tasks, %d rows", submix, len(counts), sum(counts.values()))
-    return SubmixIndex(
-        submix=submix,
-        files=files,
-        counts=dict(counts),
-        units={key: tuple(value) for key, value in units.items()},
-        names=task_names(submix, counts),
-    )
+    return SubmixIndex(submix, files, counts, units, task_names(submix, counts))
 
 
 # ---- the per-task source -------------------------------------------------------------------
@@ -258,7 +263,7 @@ class ReleasedSource(seqio.DataSource):
 
     def list_shards(self, split: str) -> Sequence[str]:
         self._check_split(split)
-        return [self.index.files[n] for n in sorted({n for n, _, _ in self.index.units[self.key]})]
+        return [self.index.files[n] for n in np.unique(self.index.units[self.key][:, 0])]
 
     def shared_files(self, split: str) -> tuple[str, ...]:
         """Every shard of this task's submix (each holds rows of many tasks)."""
@@ -292,11 +297,11 @@ class ReleasedSource(seqio.DataSource):
         """This task's rows, row group by row group in `order`; a shard keeps the rows whose
         position in the task (in file order, whatever the order read) is its index mod count."""
         units = self.index.units[self.key]
-        starts = np.cumsum([0] + [rows for _, _, rows in units])
+        starts = np.cumsum(units[:, 2]) - units[:, 2]
         name, template_type = self.key
         for unit in order:
-            number, group, _ = units[unit]
-            position = starts[unit]
+            number, group, _ = units[unit].tolist()
+            position = int(starts[unit])
             with _parquet(self.index.files[number]) as shard:
                 batches = shard.iter_batches(
                     batch_size=_BATCH_ROWS, row_groups=[group], columns=list(COLUMNS)
@@ -390,6 +395,17 @@ def _indexes(directory: str | None, submixes) -> dict[str, SubmixIndex]:
     for index in indexes.values():
         register_tasks(index)
     return indexes
+
+
+def register_collection(directory: str | None = None) -> list[str]:
+    """Registers the tasks of every submix present in `directory` (None:
+    $FLAN_JAX_RELEASED_DIR) and returns their names: for a process that looks tasks up by
+    name without first resolving a mixture that holds them."""
+    directory = resolve_directory(directory)
+    present = [s for s in SUBMIXES if (epath.Path(directory) / folder(s)).is_dir()]
+    return [
+        name for index in _indexes(directory, present).values() for name in index.names.values()
+    ]
 
 
 def flan_rates(indexes: Mapping[str, SubmixIndex], weights: Mapping[str, float]) -> dict:
