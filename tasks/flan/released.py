@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -294,30 +295,33 @@ class ReleasedSource(seqio.DataSource):
         )
 
     def _rows(self, order: Sequence[int], shard_info: seqio.ShardInfo | None) -> Iterator[dict]:
-        """This task's rows, row group by row group in `order`; a shard keeps the rows whose
-        position in the task (in file order, whatever the order read) is its index mod count."""
+        """This task's rows, row group by row group in `order` (each file opened once a run of
+        its row groups); a shard keeps the rows whose position in the task (in file order,
+        whatever the order read) is its index mod count."""
         units = self.index.units[self.key]
         starts = np.cumsum(units[:, 2]) - units[:, 2]
         name, template_type = self.key
-        for unit in order:
-            number, group, _ = units[unit].tolist()
-            position = int(starts[unit])
+        for number, run in itertools.groupby(order, key=lambda unit: units[unit, 0]):
             with _parquet(self.index.files[number]) as shard:
-                batches = shard.iter_batches(
-                    batch_size=_BATCH_ROWS, row_groups=[group], columns=list(COLUMNS)
-                )
-                for batch in batches:
-                    mine = pc.and_(
-                        pc.equal(batch["task_name"], name),
-                        pc.equal(batch["template_type"], template_type),
+                for unit in run:
+                    position = int(starts[unit])
+                    batches = shard.iter_batches(
+                        batch_size=_BATCH_ROWS,
+                        row_groups=[int(units[unit, 1])],
+                        columns=list(COLUMNS),
                     )
-                    for row in batch.filter(mine).to_pylist():
-                        if (
-                            shard_info is None
-                            or position % shard_info.num_shards == shard_info.index
-                        ):
-                            yield row
-                        position += 1
+                    for batch in batches:
+                        mine = pc.and_(
+                            pc.equal(batch["task_name"], name),
+                            pc.equal(batch["template_type"], template_type),
+                        )
+                        for row in batch.filter(mine).to_pylist():
+                            if (
+                                shard_info is None
+                                or position % shard_info.num_shards == shard_info.index
+                            ):
+                                yield row
+                            position += 1
 
     def get_dataset(
         self,
@@ -330,13 +334,18 @@ class ReleasedSource(seqio.DataSource):
         use_cached: bool = False,
         num_epochs: int | None = 1,
     ) -> tf.data.Dataset:
-        """Streams the row groups holding this task (in a seeded random order if `shuffle`)."""
+        """Streams the row groups holding this task: in file order, or if `shuffle` the files
+        in a seeded random order and each file's row groups too."""
         self._check_split(split)
-        order = np.arange(len(self.index.units[self.key]))
+        units = self.index.units[self.key]
+        order = np.arange(len(units))
         if shuffle:
-            np.random.default_rng(seed).shuffle(order)
+            rng = np.random.default_rng(seed)
+            files = np.unique(units[:, 0]).tolist()
+            file_rank = dict(zip(files, rng.permutation(len(files)).tolist()))
+            order = sorted(rng.permutation(order).tolist(), key=lambda u: file_rank[units[u, 0]])
         return tf.data.Dataset.from_generator(
-            lambda: self._rows(order.tolist(), shard_info), output_signature=_row_signature()
+            lambda: self._rows(list(order), shard_info), output_signature=_row_signature()
         )
 
 
