@@ -109,3 +109,14 @@ def save_hf_dir(path, hf_model, *, max_shard_size=None):
         spm_file = vocab.sentencepiece_vocabulary(TEXT, "hf_test", hf_model.config.vocab_size)
     os.replace(spm_file.sentencepiece_model_file, os.path.join(path, "spiece.model"))
     return str(path)
+
+
+def hf_logits(hf_model, batch):
+    """transformers' logits for a batch of flan_jax encoder-decoder features."""
+    b = {k: torch.from_numpy(v).long() for k, v in batch.items()}
+    with torch.no_grad():
+        return hf_model(
+            input_ids=b["encoder_input_tokens"],
+            attention_mask=(b["encoder_input_tokens"] != 0).long(),
+            decoder_input_ids=b["decoder_input_tokens"],
+        ).logits.numpy()

@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from hf_testing import TOL, padded_tokens, save_hf_dir, shift_right
+from hf_testing import TOL, hf_logits, padded_tokens, save_hf_dir, shift_right
 
 from flan_jax import checkpoints, model_loader, partitioning
 from flan_jax.interop import hf_t5
@@ -26,16 +26,6 @@ def batch():
         "encoder_input_tokens": padded_tokens(rng, [11, 6], 11),
         "decoder_input_tokens": shift_right(targets),
     }
-
-
-def hf_logits(hf_model, batch):
-    b = {k: torch.from_numpy(v).long() for k, v in batch.items()}
-    with torch.no_grad():
-        return hf_model(
-            input_ids=b["encoder_input_tokens"],
-            attention_mask=(b["encoder_input_tokens"] != 0).long(),
-            decoder_input_ids=b["decoder_input_tokens"],
-        ).logits.numpy()
 
 
 def abstract_params(model):

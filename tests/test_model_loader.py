@@ -52,7 +52,7 @@ def test_formats_are_told_apart_by_their_files(hf_dir, imported, tmp_path):
         assert model_loader.checkpoint_format(path) == model_loader.FLAN_JAX
     (tmp_path / "checkpoint").write_bytes(b"\x85")  # T5X's msgpack file
     assert model_loader.checkpoint_format(str(tmp_path)) == model_loader.T5X
-    with pytest.raises(NotImplementedError, match="is a T5X checkpoint, which flan_jax does not"):
+    with pytest.raises(ValueError, match="is not a T5X msgpack file"):
         model_loader.load(str(tmp_path), partitioner())
     with pytest.raises(FileNotFoundError, match=r"is none of: a flan_jax model dir"):
         model_loader.checkpoint_format(str(tmp_path / "nothing"))

@@ -10,8 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import serialization, traverse_util
-from hf_testing import padded_tokens, shift_right
-from test_hf_t5 import hf_logits
+from hf_testing import hf_logits, padded_tokens, shift_right
 
 from flan_jax import checkpoints, model_loader, optim, partitioning
 from flan_jax.interop import t5x
