@@ -10,7 +10,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_jax import data, input_pipeline, task_cache
+from flan_jax import cache_tasks, data, input_pipeline, task_cache
 from flan_jax.models import base
 
 LENGTHS = {"inputs": 32, "targets": 8}
@@ -68,10 +68,11 @@ def _examples(task_name, lengths=LENGTHS):
 
 
 def _write_cache(cache_dir, task_name, lengths=LENGTHS):
-    writer = task_cache.TaskWriter(cache_dir, task_name, "train", num_shards=2)
-    writer.write_all(_examples(task_name, lengths))
     task = seqio.get_mixture_or_task(task_name)
-    writer.commit(task_cache.fingerprint(task, lengths), {})
+    raw = task.source.get_dataset(split="train", shuffle=False)
+    cache_tasks.write_task(
+        task, raw, cache_dir=str(cache_dir), task_feature_lengths=lengths, num_shards=2
+    )
 
 
 @pytest.fixture(scope="module")
