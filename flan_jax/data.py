@@ -1,8 +1,10 @@
 """SeqIO datasets -> global batches -> `jax.Array`s whose rows live on the devices that own them.
 
-Every host builds the same deterministic stream of global batches and places on its own
-devices only the rows they hold. So the batches do not depend on how many hosts there are:
-two hosts train exactly what one does, and a run can resume on another topology. At
+Every host builds the same deterministic stream of global batches (seqio streaming here, or
+the task cache through `flan_jax.input_pipeline`) and places on its own devices only the rows
+they hold. So the batches do not depend on how many hosts there are: two hosts train exactly
+what one does, and a run can resume on another topology; the input position a checkpoint
+saves is the same on every host. At
 finetuning batch sizes (the paper's 32-64 sequences) preparing a whole batch per host costs
 little next to a training step.
 """
@@ -10,7 +12,8 @@ little next to a training step.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -117,14 +120,12 @@ def train_dataset(
     *,
     global_batch_size: int,
     seed: int,
-    start_step: int = 0,
     split: str = "train",
     pack: bool = True,
     converter: seqio.FeatureConverter | None = None,
 ) -> tf.data.Dataset:
-    """Global batches, shuffled and repeated deterministically from `seed`.
-
-    `start_step` skips the batches already trained on, so a resumed run continues with
+    """Global batches, shuffled and repeated deterministically from `seed` (the same on every
+    host), so a resume that takes the batches already trained on (`restore_position`) sees
     exactly the batch an uninterrupted run would see next. `converter` replaces the model's
     `feature_converter` (the benchmarks compare seqio's own packer through it).
     """
@@ -140,7 +141,7 @@ def train_dataset(
         use_cached=False,
     )
     ds = ds.batch(global_batch_size, drop_remainder=True)
-    return ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def place(batch: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -162,9 +163,65 @@ def pad_rows(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.n
     }
 
 
+class StreamingBatches:
+    """`train_dataset`'s global batches as numpy, with the input interface of the cached path
+    (`input_pipeline.TrainInput`). A tf.data stream has no position to save: `get_state` is
+    None, and a resume replays the batches before it (`restore_position`)."""
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._batches = dataset.as_numpy_iterator()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._batches)
+
+    def get_state(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def restore_position(inputs, start_step: int, state: dict | None, *, sample: int = 10) -> None:
+    """Positions `inputs` after `start_step` batches: from a checkpoint's input state in
+    constant time, or, without one (streaming, or a checkpoint older than input states), by
+    taking `start_step` batches, after a one-line note of what that costs (timed over the
+    `sample` batches after the first, which also pays for building the pipeline)."""
+    if state is not None:
+        began = time.perf_counter()
+        inputs.set_state(state)
+        print(
+            f"input: position after step {start_step} restored from the checkpoint in "
+            f"{time.perf_counter() - began:.2f} s (no replay)",
+            flush=True,
+        )
+        return
+    if not start_step:
+        return
+    next(inputs)
+    sample = min(sample, start_step - 1)
+    began = time.perf_counter()
+    for _ in range(sample):
+        next(inputs)
+    per_batch = (time.perf_counter() - began) / sample if sample else 0.0
+    left = start_step - 1 - sample
+    print(
+        f"input: the checkpoint has no input position; replaying {start_step} batches to "
+        f"reach step {start_step}: about {left * per_batch:.0f} s more at "
+        f"{per_batch * 1e3:.1f} ms a batch (CACHE_DIR resumes in constant time)",
+        flush=True,
+    )
+    for _ in range(left):
+        next(inputs)
+
+
 def global_batches(
-    dataset: tf.data.Dataset, partitioner: partitioning.Partitioner
+    batches: Iterable[Mapping[str, np.ndarray]], partitioner: partitioning.Partitioner
 ) -> Iterator[dict[str, jax.Array]]:
+    """Places each numpy global batch as it is asked for: one taken from `batches` per batch
+    yielded, never one ahead, so the input's state after n batches is the position after n."""
     sharding = partitioner.batch_sharding()
-    for batch in dataset.as_numpy_iterator():
+    for batch in batches:
         yield place(batch, sharding)

@@ -185,8 +185,10 @@ class Preemption(Hook):
 class Checkpoint(Hook):
     """Saves every `every` steps, at the last step and at a step a hook stopped the run on,
     after `before_save` (the non-finite check of the state). `data_state(step)` is what the
-    input needs to resume after `step`, saved beside the state. Owns the checkpointer: on
-    closing it waits for the last save (a failed write raises there), then closes it."""
+    input needs to resume after `step` (the run's identity, the step and the input's state),
+    saved beside the state; it is called after the loop took exactly `step` batches, so an
+    input state read there is the position after them. Owns the checkpointer: on closing it
+    waits for the last save (a failed write raises there), then closes it."""
 
     def __init__(
         self,

@@ -1,7 +1,9 @@
 """Gin-configured finetuning: `python -m flan_jax.train --gin_file=gin/runs/demo.gin`.
 
 Resumes from the latest checkpoint in MODEL_DIR; otherwise starts from
-INITIAL_CHECKPOINT_PATH (parameters only) or from scratch.
+INITIAL_CHECKPOINT_PATH (parameters only) or from scratch. Reads the task cache in CACHE_DIR
+(`python -m flan_jax.cache_tasks`) through Grain, whose saved position resumes in constant
+time, or, with CACHE_DIR = None, streams the tasks through seqio and replays on resume.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def train(
     nonfinite: str = "stop",
     checkpoint_fallback: bool = False,
     length_check_examples: int = 100,
+    cache_dir: str | None = None,
+    input_workers: int = 0,
 ) -> tuple[TrainState, dict]:
     """Trains to `train_steps`; returns the final state and the decode-and-score results by step.
 
@@ -78,6 +82,8 @@ def train(
     step (nothing of it is saved), 'skip' drops that batch's update and goes on.
     `checkpoint_fallback` resumes from the newest intact checkpoint when the latest is
     corrupt. `length_check_examples` examples of each task are checked for truncation.
+    `cache_dir` holds the cached tasks to train on (None: stream them through seqio);
+    `input_workers` is the number of Grain worker processes reading it.
     """
     model_dir = os.path.abspath(model_dir)
     _write_config(model_dir)
@@ -85,7 +91,9 @@ def train(
     _print_devices(partitioner)
     data.check_vocabulary(mixture_or_task_name, model.config.vocab_size)
     _warn_truncation(mixture_or_task_name, task_feature_lengths, length_check_examples)
-    identity = _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed)
+    identity = _run_identity(
+        mixture_or_task_name, task_feature_lengths, batch_size, seed, cached=cache_dir is not None
+    )
     checkpointer = checkpoints.Checkpointer(model_dir, max_to_keep=keep_checkpoints)
     nonfinite_hook = hooks.NonFinite(nonfinite, checkpointer)
     trainer = Trainer(
@@ -97,11 +105,21 @@ def train(
         seed=seed,
         skip_nonfinite=nonfinite_hook.skip,
     )
-    state = _initial_state(
+    state, data_state = _initial_state(
         trainer, checkpointer, identity, initial_checkpoint_path, seed, checkpoint_fallback
     )
     start_step = int(state.step)
     print(f"model_dir {model_dir}: starting at step {start_step} of {train_steps}", flush=True)
+    inputs = _train_input(
+        mixture_or_task_name,
+        task_feature_lengths,
+        model,
+        batch_size,
+        seed,
+        cache_dir,
+        input_workers,
+    )
+    data.restore_position(inputs, start_step, data_state.get("input"))
     writer = summaries.ProgressWriter(
         model_dir,
         total_steps=train_steps,
@@ -133,24 +151,17 @@ def train(
         hooks.Checkpoint(
             checkpointer,
             checkpoint_every,
-            lambda step: {**identity, "step": step},
+            # Read after exactly `step` batches: the loop takes one a step, none ahead.
+            lambda step: {**identity, "step": step, "input": inputs.get_state()},
             before_save=nonfinite_hook.check_unread,
         ),
         *([prediction] if prediction else []),
     ]
-    dataset = data.train_dataset(
-        mixture_or_task_name,
-        task_feature_lengths,
-        model,
-        global_batch_size=batch_size,
-        seed=seed,
-        start_step=start_step,
-    )
     try:
         state = train_loop.run(
             trainer.train_step,
             state,
-            data.global_batches(dataset, partitioner),
+            data.global_batches(inputs, partitioner),
             start_step=start_step,
             last_step=train_steps,
             hooks=run_hooks,
@@ -161,7 +172,29 @@ def train(
             f"steps; the training split is empty or smaller than one batch of {batch_size}: "
             "check its data source."
         ) from None
+    finally:
+        inputs.close()  # Grain's worker processes, if any
     return state, prediction.results if prediction else {}
+
+
+def _train_input(name, lengths, model, batch_size, seed, cache_dir, workers):
+    """The global batches from the task cache (Grain) when there is one, else streamed
+    through seqio as before the cache existed; either has `get_state` (None when streaming)."""
+    if cache_dir is None:
+        return data.StreamingBatches(
+            data.train_dataset(name, lengths, model, global_batch_size=batch_size, seed=seed)
+        )
+    from flan_jax import input_pipeline  # Grain: imported only by runs that read a cache
+
+    return input_pipeline.train_input(
+        name,
+        lengths,
+        model,
+        cache_dir=cache_dir,
+        global_batch_size=batch_size,
+        seed=seed,
+        worker_count=workers,
+    )
 
 
 def _write_config(model_dir: str) -> None:
@@ -247,39 +280,56 @@ def _evaluation_hooks(
     return periodic, hooks.PredictionEval(evaluator, writer)
 
 
-def _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed) -> dict:
-    """What must match for a checkpoint's data position to mean the same batches."""
+def _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed, *, cached):
+    """What must match for a checkpoint's data position to mean the same batches. The input
+    path is part of it: the cache (Grain) and seqio streaming shuffle, mix and pack
+    differently, so the same seed gives other batches on the other path. Where the cache
+    lives is not: a copy of it (say, moved to local disk) holds the same examples, and the
+    cache's fingerprint check refuses one made differently."""
     return {
         "mixture_or_task_name": mixture_or_task_name,
         "task_feature_lengths": dict(task_feature_lengths),
         "batch_size": batch_size,
         "seed": seed,
+        "input_path": "task cache" if cached else "seqio streaming",
     }
+
+
+# Checkpoints saved before the key existed were all streamed.
+_IDENTITY_DEFAULTS = {"input_path": "seqio streaming"}
+_SWITCH_BACK = {
+    "seqio streaming": "that run streamed its input: set CACHE_DIR = None",
+    "task cache": "that run read a task cache: set CACHE_DIR to it",
+}
 
 
 def _initial_state(
     trainer, checkpointer, identity, initial_checkpoint_path, seed, checkpoint_fallback
-) -> TrainState:
+) -> tuple[TrainState, dict]:
     """The resume policy: the latest checkpoint of MODEL_DIR (of the same run), else
-    INITIAL_CHECKPOINT_PATH's parameters, else fresh parameters from `seed`."""
+    INITIAL_CHECKPOINT_PATH's parameters, else fresh parameters from `seed`. Returns the
+    state and the checkpoint's data item (empty when not resuming)."""
     latest = checkpointer.latest_step()
     if latest is not None:
         state, data_state = checkpointer.restore(
             trainer.abstract_state, fallback=checkpoint_fallback
         )
         latest = int(state.step)
-        saved = {k: data_state.get(k) for k in identity}
+        saved = {k: data_state.get(k, _IDENTITY_DEFAULTS.get(k)) for k in identity}
         if saved != identity:
+            switched = saved["input_path"] != identity["input_path"]
+            hint = f" ({_SWITCH_BACK[saved['input_path']]})" if switched else ""
             raise ValueError(
                 f"MODEL_DIR {os.path.dirname(checkpointer.directory)} holds a run with {saved}, "
-                f"but this run asks for {identity}. Resuming would feed different batches: use a "
-                "new MODEL_DIR, or pass the old one as INITIAL_CHECKPOINT_PATH to finetune from it."
+                f"but this run asks for {identity}. Resuming would feed different batches"
+                f"{hint}: use a new MODEL_DIR, or pass the old one as "
+                "INITIAL_CHECKPOINT_PATH to finetune from it."
             )
         print(f"resuming from checkpoint step {latest}", flush=True)
-        return state
+        return state, data_state
     if initial_checkpoint_path:
-        return _pretrained_state(trainer, initial_checkpoint_path)
-    return trainer.create_state(jax.random.key(seed))
+        return _pretrained_state(trainer, initial_checkpoint_path), {}
+    return trainer.create_state(jax.random.key(seed)), {}
 
 
 def _pretrained_state(trainer, path: str) -> TrainState:

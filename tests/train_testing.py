@@ -1,7 +1,11 @@
 """Helpers shared by the tests that train: run commands, in-process runs, small trainers."""
 
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 
 import gin
 import jax
@@ -34,6 +38,64 @@ def train_command(model_dir, steps, *bindings):
         "--gin.PREDICT_EVAL=False",
         *bindings,
     ]
+
+
+def device_env(count: int) -> dict:
+    """The environment of a process with `count` CPU devices."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_processes(model_dir, steps, *bindings, processes=1, devices=4, timeout=900) -> list[str]:
+    """Trains in `processes` processes on 127.0.0.1 (jax.distributed), `devices` CPU devices in
+    all; returns each process's output, after checking that all exited 0. Outputs go to files:
+    a process blocked on a full pipe would stall the others at their next collective."""
+    command = train_command(model_dir, steps, *bindings)
+    if processes > 1:
+        address = f"127.0.0.1:{free_port()}"
+        command += [f"--coordinator_address={address}", f"--num_processes={processes}"]
+    outputs = [tempfile.TemporaryFile("w+") for _ in range(processes)]
+    procs = [
+        subprocess.Popen(
+            command + ([f"--process_id={i}"] if processes > 1 else []),
+            cwd=REPO,
+            env=device_env(devices // processes),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i, output in enumerate(outputs)
+    ]
+    texts = []
+    for proc, output in zip(procs, outputs):
+        proc.wait(timeout=timeout)
+        output.seek(0)
+        texts.append(output.read())
+        assert proc.returncode == 0, texts[-1][-3000:]
+    return texts
+
+
+def kill_at_step(model_dir, steps, at, *bindings) -> None:
+    """Starts training to `steps` and SIGKILLs it as it prints step `at`."""
+    proc = subprocess.Popen(
+        train_command(model_dir, steps, *bindings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env=device_env(4),
+    )
+    for line in proc.stdout:
+        if line.startswith(f"step {at}/"):
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def logged_losses(model_dir) -> dict[int, float]:
