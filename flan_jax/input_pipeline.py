@@ -113,7 +113,7 @@ class _EpochShuffle(grain.MapDataset):
         return self._parent[int(order[position])]
 
 
-class _Mix(grain.MapDataset):
+class Mix(grain.MapDataset):
     """Endless datasets interleaved at integer weights, deterministically: among the first k
     examples, dataset i supplies k * w_i / sum(w) give or take the tree's depth.
 
@@ -154,7 +154,7 @@ def mixed_examples(tasks, seed: int) -> grain.MapDataset:
     ]
     smallest = min(rate for _, rate, _ in tasks)
     weights = [round(1000 * rate / smallest) for _, rate, _ in tasks]
-    return _Mix(datasets, weights).map(task_cache.decode)
+    return Mix(datasets, weights).map(task_cache.decode)
 
 
 def _encdec_layout(example):

@@ -5,6 +5,7 @@ import collections
 import json
 import types
 
+import grain
 import numpy as np
 import pytest
 import seqio
@@ -229,8 +230,13 @@ def _round_trip(cache_dir, n, m, **kwargs):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"pack": False}, {"model": PREFIX_LM}, {"worker_count": 2}],
-    ids=["packed", "unpacked", "prefix_lm", "workers"],
+    [
+        pytest.param({}, id="packed"),
+        pytest.param({"pack": False}, id="unpacked"),
+        pytest.param({"model": PREFIX_LM}, id="prefix_lm"),
+        # Two pipelines of two spawned worker processes each: 13-30 s on a shared 2-core box.
+        pytest.param({"worker_count": 2}, id="workers", marks=pytest.mark.slow),
+    ],
 )
 def test_restored_state_continues_with_the_same_batches(cache_dir, kwargs):
     actual, expected = _round_trip(cache_dir, 5, 6, packing_bins=16, **kwargs)
@@ -275,3 +281,21 @@ def test_cache_made_with_other_lengths_is_refused(tmp_path):
     _write_cache(tmp_path, "h3_b", {"inputs": 16, "targets": 8})
     with pytest.raises(task_cache.CacheMismatchError, match=r"'h3_b'.*lengths"):
         _pipeline(str(tmp_path), "h3_b")
+
+
+def test_mix_of_many_uneven_tasks_keeps_each_share_and_order():
+    """300 tasks with long-tailed weights: over the first 100k draws each task supplies its
+    share to within a few examples, and its own examples in order without skips."""
+    weights = np.random.default_rng(0).lognormal(3, 1.5, 300).astype(int) + 1
+    mixed = input_pipeline.Mix(
+        [grain.MapDataset.range(10**9).map(lambda i, t=t: (t, i)) for t in range(300)],
+        weights.tolist(),
+    )
+    drawn = [mixed[k] for k in range(100_000)]
+    counts = collections.Counter(t for t, _ in drawn)
+    expected = 100_000 * weights / weights.sum()
+    assert max(abs(counts[t] - expected[t]) for t in range(300)) < 10
+    seen = collections.defaultdict(list)
+    for t, i in drawn:
+        seen[t].append(i)
+    assert all(indices == list(range(len(indices))) for indices in seen.values())
