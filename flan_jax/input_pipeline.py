@@ -1,8 +1,9 @@
 """Training batches from the offline task cache (`flan_jax.task_cache`), read with Grain.
 
 Each task's cached examples are a random-access source, shuffled per epoch from the run's
-seed and repeated; `grain.MapDataset.mix` interleaves the tasks at the mixture's rates, so
-the k-th example of the stream is computed from k alone. Grain's packer fills rows of the
+seed and repeated; `Mix` interleaves the tasks at the mixture's rates (the rule of
+`grain.MapDataset.mix`, in O(log tasks)), so the k-th example of the stream is computed
+from k alone. Grain's packer fills rows of the
 feature lengths, rows are batched and converted to the model's features exactly as seqio's
 feature converter lays them out. The iterator's state is the stream position plus the
 packer's open batch: a few integers whatever the step, restored without replaying the
