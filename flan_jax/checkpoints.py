@@ -350,6 +350,8 @@ def _write_integrity(state_dir: str, data_digest: str | None) -> None:
     files = {}
     for path in _files_under(state_dir):
         relative = os.path.relpath(path, state_dir)
+        if relative == INTEGRITY:  # an earlier record, if finalizing ran again
+            continue
         files[relative] = {"bytes": os.path.getsize(path)}
         if _OCDBT_DATA_DIR not in relative.split(os.sep)[:-1]:
             files[relative]["sha256"] = _sha256(path)
