@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # Parsed before the run's own files: CACHE_DIR's default and the settings this command reads.
 CACHE_GIN = "cache.gin"
-# A shared-file source implements these (the contract in flan_jax/task_cache.py's readers).
+# What a source whose rows live in files shared by many tasks offers (tasks.flan.released).
 SHARED_FILE_METHODS = ("shared_files", "partition", "read_partitioned", "rows_to_dataset")
 
 
