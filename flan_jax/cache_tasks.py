@@ -59,6 +59,15 @@ def settings(
     num_shards: int = 1,
 ) -> dict:
     """What gin/cache.gin binds from the run's macros (num_shards: ArrayRecord files a task)."""
+    for macro, value in [
+        ("MIXTURE_OR_TASK_NAME", mixture_or_task_name),
+        ("TASK_FEATURE_LENGTHS", task_feature_lengths),
+    ]:
+        if value is gin.REQUIRED:
+            raise ValueError(
+                f"{macro} is not set: pass --gin.{macro}=VALUE or a run file that sets it "
+                "(the task cache reads the same gin files as training)."
+            )
     return dict(
         mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=dict(task_feature_lengths),
