@@ -114,25 +114,37 @@ def test_reading_a_task_holds_a_bounded_buffer_not_its_instances(tmp_path):
     assert peak < 1_000_000, peak
 
 
-def test_a_dataset_reads_instances_as_it_yields_them(tmp_path, monkeypatch):
-    path = _many_instances(tmp_path / "task905_large.json", 5_000)
+@pytest.mark.parametrize("read_bytes", [7, 1 << 16])
+def test_a_dataset_reads_a_block_of_instances_at_a_time(tmp_path, monkeypatch, read_bytes):
+    monkeypatch.setattr(sources, "_NIV2_READ_BYTES", read_bytes)
+    path = _write(
+        tmp_path / "task905_blocks.json",
+        {"Definition": "d", "Instances": TRICKY_INSTANCES * 200, "Instance License": ["x"]},
+    )
+    definition, instances = _expected(path)
     source = sources.niv2_source(path)
-    assert source.num_input_examples("train") == 5_000  # Counted (and cached) up front.
-    read = []
-    streamed = sources.niv2_instances
+    assert source.num_input_examples("train") == 1_200  # Counted (and cached) up front.
+    blocks = []
+    read_block = sources._niv2_block
 
-    def counting(p):
-        for instance in streamed(p):
-            read.append(instance)
-            yield instance
+    def counting(*args):
+        blocks.append(read_block(*args))
+        return blocks[-1]
 
-    monkeypatch.setattr(sources, "niv2_instances", counting)
+    monkeypatch.setattr(sources, "_niv2_block", counting)
     dataset = source.get_dataset("train", shuffle=False)
-    first = [ex["input"].decode() for ex in dataset.take(3).as_numpy_iterator()]
-    assert [text.split()[0] for text in first] == ["0", "1", "2"]
-    assert len(read) <= 4  # What it yielded (and at most one ahead), not the 5,000.
+    first = list(dataset.take(3).as_numpy_iterator())
+    # A few blocks of 128 (tf.data may read one or two ahead), not the 1,200 instances.
+    assert sum(len(b) for b in blocks) <= 4 * sources._NIV2_BLOCK, [len(b) for b in blocks]
+    rows = [{k: v.decode() for k, v in row.items()} for row in dataset.as_numpy_iterator()]
+    assert rows == [{"definition": definition, **i} for i in instances]  # json.load's, in order
+    assert [{k: v.decode() for k, v in row.items()} for row in first] == rows[:3]
+
+
+def test_partly_read_streams_hold_no_open_files(tmp_path):
+    path = _many_instances(tmp_path / "task906_large.json", 2_000)
     fds = len(os.listdir("/proc/self/fd"))
     iterators = [iter(sources.niv2_instances(path)) for _ in range(50)]
     for iterator in iterators:
         next(iterator)
-    assert len(os.listdir("/proc/self/fd")) == fds  # Partly read streams hold no open files.
+    assert len(os.listdir("/proc/self/fd")) == fds

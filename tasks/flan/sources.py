@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -29,8 +30,10 @@ _MMLU_PATTERN = re.compile(r"mmlu|hendrycks", re.IGNORECASE)
 _NIV2_SOURCE_PATTERN = re.compile(r'"Source"\s*:\s*\[([^\]]*)\]')
 # "Source" sits near the top of a task file; reading this much finds it without the instances.
 _NIV2_HEAD_BYTES = 8192
-# Task files are read this many bytes at a time (more only for a longer value).
+# Task files are read this many bytes at a time (more only for a longer value), and their
+# datasets this many instances at a time.
 _NIV2_READ_BYTES = 1 << 16
+_NIV2_BLOCK = 128
 _JSON_DECODER = json.JSONDecoder()
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -185,7 +188,7 @@ def is_mmlu_task(path: str) -> bool:
 def niv2_definition(path: str) -> str:
     """A task file's "Definition" (a string, or a list of strings joined), checked."""
     where = 1
-    for key, value, line in _niv2_fields(path):
+    for key, value, line in _niv2_fields(_JsonStream(path)):
         if key == "Definition":
             if isinstance(value, list):
                 value = " ".join(str(d) for d in value)
@@ -199,51 +202,47 @@ def niv2_definition(path: str) -> str:
 def niv2_instances(path: str) -> Iterator[dict[str, str]]:
     """A task file's instances as {"input", "output"} (the first of its outputs), in file
     order, read one at a time: a task file is never held in memory."""
-    number = -1
-    for key, instance, line in _niv2_fields(path):
-        if key != "Instances":
-            continue
-        number += 1
-        outputs = instance.get("output") if isinstance(instance, dict) else None
-        outputs = [outputs] if isinstance(outputs, str) else outputs
-        if (
-            not isinstance(outputs, list)
-            or not outputs
-            or not isinstance(instance.get("input"), str)
-        ):
-            raise ValueError(
-                f'{path}:{line}: Instances[{number}] needs a string "input" and a non-empty '
-                f'"output" list; got {str(instance)[:80]!r}. Fix or remove that instance.'
-            )
-        yield {"input": instance["input"], "output": str(outputs[0])}
-    if number < 0:
-        raise ValueError(f'{path}:1: no "Instances"; a NIV2 task needs at least one.')
+    return _checked_instances(_JsonStream(path))
 
 
-@functools.cache
 def niv2_count(path: str) -> int:
-    """The number of instances of a task file, checking each, in one streaming pass (cached:
+    """The number of instances of a task file, checking each (one streaming pass, cached:
     mixture rates ask for every task's count)."""
-    return sum(1 for _ in niv2_instances(path))
+    return _niv2_index(path)[0]
 
 
 def niv2_source(path: str) -> LazyCountSource:
-    """A task file's instances with its definition, streamed from the file each time the
-    dataset is iterated (a mixture holds thousands of these at once)."""
+    """A task file's instances with its definition, read from the file a block of
+    `_NIV2_BLOCK` instances at a time while the dataset is iterated (a mixture holds
+    thousands of these datasets at once)."""
 
     def dataset_fn(split, shuffle_files, seed=None):
         del split, shuffle_files, seed
         definition = niv2_definition(path)
-        niv2_count(path)  # Checks every instance now: a malformed file fails here, not mid-run.
+        _, starts = _niv2_index(path)  # Checks every instance: a bad file fails here, not mid-run.
+        ends = starts[1:] + (-1,)
 
-        def rows():
-            for instance in niv2_instances(path):
-                yield {"definition": definition, **instance}
+        def read(start, end):
+            rows = _niv2_block(path, int(start), int(end))
+            return (
+                np.array([row["input"] for row in rows], dtype=object),
+                np.array([row["output"] for row in rows], dtype=object),
+            )
 
-        spec = tf.TensorSpec((), tf.string)
-        return tf.data.Dataset.from_generator(
-            rows, output_signature={"definition": spec, "input": spec, "output": spec}
-        )
+        def block(start, end):
+            inputs, outputs = tf.numpy_function(
+                read, [start, end], (tf.string, tf.string), stateful=False
+            )
+            inputs.set_shape([None])
+            outputs.set_shape([None])
+            return {
+                "definition": tf.fill(tf.shape(inputs), definition),
+                "input": inputs,
+                "output": outputs,
+            }
+
+        blocks = tf.data.Dataset.from_tensor_slices((list(starts), list(ends)))
+        return blocks.map(block).unbatch()
 
     def count(split):
         return niv2_count(path) if split == "train" else None
@@ -251,11 +250,57 @@ def niv2_source(path: str) -> LazyCountSource:
     return LazyCountSource(dataset_fn, ("train",), count)
 
 
-def _niv2_fields(path: str) -> Iterator[tuple[str, object, int]]:
+@functools.cache
+def _niv2_index(path: str) -> tuple[int, tuple[int, ...]]:
+    """The instance count of a task file and the byte offset of every `_NIV2_BLOCK`-th
+    instance (where each block of the dataset starts reading), in one checking pass."""
+    stream = _JsonStream(path)
+    count, starts = 0, []
+    for _ in _checked_instances(stream):
+        if count % _NIV2_BLOCK == 0:
+            starts.append(stream.last_value_byte())
+        count += 1
+    return count, tuple(starts)
+
+
+def _niv2_block(path: str, start: int, end: int) -> list[dict[str, str]]:
+    """The instances from byte `start` (where one begins) to `end` (-1: the end of the
+    "Instances" list), as `niv2_instances` reads them."""
+    stream = _JsonStream(path, start, end)
+    rows = []
+    while stream.peek() not in ("", "]"):
+        rows.append(_instance_fields(path, stream.value(), len(rows), 0))
+        if stream.peek() == ",":
+            stream.expect(",")
+    return rows
+
+
+def _checked_instances(stream: _JsonStream) -> Iterator[dict[str, str]]:
+    number = -1
+    for key, instance, line in _niv2_fields(stream):
+        if key == "Instances":
+            number += 1
+            yield _instance_fields(stream.path, instance, number, line)
+    if number < 0:
+        raise ValueError(f'{stream.path}:1: no "Instances"; a NIV2 task needs at least one.')
+
+
+def _instance_fields(path: str, instance, number: int, line: int) -> dict[str, str]:
+    outputs = instance.get("output") if isinstance(instance, dict) else None
+    outputs = [outputs] if isinstance(outputs, str) else outputs
+    if not isinstance(outputs, list) or not outputs or not isinstance(instance.get("input"), str):
+        raise ValueError(
+            f'{path}:{line}: Instances[{number}] needs a string "input" and a non-empty '
+            f'"output" list; got {str(instance)[:80]!r}. Fix or remove that instance.'
+        )
+    return {"input": instance["input"], "output": str(outputs[0])}
+
+
+def _niv2_fields(stream: _JsonStream) -> Iterator[tuple[str, object, int]]:
     """(key, value, line) of each top-level field of a task file, in file order, except that
     "Instances" comes as one ("Instances", instance, line) per instance: only the current
     value is decoded, whatever the order of the keys."""
-    stream = _JsonStream(path)
+    path = stream.path
     if stream.peek() != "{":
         raise ValueError(f'{path}:1: expected a JSON object with "Definition" and "Instances".')
     for _ in stream.items("{", "}"):
@@ -284,13 +329,16 @@ class _JsonStream:
     mixture) hold no file handles between reads.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, start: int = 0, end: int = -1):
+        """Reads bytes `start` to `end` (-1: the end of the file) of the file at `path`."""
         self.path = path
         self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._offset = 0  # Bytes of the file read so far.
+        self._offset = start  # Bytes of the file read so far.
+        self._end = end
         self._eof = False
         self._text = ""  # Decoded text from position 0 on is still unread or being decoded.
         self._pos = 0
+        self._start = 0  # Where the last value decoded began.
         self._line = 1  # The line of position `_counted` in `_text`.
         self._counted = 0
 
@@ -330,8 +378,13 @@ class _JsonStream:
                 raise self.error(e.msg, e.pos) from None
             # A number that ends the buffer may go on in the next read: decode it again then.
             if end < len(self._text) or not self._read():
-                self._pos = end
+                self._start, self._pos = self._pos, end
                 return value
+
+    def last_value_byte(self) -> int:
+        """The byte offset in the file where the last value decoded began."""
+        unread = self._text[self._start :].encode("utf-8") + self._decoder.getstate()[0]
+        return self._offset - len(unread)
 
     def line(self) -> int:
         """The line of the next value or delimiter."""
@@ -360,7 +413,8 @@ class _JsonStream:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
-                data = f.read(max(_NIV2_READ_BYTES, len(self._text) - self._pos))
+                size = max(_NIV2_READ_BYTES, len(self._text) - self._pos)
+                data = f.read(size if self._end < 0 else min(size, self._end - self._offset))
             self._eof = not data
             text = self._decoder.decode(data, final=self._eof)
         except UnicodeDecodeError as e:
@@ -373,6 +427,7 @@ class _JsonStream:
         self._offset += len(data)
         self._line_at(self._pos)
         self._text = self._text[self._pos :] + text
+        self._start = max(self._start - self._pos, 0)
         self._pos = self._counted = 0
         return True
 
