@@ -4,8 +4,9 @@ Every `tasks/taskNNN_*.json` becomes a task, except the MMLU-derived ones (the p
 removes them; see `sources.is_mmlu_task`). The zero-shot prompt is the task's definition
 followed by the instance input; few-shot prompts add other instances of the task as
 exemplars. Tasks are enumerated when this module is imported with $FLAN_JAX_NIV2_DIR set, or
-by `register(directory)` (gin: NIV2_DIR); reading a task's instances waits
-until its data is used.
+by `register(directory)` (gin: NIV2_DIR); a task's instances are counted when a mixture's
+rates are first needed and streamed from its file while its dataset is iterated, never held
+in memory (`sources.niv2_source`).
 """
 
 from __future__ import annotations
