@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
-from benchmarks import _common, data_pipeline, decode_t5, gpu, peak, scaling, train_t5
+from benchmarks import _common, collection, data_pipeline, decode_t5, gpu, peak, scaling, train_t5
 
-SECTIONS = ("train", "decode", "data", "scaling", "gpu")
+SECTIONS = ("train", "decode", "data", "scaling", "gpu", "collection")
 DEFAULT_MIXTURES = ("tasks.demo:flan_demo", "benchmarks.flan_fixtures:flan_fixtures")
 
 
@@ -78,6 +78,8 @@ def _summary(results: dict) -> str:
         rows.append(("GPU training MFU (T5-XL, bf16)",
                      "not measured" if mfu is None else f"{100 * mfu:.1f}%", ">= 45%",
                      "-" if mfu is None else _common.verdict(mfu, gpu.TARGET_MFU)))  # fmt: skip
+    if "collection" in results:
+        rows += collection.summary_rows(results["collection"])
     return _common.table(("figure", "measured", "target", ""), rows)
 
 
@@ -126,6 +128,8 @@ def main(argv=None) -> None:
         "scaling": ("4. Scaling: step time against sequence length and model size",
                     lambda: scaling.measure(repetitions, machine_peak["peak_gflops"], args.quick)),
         "gpu": ("5. GPU", lambda: gpu.measure(repetitions)),
+        "collection": ("6. The Flan 2022 collection at scale: Beam cache and Grain against "
+                       "seqio streaming", lambda: collection.measure(args.quick)),
     }  # fmt: skip
     for done, name in enumerate(sections, 1):
         title, run = steps[name]
