@@ -13,6 +13,7 @@ on its own fresh cache, capped.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -35,13 +36,13 @@ ROWS, QUICK_ROWS = 2_000_000, 20_000
 BENCH_DIR = os.path.join(os.path.expanduser("~"), ".cache", "flan_jax_bench")
 RESUME_STEP = 30_000
 BEAM_WORKERS = 2
+# Task writers open at once while writing the Grain side's cache.
+OPEN_WRITERS = 256
 # Caps: the Beam command's run, and today's path building the released mixture.
 BEAM_CAP_S, QUICK_BEAM_CAP_S = 300, 120
 STREAM_CAP_S, QUICK_STREAM_CAP_S = 180, 90
 # Batches timed: enough for several flushes of the packer's bins (256 rows = 4 batches).
 TIMED_BATCHES, QUICK_TIMED_BATCHES = 24, 12
-# Batches today's path is timed over (its per-batch skip cost).
-SKIP_BATCHES = 4
 # Targets (issue #16).
 TARGET_FIRST_BATCH_S = 30.0
 TARGET_RESUME_S = 10.0
@@ -82,12 +83,13 @@ def _model():
 
 def _once(directory: str, build) -> str:
     """`directory`, built by `build(aside)` the first time, then renamed: complete or absent."""
-    if os.path.isdir(directory):
-        return directory
     os.makedirs(os.path.dirname(directory), exist_ok=True)
-    aside = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=".partial-")
-    build(aside)
-    os.rename(aside, directory)
+    with open(directory + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run building it: wait, then reuse it
+        if not os.path.isdir(directory):
+            aside = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=".partial-")
+            build(aside)
+            os.rename(aside, directory)
     return directory
 
 
@@ -98,49 +100,64 @@ def collection_dir(rows: int, seed: int = 0) -> str:
     )
 
 
-def write_cache(released_dir: str, cache_dir: str, mixture: str = MIXTURE) -> dict:
-    """Caches every task of the released mixture in one pass over each shard: rows in file
-    order, tokenized with the task's vocabulary, trimmed to LENGTHS with EOS (seqio's
-    `tokenize` + `append_eos_after_trim`), with the task's fingerprint. Returns rows per task."""
+def write_cache(released_dir: str, cache_dir: str, mixture: str = MIXTURE, lengths=LENGTHS) -> dict:
+    """Caches every task of a released mixture: rows in file order, tokenized with the task's
+    vocabulary, trimmed to `lengths` with EOS (seqio's `tokenize` + `append_eos_after_trim`),
+    with the task's fingerprint. Returns rows per task.
+
+    An ArrayRecord writer holds megabytes until closed, so at most OPEN_WRITERS tasks are
+    written at once: one pass over a submix's shards per group of tasks, each row read and
+    tokenized in the pass of its group."""
     import pyarrow.parquet as pq
     import seqio
 
-    from flan_jax import task_cache
-    from tasks.flan import released
 
-    os.environ[released.DIR_ENV] = released_dir
+    os.environ["FLAN_JAX_RELEASED_DIR"] = released_dir
     tasks = {t.name: t for t in seqio.get_subtasks(seqio.get_mixture_or_task(mixture))}
     features = next(iter(tasks.values())).output_features
     counts = {}
-    for submix in released.SUBMIXES:
-        index = released.submix_index(released_dir, submix)
-        writers, untrimmed = {}, {}
+    indexes = {id(task.source.index): task.source.index for task in tasks.values()}
+    for index in indexes.values():
+        ids = {name: i for i, name in enumerate(index.names.values())}
+        row_ids = []  # per shard, each row's task number
         for path in index.files:
-            table = pq.read_table(path, columns=list(released.COLUMNS))
+            table = pq.read_table(path, columns=["task_name", "template_type"])
             keys = zip(table["task_name"].to_pylist(), table["template_type"].to_pylist())
-            names = [index.names[key] for key in keys]
-            encoded = {
-                f: features[f].vocabulary.tokenizer.EncodeAsIds(table[f].to_pylist())
-                for f in LENGTHS
-            }
-            for row, name in enumerate(names):
-                if name not in tasks:
-                    continue
-                if name not in writers:
-                    writers[name] = task_cache.TaskWriter(cache_dir, name, "train", 1)
-                    untrimmed[name] = {f: [] for f in LENGTHS}
-                example = {}
-                for f, length in LENGTHS.items():
-                    ids, eos = encoded[f][row], features[f].add_eos
-                    untrimmed[name][f].append(len(ids) + eos)
-                    ids = ids[: length - eos] + [features[f].vocabulary.eos_id] * eos
-                    example[f] = np.asarray(ids, np.int32)
-                writers[name].write(example)
-        for name, writer in writers.items():
-            stats = task_cache.length_stats(untrimmed[name], LENGTHS)
-            writer.commit(task_cache.fingerprint(tasks[name], LENGTHS), stats)
-            counts[name] = writer.num_examples
+            row_ids.append(np.array([ids[index.names[key]] for key in keys]))
+        mine = [ids[name] for name in index.names.values() if name in tasks]
+        for group in np.array_split(mine, -(-len(mine) // OPEN_WRITERS)):
+            counts.update(_write_group(index, row_ids, group, tasks, features, cache_dir, lengths))
     return counts
+
+
+def _write_group(index, row_ids, group, tasks, features, cache_dir, lengths) -> dict:
+    import pyarrow.parquet as pq
+
+    from flan_jax import task_cache
+
+    names = list(index.names.values())
+    writers = {names[i]: task_cache.TaskWriter(cache_dir, names[i], "train", 1) for i in group}
+    untrimmed = {name: {f: [] for f in lengths} for name in writers}
+    for path, shard_ids in zip(index.files, row_ids):
+        rows = np.flatnonzero(np.isin(shard_ids, group))
+        if not len(rows):
+            continue
+        table = pq.read_table(path, columns=list(lengths)).take(rows)
+        encoded = {
+            f: features[f].vocabulary.tokenizer.EncodeAsIds(table[f].to_pylist()) for f in lengths
+        }
+        for position, row in enumerate(rows):
+            name, example = names[shard_ids[row]], {}
+            for f, length in lengths.items():
+                ids, eos = encoded[f][position], features[f].add_eos
+                untrimmed[name][f].append(len(ids) + eos)
+                ids = ids[: length - eos] + [features[f].vocabulary.eos_id] * eos
+                example[f] = np.asarray(ids, np.int32)
+            writers[name].write(example)
+    for name, writer in writers.items():
+        stats = task_cache.length_stats(untrimmed[name], lengths)
+        writer.commit(task_cache.fingerprint(tasks[name], lengths), stats)
+    return {name: writer.num_examples for name, writer in writers.items()}
 
 
 def grain_cache_dir(released_dir: str) -> str:
@@ -344,23 +361,23 @@ def measure(quick: bool = False) -> dict:
     batches = QUICK_TIMED_BATCHES if quick else TIMED_BATCHES
     released_dir = collection_dir(rows)
     env = _env(released_dir)
+    r = {"rows": rows, "beam": beam_throughput(released_dir, beam_cap)}
+    stream_info, _, stream_peak = _side(
+        "stream", {"mixture": MIXTURE, "cap_s": stream_cap, "batches": batches}, env, 0
+    )
     os.environ.update(env)  # write_cache registers the tasks in this process
     cache_dir = grain_cache_dir(released_dir)
     with open(os.path.join(cache_dir, "counts.json")) as f:
         counts = json.load(f)
-    r = {"rows": rows, "tasks": len(counts), "mixture_rows": sum(counts.values())}
+    r.update(tasks=len(counts), mixture_rows=sum(counts.values()))
     written = sum(
         len(glob.glob(os.path.join(released_dir, s, "data", "*.parquet")))
         for s in synthetic_collection.SUBMIXES
     )
     r["shards"] = written
 
-    r["beam"] = beam_throughput(released_dir, beam_cap)
     cached_info, cached_runs, cached_peak = _side(
         "cached", {"mixture": MIXTURE, "cache_dir": cache_dir, "batches": batches}, env
-    )
-    stream_info, _, stream_peak = _side(
-        "stream", {"mixture": MIXTURE, "cap_s": stream_cap, "batches": batches}, env, 0
     )
     state = at_step(cached_info["state"], cached_info["examples_per_batch"], RESUME_STEP)
     resume_info, _, _ = _side(
@@ -376,19 +393,15 @@ def measure(quick: bool = False) -> dict:
     _, fixture_cached, _ = _side(
         "cached", {"mixture": FIXTURES, "cache_dir": fixtures, "batches": batches}, fixtures_env
     )
-    fixture_stream_info, fixture_stream, _ = _side(
+    _, fixture_stream, _ = _side(
         "stream", {"mixture": FIXTURES, "cap_s": stream_cap, "batches": batches}, fixtures_env
     )
-    _, fixture_skips, _ = _side(
-        "stream", {"mixture": FIXTURES, "cap_s": stream_cap, "batches": SKIP_BATCHES},
-        fixtures_env,
-    )  # fmt: skip
     positions = BATCH_SIZE * sum(LENGTHS.values())
     r["efficiency"] = {
         "grain": fixture_cached[0]["tokens"] / (batches * positions),
         "today": fixture_stream[0]["tokens"] / (batches * positions),
     }
-    r["skip_s"] = fixture_skips[0]["seconds"] / SKIP_BATCHES
+    r["skip_s"] = fixture_stream[0]["seconds"] / batches
     r["consumption"] = {size: _v4_consumption(_flan_jax.t5_config(size)) for size in ("base", "xl")}
     r["markdown"] = _markdown(r, beam_cap, stream_cap, batches)
     return r
@@ -482,7 +495,7 @@ process.
 - Resume: a fresh process builds the pipeline, restores the state saved after one batch with
   its stream position moved to step {RESUME_STEP:,}'s ({RESUME_STEP:,} x
   {r["cached"]["examples_per_batch"]} examples), and takes the first batch. Today's path
-  replays: its per-batch cost is measured on `{FIXTURES}` ({SKIP_BATCHES} batches after the
+  replays: its per-batch cost is measured on `{FIXTURES}` ({batches} batches after the
   first).
 - Packing: {batches} batches of {BATCH_SIZE} on `{FIXTURES}` (its tasks cached by
   `cache_tasks.write_task`); non-padding share of inputs and targets together.
