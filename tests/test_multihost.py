@@ -1,22 +1,9 @@
 """Two processes on 127.0.0.1 (2 CPU devices each) train exactly what one 4-device process does."""
 
 import os
-import socket
 import subprocess
 
-from train_testing import REPO, logged_losses, train_command
-
-
-def device_env(count: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from train_testing import REPO, device_env, free_port, logged_losses, train_command
 
 
 def test_two_processes_train_the_same_losses_as_one(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixture)
     REPO,
     SMALL,
+    device_env,
+    kill_at_step,
     logged_losses,
     run_from_repo_root,
     train_command,
@@ -95,24 +97,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
 
 
 def test_sigkill_then_restart_reproduces_every_loss(tmp_path):
-    straight = tmp_path / "straight"
-    subprocess.run(train_command(straight, 8), check=True, cwd=REPO, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        train_command(killed, 8),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
-    for line in proc.stdout:
-        if line.startswith("step 5/"):
-            proc.kill()
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run = dict(check=True, cwd=REPO, capture_output=True, env=device_env(4))
+    subprocess.run(train_command(straight, 8), **run)
+    kill_at_step(killed, 8, 5)
     assert "8" not in os.listdir(killed / "checkpoints")
-    subprocess.run(train_command(killed, 8), check=True, cwd=REPO, capture_output=True)
+    subprocess.run(train_command(killed, 8), **run)
     expected = logged_losses(straight)
     assert sorted(expected) == list(range(1, 9))
     assert logged_losses(killed) == expected
