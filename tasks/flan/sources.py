@@ -235,14 +235,11 @@ def niv2_source(path: str) -> LazyCountSource:
             )
             inputs.set_shape([None])
             outputs.set_shape([None])
-            return {
-                "definition": tf.fill(tf.shape(inputs), definition),
-                "input": inputs,
-                "output": outputs,
-            }
+            return {"input": inputs, "output": outputs}
 
         blocks = tf.data.Dataset.from_tensor_slices((list(starts), list(ends)))
-        return blocks.map(block).unbatch()
+        rows = blocks.map(block).unbatch()  # The definition joins each row, not each block.
+        return rows.map(lambda row: {"definition": tf.constant(definition), **row})
 
     def count(split):
         return niv2_count(path) if split == "train" else None
