@@ -19,6 +19,7 @@ import json
 import sys
 import zlib
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -48,11 +49,18 @@ def _task_seed(seed: int, task_name: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(task_name.encode())]).generate_state(1)[0])
 
 
+class CachedTask(NamedTuple):
+    name: str
+    rate: float
+    source: grain.sources.ArrayRecordDataSource
+    spec: dict  # `task_cache` spec: example count, length statistics
+
+
 def cached_tasks(
     mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], cache_dir: str
-) -> list[tuple[str, float, grain.sources.ArrayRecordDataSource]]:
-    """(task name, rate, source of its cached examples) for every task of the mixture with a
-    positive rate, in the mixture's order. Raises for a task without a complete cache, or with
+) -> list[CachedTask]:
+    """Every task of the mixture with a positive rate and its cached examples, in the
+    mixture's order. Raises for a task without a complete cache, or with
     one made differently (`task_cache.check_fingerprint`)."""
     # Imported here: worker processes unpickle this module's functions and need no seqio.
     import seqio
@@ -83,7 +91,7 @@ def cached_tasks(
                 f"{mixture_or_task_name!r}."
             )
         source = grain.sources.ArrayRecordDataSource(task_cache.shard_paths(cache_dir, spec))
-        tasks.append((task.name, rate, source))
+        tasks.append(CachedTask(task.name, rate, source, spec))
     return tasks
 
 
@@ -150,11 +158,11 @@ def mixed_examples(tasks, seed: int) -> grain.MapDataset:
     """The endless stream of decoded examples: each task shuffled anew every epoch, the
     tasks interleaved at their rates (to 0.1% of the smallest)."""
     datasets = [
-        _EpochShuffle(grain.MapDataset.source(source), _task_seed(seed, name))
-        for name, _, source in tasks
+        _EpochShuffle(grain.MapDataset.source(task.source), _task_seed(seed, task.name))
+        for task in tasks
     ]
-    smallest = min(rate for _, rate, _ in tasks)
-    weights = [round(1000 * rate / smallest) for _, rate, _ in tasks]
+    smallest = min(task.rate for task in tasks)
+    weights = [round(1000 * task.rate / smallest) for task in tasks]
     return Mix(datasets, weights).map(task_cache.decode)
 
 
@@ -264,8 +272,12 @@ class TrainInput:
     workers): those decide what the position means.
     """
 
-    def __init__(self, dataset: grain.IterDataset, settings: Mapping):
+    def __init__(
+        self, dataset: grain.IterDataset, settings: Mapping, truncation: str | None = None
+    ):
         self.settings = dict(settings)
+        # What the feature lengths cut, counted over every cached example (None: nothing).
+        self.truncation = truncation
         self._iterator = iter(dataset)
 
     def __iter__(self):
@@ -350,6 +362,27 @@ def train_input(
         "pack": pack,
         "packing_bins": packing_bins if pack else None,
         "worker_count": worker_count,
-        "tasks": _digest([(name, rate) for name, rate, _ in tasks]),
+        "tasks": _digest([(task.name, task.rate) for task in tasks]),
     }
-    return TrainInput(batches, settings)
+    return TrainInput(batches, settings, truncation_warning(tasks, lengths))
+
+
+def truncation_warning(tasks: list[CachedTask], lengths: Mapping[str, int]) -> str | None:
+    """The examples the cache trimmed to the feature lengths, by task and feature, from its
+    statistics (every example, where the streaming path samples the first of each task)."""
+    cut = {
+        (task.name, feature): stats["truncated"]
+        for task in tasks
+        for feature, stats in task.spec.get("stats", {}).items()
+        if stats.get("truncated")
+    }
+    if not cut:
+        return None
+    examples = sum(task.spec["num_examples"] for task in tasks)
+    worst = sorted(cut.items(), key=lambda item: -item[1])[:10]
+    details = ", ".join(f"{task} {feature} {n}" for (task, feature), n in worst)
+    return (
+        f"warning: {sum(cut.values())} features of the {examples} cached examples were cut to "
+        f"TASK_FEATURE_LENGTHS {dict(lengths)} (most: {details}). Raise TASK_FEATURE_LENGTHS "
+        "and rebuild the cache to keep them whole."
+    )

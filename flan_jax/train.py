@@ -90,7 +90,8 @@ def train(
     partitioner.check_batch_size(batch_size)
     _print_devices(partitioner)
     data.check_vocabulary(mixture_or_task_name, model.config.vocab_size)
-    _warn_truncation(mixture_or_task_name, task_feature_lengths, length_check_examples)
+    if cache_dir is None:  # the cache counts truncation over every example as it is built
+        _warn_truncation(mixture_or_task_name, task_feature_lengths, length_check_examples)
     identity = _run_identity(
         mixture_or_task_name, task_feature_lengths, batch_size, seed, cached=cache_dir is not None
     )
@@ -119,6 +120,8 @@ def train(
         cache_dir,
         input_workers,
     )
+    if getattr(inputs, "truncation", None):
+        print(inputs.truncation, flush=True)
     data.restore_position(inputs, start_step, data_state.get("input"))
     writer = summaries.ProgressWriter(
         model_dir,

@@ -299,3 +299,14 @@ def test_mix_of_many_uneven_tasks_keeps_each_share_and_order():
     for t, i in drawn:
         seen[t].append(i)
     assert all(indices == list(range(len(indices))) for indices in seen.values())
+
+
+def test_truncation_is_counted_over_every_cached_example(cache_dir):
+    task = seqio.get_mixture_or_task("h3_a")
+    raw = list(task.source.get_dataset(split="train", shuffle=False).as_numpy_iterator())
+    cut = {k: sum(len(ex[k]) + 1 > n for ex in raw) for k, n in LENGTHS.items()}  # + EOS
+    assert min(cut.values()) > 0
+    warning = _pipeline(cache_dir).truncation
+    assert f"{sum(cut.values())} features of the 60 cached examples" in warning
+    assert f"h3_a inputs {cut['inputs']}" in warning
+    assert f"h3_a targets {cut['targets']}" in warning
