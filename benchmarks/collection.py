@@ -38,9 +38,11 @@ RESUME_STEP = 30_000
 BEAM_WORKERS = 2
 # Task writers open at once while writing the Grain side's cache.
 OPEN_WRITERS = 256
+# The Beam command is stopped when its processes hold more than this (the machine's share).
+BEAM_MEMORY_CAP_GIB = 6.0
 # Caps: the Beam command's run, and today's path building the released mixture.
-BEAM_CAP_S, QUICK_BEAM_CAP_S = 300, 120
-STREAM_CAP_S, QUICK_STREAM_CAP_S = 180, 90
+BEAM_CAP_S, QUICK_BEAM_CAP_S = 240, 120
+STREAM_CAP_S, QUICK_STREAM_CAP_S = 150, 90
 # Batches timed: enough for several flushes of the packer's bins (256 rows = 4 batches).
 TIMED_BATCHES, QUICK_TIMED_BATCHES = 24, 12
 # Targets (issue #16).
@@ -111,8 +113,9 @@ def write_cache(released_dir: str, cache_dir: str, mixture: str = MIXTURE, lengt
     import pyarrow.parquet as pq
     import seqio
 
+    from tasks.flan import released
 
-    os.environ["FLAN_JAX_RELEASED_DIR"] = released_dir
+    os.environ[released.DIR_ENV] = released_dir
     tasks = {t.name: t for t in seqio.get_subtasks(seqio.get_mixture_or_task(mixture))}
     features = next(iter(tasks.values())).output_features
     counts = {}
@@ -332,17 +335,35 @@ def beam_throughput(released_dir: str, cap_s: float) -> dict:
         command, cwd=_common.REPO_ROOT, env={**os.environ, **_env(released_dir)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    try:
-        finished = process.wait(timeout=cap_s) == 0
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        finished = False
+    peak_gib, stopped = 0.0, None
+    while process.poll() is None:
+        peak_gib = max(peak_gib, _group_rss_gib(process.pid))
+        if peak_gib > BEAM_MEMORY_CAP_GIB or time.perf_counter() - start > cap_s:
+            stopped = "memory" if peak_gib > BEAM_MEMORY_CAP_GIB else "time"
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        time.sleep(1)
+    finished = process.returncode == 0
     seconds = time.perf_counter() - start
     specs = glob.glob(os.path.join(cache_dir, "cache", "*", "spec.json"))
     rows = sum(json.load(open(p))["num_examples"] for p in specs)
     shutil.rmtree(cache_dir, ignore_errors=True)
-    return {"finished": finished, "seconds": seconds, "tasks": len(specs), "rows": rows}
+    return {"finished": finished, "seconds": seconds, "tasks": len(specs), "rows": rows,
+            "peak_gib": peak_gib, "stopped": stopped}  # fmt: skip
+
+
+def _group_rss_gib(group: int) -> float:
+    """Resident memory of every process in a process group, in GiB."""
+    total = 0
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # after the name: state, ppid, pgrp, ...; rss in pages
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return total / 2**30
 
 
 def _v4_consumption(batch_tokens_config) -> float:
@@ -443,8 +464,15 @@ def _markdown(r: dict, beam_cap: float, stream_cap: float, batches: int) -> str:
         whole = f"{beam['seconds']:.0f} s"
     else:
         estimate = beam["seconds"] * r["tasks"] / beam["tasks"] if beam["tasks"] else None
-        whole = f"> {beam_cap:.0f} s (stopped; {beam['tasks']} of {r['tasks']} tasks committed" + (
-            f", about {estimate / 3600:.1f} h extrapolated by tasks)" if estimate else ")"
+        reason = (
+            f"over {BEAM_MEMORY_CAP_GIB:.0f} GiB of RSS"
+            if beam["stopped"] == "memory"
+            else f"at {beam_cap:.0f} s"
+        )
+        whole = (
+            f"> {beam['seconds']:.0f} s (stopped {reason}; {beam['tasks']} of {r['tasks']} "
+            "tasks committed"
+            + (f", about {estimate / 3600:.1f} h extrapolated by tasks)" if estimate else ")")
         )
     stream_first = r["stream"]["first_batch_s"]
     today_resume = r["skip_s"] * RESUME_STEP
@@ -486,9 +514,10 @@ process.
 - Cache: `python -m flan_jax.cache_tasks` with `runs/flan_t5/base.gin` and
   `mixtures/flan2022_released.gin`, `--direct_num_workers={BEAM_WORKERS}
   --direct_running_mode=multi_processing`, into a fresh cache, stopped after {beam_cap:.0f} s
-  if not done: {beam["tasks"]:,} tasks ({beam["rows"]:,} rows) committed in
-  {beam["seconds"]:.0f} s. The cache Grain reads below is written once by the benchmark
-  (`collection.write_cache`: the same examples and fingerprints, one pass a shard).
+  if not done or when its processes hold over {BEAM_MEMORY_CAP_GIB:.0f} GiB:
+  {beam["tasks"]:,} tasks ({beam["rows"]:,} rows) committed in {beam["seconds"]:.0f} s, peak
+  RSS of its processes {beam["peak_gib"]:.1f} GiB. The cache Grain reads below is written once
+  by the benchmark (`collection.write_cache`: the same examples and fingerprints).
 - Cached side: `flan_jax.input_pipeline.train_input` (Grain, first-fit packing, in the
   training process); today's side: `flan_jax.data.train_dataset` over the same mixture,
   uncached, stopped after {stream_cap:.0f} s without a first batch.
