@@ -112,9 +112,14 @@ def fingerprint(task, task_feature_lengths: Mapping[str, int]) -> dict:
 def _vocabulary_id(vocabulary) -> str:
     model_file = getattr(vocabulary, "sentencepiece_model_file", None)
     if model_file:
-        digest = hashlib.sha256(epath.Path(model_file).read_bytes()).hexdigest()[:16]
-        return f"sentencepiece:{digest}:extra_ids={vocabulary.extra_ids}"
+        return f"sentencepiece:{_file_digest(model_file)}:extra_ids={vocabulary.extra_ids}"
     return f"{type(vocabulary).__qualname__}:{vocabulary.vocab_size}"
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    """Read once per process: a mixture's thousands of tasks share one vocabulary file."""
+    return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _callable_id(fn) -> str:
