@@ -72,10 +72,10 @@ def sample(task: seqio.Task, lengths, count: int) -> list[dict]:
 
 
 def cap_of(task_name: str):
-    from tasks.flan import mixtures
+    from tasks.flan import mixtures, released
 
     family = mixtures.family_of(task_name)
-    return mixtures.CAPS[family] if family else None
+    return mixtures.CAPS[family] if family else released.cap_of(task_name)
 
 
 def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=None):

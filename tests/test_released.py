@@ -370,9 +370,5 @@ def test_inspect_mixture_and_gin_select_the_released_mixture(collection, monkeyp
         for line in text.splitlines()
         if line.startswith(task_name("cot", "cot_gsm8k", "zs_opt"))
     )
-    assert row.split()[1:4] == [
-        f"{0.5 * 5 / 8:.4f}",
-        "-",
-        "5",
-    ]  # rate, cap (not a raw family), rows
+    assert row.split()[1:4] == [f"{0.5 * 5 / 8:.4f}", "100000", "5"]  # rate, CoT's cap, rows
     assert "missing data" not in text

@@ -78,6 +78,16 @@ FLAN_TEMPLATE_TYPES = {
     "dialog": ("zs_opt", "fs_opt"),
 }
 # Rows a task counts with at most (FLAN's DEFAULT_MIXTURE_MAX_EXAMPLES).
+TASK_PREFIX = "released_"  # then the submix, the task name, the template type
+
+
+def cap_of(task_name: str) -> int | None:
+    """The cap of a released task's submix (None for another task)."""
+    if not task_name.startswith(TASK_PREFIX):
+        return None
+    return CAPS.get(task_name[len(TASK_PREFIX) :].split("_")[0])
+
+
 CAPS = {
     "flan2021": mixtures.CAPS["muffin"],
     "t0": mixtures.CAPS["t0sf"],
@@ -191,7 +201,7 @@ def task_names(submix: str, keys) -> dict[tuple[str, str], str]:
             return f"{plain[name]}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
         return plain[name]
 
-    return {(n, t): f"released_{submix}_{readable(n)}_{t}" for n, t in keys}
+    return {(n, t): f"{TASK_PREFIX}{submix}_{readable(n)}_{t}" for n, t in keys}
 
 
 @functools.cache
