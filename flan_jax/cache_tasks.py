@@ -11,11 +11,13 @@ lengths, shuffle=False, use_cached=False)` yields, with counts and length statis
 
 One unit of work is one task, run through its own seqio source and preprocessors. Tasks whose
 rows live in files shared by many tasks (a source with `shared_files`, `partition`,
-`read_partitioned`, `rows_to_dataset`: the released collection) are read file by file once
-for all of them, their rows grouped by task (GroupByKey) and fed through each task's own
-preprocessors. A rerun skips tasks already complete with the same fingerprint and refuses one
-made differently. Beam's worker processes start empty: each re-parses the command's gin
-files (which import and register the tasks) before its first task.
+`read_partitioned`, `rows_to_dataset`: the released collection) are cut into groups of at
+most GROUP_ROWS rows: one unit reads every file once, keeping its group's rows, and feeds
+them through each task's own preprocessors, so a worker holds a bounded share of the
+collection whatever its size. A rerun skips tasks already complete with the same
+fingerprint and refuses one made differently. Beam's worker processes start empty: each
+re-parses the command's gin files (which import and register the tasks) before its first
+task.
 """
 
 from __future__ import annotations
@@ -207,33 +209,52 @@ class CacheTask(_TaskDoFn):
         )
 
 
-class ReadSharedFile(beam.DoFn):
-    """(path, reading task, {partition: (task, file index)}) -> (task, (file index, row
-    index, row)) for the rows of the wanted partitions, streaming the file once."""
+class CacheGroup(_TaskDoFn):
+    """A group of tasks of the same shared files -> their caches: each file read once,
+    keeping only the group's rows (in file order), then each task through `rows_to_dataset`
+    and its preprocessors, its rows released once written."""
 
-    def __init__(self, tasks: tuple):
-        self.tasks = tasks
+    def process(self, names: tuple[str, ...]):
+        sources = [seqio.get_mixture_or_task(name).source for name in names]
+        tasks = {source.partition: name for name, source in zip(names, sources)}
+        rows = {name: [] for name in names}
+        for path in sources[0].shared_files(self.options["split"]):
+            for key, row in sources[0].read_partitioned(path, keys=set(tasks)):
+                rows[tasks[key]].append(row)
+        for name in names:
+            mine = rows.pop(name)
+            if mine:  # none: reported by `run` as missing from its shared files
+                yield from self._cache(
+                    name, lambda task, mine=mine: task.source.rows_to_dataset(mine)
+                )
 
-    def setup(self):
-        load_tasks(*self.tasks)
 
-    def process(self, element):
-        path, reader, wanted = element
-        source = seqio.get_mixture_or_task(reader).source
-        for row_index, (key, row) in enumerate(source.read_partitioned(path)):
-            if key in wanted:
-                task_name, file_index = wanted[key]
-                yield task_name, (file_index, row_index, row)
+# A unit of work over shared files holds at most this many rows in memory (a task with
+# more is a unit alone), and at most this many tasks (each written in turn).
+GROUP_ROWS = 250_000
+GROUP_TASKS = 500
 
 
-class CacheRows(_TaskDoFn):
-    """(task, its grouped rows) -> its cache: the rows in file order, through
-    `rows_to_dataset` and the task's preprocessors."""
-
-    def process(self, element):
-        task_name, items = element
-        rows = [row for *_, row in sorted(items, key=lambda item: item[:2])]
-        yield from self._cache(task_name, lambda task: task.source.rows_to_dataset(rows))
+def shared_groups(tasks: Sequence[seqio.Task], split: str) -> list[tuple[str, ...]]:
+    """The units of work over shared files: the tasks of each collection (same shared files)
+    cut, in order, into groups of at most GROUP_ROWS rows (`num_input_examples`; a source
+    that does not know its count is a unit alone) and GROUP_TASKS tasks."""
+    collections: dict[tuple[str, ...], list[seqio.Task]] = {}
+    for task in tasks:
+        collections.setdefault(tuple(task.source.shared_files(split)), []).append(task)
+    groups = []
+    for members in collections.values():
+        group, rows = [], 0
+        for task in members:
+            count = task.source.num_input_examples(split)
+            count = GROUP_ROWS if count is None else count
+            if group and (rows + count > GROUP_ROWS or len(group) == GROUP_TASKS):
+                groups.append(tuple(group))
+                group, rows = [], 0
+            group.append(task.name)
+            rows += count
+        groups.append(tuple(group))
+    return groups
 
 
 def is_shared_file_source(source) -> bool:
@@ -261,7 +282,7 @@ def plan(tasks: Sequence[seqio.Task], cache_dir: str, lengths: Mapping[str, int]
 
 def build_pipeline(pipeline, tasks: Sequence[seqio.Task], loader: tuple, options: Mapping):
     """Adds the caching of `tasks` to a Beam pipeline: generic tasks one unit each; tasks of
-    shared files through one read of each file and a GroupByKey by task. `loader`: the
+    shared files in groups of bounded rows (`shared_groups`). `loader`: the
     arguments of `load_tasks` that register the tasks in a worker."""
     shared = [t for t in tasks if is_shared_file_source(t.source)]
     generic = [t.name for t in tasks if t not in shared]
@@ -273,18 +294,11 @@ def build_pipeline(pipeline, tasks: Sequence[seqio.Task], loader: tuple, options
             | "cache tasks" >> beam.ParDo(CacheTask(loader, options))
         )
     if shared:
-        files: dict[str, tuple[str, dict]] = {}
-        for task in shared:
-            for index, path in enumerate(task.source.shared_files(options["split"])):
-                _, wanted = files.setdefault(path, (task.name, {}))
-                wanted[task.source.partition] = (task.name, index)
         _ = (
             pipeline
-            | "shared files" >> beam.Create([(p, r, w) for p, (r, w) in sorted(files.items())])
-            | "spread files" >> beam.Reshuffle()
-            | "read shared files" >> beam.ParDo(ReadSharedFile(loader))
-            | "rows by task" >> beam.GroupByKey()
-            | "cache grouped rows" >> beam.ParDo(CacheRows(loader, options))
+            | "shared-file groups" >> beam.Create(shared_groups(shared, options["split"]))
+            | "spread groups" >> beam.Reshuffle()
+            | "cache groups" >> beam.ParDo(CacheGroup(loader, options))
         )
 
 

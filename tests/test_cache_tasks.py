@@ -107,9 +107,12 @@ class SharedSource(seqio.DataSource):
     def shared_files(self, split):
         return self.files
 
-    def read_partitioned(self, path):
+    def num_input_examples(self, split):
+        return sum(k == self.partition for p in self.files for k, _ in self._rows(p))
+
+    def read_partitioned(self, path, keys=None):
         SharedSource.reads.append(path)
-        yield from self._rows(path)
+        yield from ((k, r) for k, r in self._rows(path) if keys is None or k in keys)
 
     def rows_to_dataset(self, rows):
         return tf.data.Dataset.from_tensor_slices(
@@ -185,6 +188,30 @@ def test_shared_files_are_read_once_and_equal_each_tasks_own_dataset(shared_cach
         expected = _seqio_examples(seqio.get_mixture_or_task(name), LENGTHS)
         assert spec["num_examples"] == len(expected) == result["cached"][name]
         _assert_same(cached, expected)
+
+
+def test_groups_respect_the_row_bound_and_cache_the_same_examples(shared_cache, monkeypatch):
+    cache_dir, files, _ = shared_cache
+    tasks = [seqio.get_mixture_or_task(name) for name in SHARED_TASKS]
+    counts = {t.name: t.source.num_input_examples("train") for t in tasks}
+    bound = max(counts.values())  # no two tasks fit together
+    monkeypatch.setattr(cache_tasks, "GROUP_ROWS", bound)
+    assert cache_tasks.shared_groups(tasks, "train") == [(name,) for name in SHARED_TASKS]
+    monkeypatch.setattr(cache_tasks, "GROUP_ROWS", bound - 1)  # each task over it: alone
+    assert cache_tasks.shared_groups(tasks, "train") == [(name,) for name in SHARED_TASKS]
+    monkeypatch.setattr(cache_tasks, "GROUP_ROWS", sum(counts.values()))
+    monkeypatch.setattr(cache_tasks, "GROUP_TASKS", 2)
+    assert cache_tasks.shared_groups(tasks, "train") == [SHARED_TASKS[:2], SHARED_TASKS[2:]]
+    monkeypatch.setattr(cache_tasks, "GROUP_ROWS", bound)
+    SharedSource.reads.clear()
+    split_dir = str(cache_dir) + "_split"
+    result = cache_tasks.run("h2_shared", LENGTHS, split_dir)
+    assert sorted(SharedSource.reads) == sorted(files * len(SHARED_TASKS))  # once a unit
+    assert sorted(result["cached"]) == sorted(SHARED_TASKS) and not result["failed"]
+    for name in SHARED_TASKS:
+        spec, cached = _cached(split_dir, name)
+        _assert_same(cached, _cached(cache_dir, name)[1])
+        assert spec["stats"] == _cached(cache_dir, name)[0]["stats"]
 
 
 def test_rerun_skips_complete_tasks_without_processing_any(shared_cache, monkeypatch):
@@ -272,9 +299,9 @@ def test_released_collection_tasks_cache_from_one_read_of_each_shard(tmp_path, m
     reads = []
     read = released.ReleasedSource.read_partitioned
 
-    def counted(self, path):
+    def counted(self, path, keys=None):
         reads.append(path)
-        return read(self, path)
+        return read(self, path, keys)
 
     monkeypatch.setattr(released.ReleasedSource, "read_partitioned", counted)
     lengths = {"inputs": 10, "targets": 4}

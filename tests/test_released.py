@@ -205,6 +205,25 @@ def test_read_partitioned_reads_each_row_once_and_rows_to_dataset_matches(collec
     assert list(copy.read_partitioned(files[0])) == list(source.read_partitioned(files[0]))
 
 
+def test_read_partitioned_with_keys_yields_only_theirs_in_file_order(collection):
+    directory, rows = collection
+    released.register_collection(directory)
+    keys = {task_name("niv2", "task1234_word-analogy", t) for t in ("zs_opt", "zs_noopt")}
+    source = seqio.get_mixture_or_task(next(iter(keys))).source
+    read = [
+        pair
+        for path in source.shared_files("train")
+        for pair in source.read_partitioned(path, keys)
+    ]
+    expected = [
+        r for r in rows["niv2"] if task_name("niv2", r["task_name"], r["template_type"]) in keys
+    ]
+    assert [row for _, row in read] == expected and len(expected) == 4
+    assert all(key == task_name("niv2", r["task_name"], r["template_type"]) for key, r in read)
+    with pytest.raises(ValueError, match="not tasks of the released niv2"):
+        list(source.read_partitioned(source.shared_files("train")[0], {"released_niv2_nope"}))
+
+
 def test_flan_scheme_weights_submixes_template_types_equally_and_caps_rows(collection, monkeypatch):
     directory, _ = collection
     monkeypatch.setitem(released.CAPS, "niv2", 4)

@@ -49,7 +49,7 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -281,10 +281,36 @@ class ReleasedSource(seqio.DataSource):
         self._check_split(split)
         return self.index.files
 
-    def read_partitioned(self, path: str) -> Iterator[tuple[str, dict]]:
-        """(seqio task name, row) of every row of one shard, streamed in order."""
+    def read_partitioned(
+        self, path: str, keys: Collection[str] | None = None
+    ) -> Iterator[tuple[str, dict]]:
+        """(seqio task name, row) of every row of one shard, streamed in order; with `keys`
+        (seqio task names of this submix) only their rows, from only the row groups the index
+        says hold them, the others masked in pyarrow so that their strings never become
+        Python objects (a pass keeping few rows costs little more than reading the shard)."""
+        if keys is None:
+            wanted, groups = None, None
+        else:
+            by_name = {name: key for key, name in self.index.names.items()}
+            unknown = sorted(set(keys) - set(by_name))
+            if unknown:
+                raise ValueError(f"{unknown} are not tasks of the released {self.index.submix}.")
+            wanted = pa.array(["\0".join(by_name[name]) for name in keys])
+            number = self.index.files.index(path)
+            units = np.concatenate([self.index.units[by_name[name]] for name in keys])
+            groups = sorted(set(units[units[:, 0] == number, 1].tolist()))
+            if not groups:
+                return
         with _parquet(path) as shard:
-            for batch in shard.iter_batches(batch_size=_BATCH_ROWS, columns=list(COLUMNS)):
+            batches = shard.iter_batches(
+                batch_size=_BATCH_ROWS, row_groups=groups, columns=list(COLUMNS)
+            )
+            for batch in batches:
+                if wanted is not None:
+                    joined = pc.binary_join_element_wise(
+                        batch["task_name"], batch["template_type"], "\0"
+                    )
+                    batch = batch.filter(pc.is_in(joined, value_set=wanted))
                 for row in batch.to_pylist():
                     key = (row["task_name"], row["template_type"])
                     if key not in self.index.names:
