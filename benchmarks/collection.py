@@ -113,6 +113,7 @@ def write_cache(released_dir: str, cache_dir: str, mixture: str = MIXTURE, lengt
     import pyarrow.parquet as pq
     import seqio
 
+    from flan_jax import task_cache
     from tasks.flan import released
 
     os.environ[released.DIR_ENV] = released_dir
@@ -127,8 +128,14 @@ def write_cache(released_dir: str, cache_dir: str, mixture: str = MIXTURE, lengt
             table = pq.read_table(path, columns=["task_name", "template_type"])
             keys = zip(table["task_name"].to_pylist(), table["template_type"].to_pylist())
             row_ids.append(np.array([ids[index.names[key]] for key in keys]))
-        mine = [ids[name] for name in index.names.values() if name in tasks]
-        for group in np.array_split(mine, -(-len(mine) // OPEN_WRITERS)):
+        mine = []
+        for name in index.names.values():
+            spec = task_cache.read_spec(cache_dir, name) if name in tasks else None
+            if spec is not None:  # written by an earlier, stopped run
+                counts[name] = spec["num_examples"]
+            elif name in tasks:
+                mine.append(ids[name])
+        for group in np.array_split(mine, -(-len(mine) // OPEN_WRITERS) or 1):
             counts.update(_write_group(index, row_ids, group, tasks, features, cache_dir, lengths))
     return counts
 
@@ -164,13 +171,21 @@ def _write_group(index, row_ids, group, tasks, features, cache_dir, lengths) -> 
 
 
 def grain_cache_dir(released_dir: str) -> str:
-    def build(directory):
-        counts = write_cache(released_dir, directory)
-        with open(os.path.join(directory, "counts.json"), "w") as f:
-            json.dump(counts, f)
-
+    """The Grain side's cache of the collection. Written in place, task by task (each task
+    commits whole), so a run stopped half way leaves its tasks for the next; counts.json,
+    written last, marks it complete."""
     name = os.path.basename(released_dir) + "-cache-{inputs}x{targets}".format(**LENGTHS)
-    return _once(os.path.join(BENCH_DIR, name), build)
+    directory = os.path.join(BENCH_DIR, name)
+    os.makedirs(directory, exist_ok=True)
+    done = os.path.join(directory, "counts.json")
+    with open(directory + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run writing it: wait, then reuse it
+        if not os.path.exists(done):
+            counts = write_cache(released_dir, directory)
+            with open(done + ".tmp", "w") as f:
+                json.dump(counts, f)
+            os.rename(done + ".tmp", done)
+    return directory
 
 
 def fixtures_cache_dir() -> str:
