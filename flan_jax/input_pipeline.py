@@ -52,7 +52,7 @@ def _task_seed(seed: int, task_name: str) -> int:
 class CachedTask(NamedTuple):
     name: str
     rate: float
-    source: grain.sources.ArrayRecordDataSource
+    source: grain.MapDataset  # the task's cached records, in the cache's order
     spec: dict  # `task_cache` spec: example count, length statistics
 
 
@@ -68,7 +68,7 @@ def cached_tasks(
     from flan_jax import data
 
     mixture_or_task = data.get_mixture_or_task(mixture_or_task_name)
-    tasks = []
+    found = []
     for task in seqio.get_subtasks(mixture_or_task):
         rate = mixture_or_task.get_rate(task) if isinstance(mixture_or_task, seqio.Mixture) else 1.0
         if rate <= 0:
@@ -90,9 +90,19 @@ def cached_tasks(
                 f"{spec['split']!r} split is empty. Fix its data source or remove it from "
                 f"{mixture_or_task_name!r}."
             )
-        source = grain.sources.ArrayRecordDataSource(task_cache.shard_paths(cache_dir, spec))
-        tasks.append(CachedTask(task.name, rate, source, spec))
-    return tasks
+        found.append((task.name, rate, spec))
+    # One source over every task's shards, sliced per task: opening a source per task costs a
+    # thread pool each (8.9 of 11.2 s for 3,126 tasks), one source a pool in all.
+    records = grain.MapDataset.source(
+        grain.sources.ArrayRecordDataSource(
+            [path for _, _, spec in found for path in task_cache.shard_paths(cache_dir, spec)]
+        )
+    )
+    starts = itertools.accumulate([spec["num_examples"] for _, _, spec in found], initial=0)
+    return [
+        CachedTask(name, rate, records[start : start + spec["num_examples"]], spec)
+        for (name, rate, spec), start in zip(found, starts)
+    ]
 
 
 class _EpochShuffle(grain.MapDataset):
@@ -157,10 +167,7 @@ class Mix(grain.MapDataset):
 def mixed_examples(tasks, seed: int) -> grain.MapDataset:
     """The endless stream of decoded examples: each task shuffled anew every epoch, the
     tasks interleaved at their rates (to 0.1% of the smallest)."""
-    datasets = [
-        _EpochShuffle(grain.MapDataset.source(task.source), _task_seed(seed, task.name))
-        for task in tasks
-    ]
+    datasets = [_EpochShuffle(task.source, _task_seed(seed, task.name)) for task in tasks]
     smallest = min(task.rate for task in tasks)
     weights = [round(1000 * task.rate / smallest) for task in tasks]
     return Mix(datasets, weights).map(task_cache.decode)
