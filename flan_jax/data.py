@@ -168,6 +168,8 @@ class StreamingBatches:
     (`input_pipeline.TrainInput`). A tf.data stream has no position to save: `get_state` is
     None, and a resume replays the batches before it (`restore_position`)."""
 
+    truncation = None  # counted at start by `check_lengths` instead, over a sample
+
     def __init__(self, dataset: tf.data.Dataset):
         self._batches = dataset.as_numpy_iterator()
 

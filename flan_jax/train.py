@@ -120,7 +120,7 @@ def train(
         cache_dir,
         input_workers,
     )
-    if getattr(inputs, "truncation", None):
+    if inputs.truncation:
         print(inputs.truncation, flush=True)
     data.restore_position(inputs, start_step, data_state.get("input"))
     writer = summaries.ProgressWriter(
