@@ -38,10 +38,12 @@ setuptools.setup(
         "pyarrow",
         "msgpack",
         "etils[epath]",
+        # Hugging Face checkpoints: the model loader (train, evaluate, infer) reads them.
+        "safetensors",
     ],
     extras_require={
         "test": ["pytest", "ruff", "torch==2.13.0", "transformers>=5", "safetensors", "jax[tpu]"],
-        "hf": ["safetensors"],
+        "hf": [],  # kept for `pip install flan_jax[hf]`; safetensors is now a requirement
         "tpu": ["jax[tpu]"],
     },
 )
