@@ -3,10 +3,13 @@
 against flan_jax's Checkpointer (chunk CRC32Cs + integrity record), and what the previous
 scheme (SHA-256 of every file after a save and before a restore) would add.
 
-  python -m benchmarks.checkpoint_integrity [--scale 1.0] [--repetitions 3] [--dir DIR]
+  python -m benchmarks.checkpoint_integrity [--scale 1.0] [--repetitions 3] [--dir DIR] [--json]
 
 --scale shrinks every layer's width (0.5: a quarter of the parameters) where memory forbids
 the full ~780M. Runs on 8 fake CPU devices, kernels sharded 8 ways on their model axis.
+It also runs the two-process restore of tests/reliability (2 processes on 127.0.0.1) and
+reports the bytes each process read against the chunk bytes it wrote. `make bench` runs it
+in a process of its own (the 8 fake devices must be set before jax is imported).
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+import re  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -219,7 +226,7 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
         "bytes": size,
         "medians": medians,
         "overhead": {
-            (base, op): medians["flan_jax"][op] / medians[base][op] - 1
+            f"{base}_{op}": medians["flan_jax"][op] / medians[base][op] - 1
             for base in ("orbax", "orbax_zarr3")
             for op in ("save", "restore")
         },
@@ -227,6 +234,37 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
         "record_s": statistics.median(c[0] for c in checks),
         "verify_s": statistics.median(c[1] for c in checks),
     }
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWO_PROCESS_WORKER = os.path.join(REPO, "tests", "reliability", "two_process_checkpoint.py")
+
+
+def two_process_reads(directory: str | None) -> list[dict]:
+    """Per process: bytes read (/proc/self/io rchar) restoring a state sharded over both
+    processes, and the chunk bytes that process wrote."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": REPO}  # fmt: skip
+    root = tempfile.mkdtemp(dir=directory)
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, TWO_PROCESS_WORKER, root, address, str(i)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)
+        ]  # fmt: skip
+        results = []
+        for process, proc in enumerate(procs):
+            out = proc.communicate(timeout=600)[0]
+            found = re.search(r"^RESULT (.*)$", out, re.M)
+            if proc.returncode or not found:
+                raise RuntimeError(f"two-process restore, process {process} failed:\n{out[-3000:]}")
+            results.append(json.loads(found.group(1)))
+        return [{"read": r["restore_reads"], "own": r["own_chunk_bytes"]} for r in results]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def markdown(result: dict) -> str:
@@ -248,7 +286,7 @@ def markdown(result: dict) -> str:
         o = result["overhead"]
         rows.append(
             f"| overhead vs {label} (target <= {100 * TARGET_OVERHEAD:.0f}%) | "
-            f"{100 * o[base, 'save']:+.1f}% | {100 * o[base, 'restore']:+.1f}% |"
+            f"{100 * o[f'{base}_save']:+.1f}% | {100 * o[f'{base}_restore']:+.1f}% |"
         )
     rows += [
         f"| of which flan_jax's own checks (record write / record check) | "
@@ -256,6 +294,12 @@ def markdown(result: dict) -> str:
         f"| previous scheme's SHA-256 re-read, added to each | +{result['sha256_s']:.2f} | "
         f"+{result['sha256_s']:.2f} |",
     ]
+    rows += ["", "Restore on 2 processes (each holding half of a 4 MiB kernel): bytes read "
+             "(/proc/self/io rchar) against the chunk bytes the process owns.", "",
+             "| process | bytes read | own chunk bytes | read / own |",
+             "|---|---|---|---|"]  # fmt: skip
+    rows += [f"| {i} | {p['read']:,} | {p['own']:,} | {p['read'] / p['own']:.2f} |"
+             for i, p in enumerate(result["two_process"])]  # fmt: skip
     return "\n".join(rows)
 
 
@@ -264,8 +308,12 @@ def main():
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to write (default: $TMPDIR)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
-    print(markdown(measure(args.scale, args.repetitions, args.dir)))
+    result = measure(args.scale, args.repetitions, args.dir)
+    result["two_process"] = two_process_reads(args.dir)
+    result["markdown"] = markdown(result)
+    print("RESULT " + json.dumps(result) if args.json else result["markdown"])
 
 
 if __name__ == "__main__":

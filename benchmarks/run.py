@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 
 from benchmarks import _common, collection, data_pipeline, decode_t5, gpu, peak, scaling, train_t5
 
-SECTIONS = ("train", "decode", "data", "scaling", "gpu", "collection")
+SECTIONS = ("train", "decode", "data", "scaling", "gpu", "collection", "integrity")
 DEFAULT_MIXTURES = ("tasks.demo:flan_demo", "benchmarks.flan_fixtures:flan_fixtures")
 
 
@@ -80,7 +82,40 @@ def _summary(results: dict) -> str:
                      "-" if mfu is None else _common.verdict(mfu, gpu.TARGET_MFU)))  # fmt: skip
     if "collection" in results:
         rows += collection.summary_rows(results["collection"])
+    if "integrity" in results:
+        rows += _integrity_rows(results["integrity"])
     return _common.table(("figure", "measured", "target", ""), rows)
+
+
+INTEGRITY_TARGET = 0.10
+
+
+def _integrity(quick: bool) -> dict:
+    """benchmarks.checkpoint_integrity in a process of its own: it needs 8 fake devices,
+    which must be set before jax is imported."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.checkpoint_integrity", "--json",
+         "--scale", "0.25" if quick else "1.0", "--repetitions", "1" if quick else "3"],
+        capture_output=True, text=True, env={**os.environ, **_common.CPU_ENV},
+        cwd=_common.REPO_ROOT,
+    )  # fmt: skip
+    found = re.search(r"^RESULT (.*)$", out.stdout, re.M)
+    if out.returncode or not found:
+        raise RuntimeError(f"checkpoint_integrity failed:\n{(out.stdout + out.stderr)[-3000:]}")
+    return json.loads(found.group(1))
+
+
+def _integrity_rows(result: dict) -> list[tuple]:
+    rows = [
+        (f"checkpoint {op} overhead, flan_jax integrity / Orbax alone (T5-large state)",
+         f"{100 * result['overhead'][f'orbax_{op}']:+.1f}%", f"<= {100 * INTEGRITY_TARGET:.0f}%",
+         _common.verdict(-result["overhead"][f"orbax_{op}"], -INTEGRITY_TARGET))
+        for op in ("save", "restore")
+    ]  # fmt: skip
+    worst = max(p["read"] / p["own"] for p in result["two_process"])
+    rows.append(("restore bytes read / own chunk bytes, worst of 2 processes",
+                 f"{worst:.2f}", "own shards + metadata", "-"))  # fmt: skip
+    return rows
 
 
 def main(argv=None) -> None:
@@ -130,6 +165,8 @@ def main(argv=None) -> None:
         "gpu": ("5. GPU", lambda: gpu.measure(repetitions)),
         "collection": ("6. The Flan 2022 collection at scale: Beam cache and Grain against "
                        "seqio streaming", lambda: collection.measure(args.quick)),
+        "integrity": ("7. Checkpoint integrity: overhead on Orbax, bytes read per process",
+                      lambda: _integrity(args.quick)),
     }  # fmt: skip
     for done, name in enumerate(sections, 1):
         title, run = steps[name]
