@@ -43,7 +43,7 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
-from flan_jax import cli, task_cache
+from flan_jax import cli, paths, task_cache
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def load_tasks(gin_args: Sequence[str], mixture_or_task_name: str) -> None:
 
 
 def error_path(cache_dir: str, task_name: str) -> epath.Path:
-    return epath.Path(cache_dir) / task_cache.TMP_DIR / f"{task_name}.error"
+    return paths.path(cache_dir, "CACHE_DIR") / task_cache.TMP_DIR / f"{task_name}.error"
 
 
 class _TaskDoFn(beam.DoFn):
@@ -375,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_gin_once(gin_args)
     if not config["cache_dir"]:
         parser.error("CACHE_DIR is not set: pass --gin.CACHE_DIR=\"'DIR'\" (a path or gs://)")
+    config["cache_dir"] = os.fspath(paths.path(config["cache_dir"], "CACHE_DIR"))
     result = run(
         config.pop("mixture_or_task_name"),
         config.pop("task_feature_lengths"),

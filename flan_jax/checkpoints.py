@@ -18,6 +18,10 @@ Orbax 0.12.8 has no option for the chunk codec chain, so `_with_chunk_checksums`
 `build_array_write_spec`; readers need nothing (the codec is in each array's zarr.json).
 Steps written before this scheme (zarr v2, with `flan_jax_manifest.json` at the step's top)
 still restore: they are verified the old way, re-reading and hashing every file.
+
+Paths are `etils.epath` paths (`flan_jax.paths`), so a MODEL_DIR on gs:// works as a local
+one: Orbax and TensorStore write the arrays there, the integrity record is listed, read and
+written through epath, and a save that the storage refuses names the step and the full URL.
 """
 
 from __future__ import annotations
@@ -25,21 +29,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import glob
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint._src.serialization import tensorstore_utils
+
+from flan_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,7 @@ if not getattr(tensorstore_utils.build_array_write_spec, "adds_chunk_checksums",
 class CorruptCheckpointError(RuntimeError):
     """A step whose files do not match what was recorded (or checksummed) when it was saved."""
 
-    def __init__(self, step: int, path: str, problem: str):
+    def __init__(self, step: int, path: str | os.PathLike, problem: str):
         self.step, self.path, self.problem = step, path, problem
         super().__init__(
             f"checkpoint step {step} is corrupt: {path}: {problem}. Nothing was loaded from it. "
@@ -93,7 +98,8 @@ class CorruptCheckpointError(RuntimeError):
 
 
 class CheckpointWriteError(OSError):
-    """Saving a step failed (typically a full disk); the steps saved before are untouched."""
+    """Saving a step failed (a full disk, storage that is gone or refuses the write); the
+    steps saved before are untouched."""
 
 
 class _CheckedPyTreeHandler(ocp.PyTreeCheckpointHandler):
@@ -110,7 +116,7 @@ class _CheckedPyTreeHandler(ocp.PyTreeCheckpointHandler):
     def finalize(self, directory) -> None:
         super().finalize(directory)
         if jax.process_index() == 0:
-            _write_integrity(os.fspath(directory), self.data_digest)
+            _write_integrity(directory, self.data_digest)
 
     def restore(self, directory, args=None):
         self.restore_error = None
@@ -142,8 +148,14 @@ class Checkpointer:
     bytes it reads unchanged.
     """
 
-    def __init__(self, model_dir: str, *, max_to_keep: int | None = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        async_save: bool = True,
+    ):
+        self.directory = paths.path(model_dir, "MODEL_DIR") / "checkpoints"
         self._async_save = async_save
         self._saving_step: int | None = None
         self._state_handler = _CheckedPyTreeHandler()
@@ -218,7 +230,7 @@ class Checkpointer:
         )
 
     def _restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
-        step_dir = os.path.join(self.directory, str(step))
+        step_dir = self.directory / str(step)
         record = verify(step_dir, step)
         abstract_params = getattr(abstract_state, "params", None)
         if abstract_params is not None:
@@ -234,16 +246,16 @@ class Checkpointer:
         data_state = dict(restored.data)
         if record is not None and _json_digest(data_state) != record["data_sha256"]:
             raise CorruptCheckpointError(
-                step, os.path.join(step_dir, "data"), "contents changed since it was saved"
+                step, step_dir / "data", "contents changed since it was saved"
             )
         log.info("restored step %d from %s", step, self.directory)
         return restored.state, data_state
 
     def _set_aside(self, step: int) -> None:
         if jax.process_index() == 0:
-            step_dir = os.path.join(self.directory, str(step))
-            aside = f"{step_dir}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.rename(step_dir, aside)
+            step_dir = self.directory / str(step)
+            aside = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            step_dir.rename(aside)
             log.warning("moved corrupt checkpoint step %d to %s", step, aside)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"flan_jax: step {step} set aside")
@@ -252,21 +264,29 @@ class Checkpointer:
     @contextlib.contextmanager
     def _reporting_write_errors(self):
         """A failed save becomes CheckpointWriteError naming the step, the directory and the
-        intact earlier steps; its partial directory is removed to give the space back."""
+        intact earlier steps; its partial directory is removed (best effort: the storage may
+        be gone) to give the space back."""
         try:
             yield
         except Exception as error:
             step = self._saving_step
+            intact = [s for s in self.all_steps() if s != step]  # as listed before the save
             if jax.process_index() == 0:
-                _remove_partial_save(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))
-            self._manager.reload()
-            intact = [s for s in self.all_steps() if s != step]
-            cause = "the disk is full" if _is_out_of_space(error) else "the write failed"
+                _remove_partial_save(self.directory, step)
+            with contextlib.suppress(Exception):
+                self._manager.reload()
+            if _is_out_of_space(error):
+                cause = "the disk is full"
+                fix = "free space (or point MODEL_DIR at a larger disk)"
+            elif paths.is_local(self.directory):
+                cause, fix = "the write failed", "fix the cause"
+            else:
+                cause = "the storage refused the write or could not be reached"
+                fix = "check that the bucket exists and these credentials may write to it"
             raise CheckpointWriteError(
                 f"saving checkpoint step {step} to {self.directory} failed: {cause} "
                 f"({type(error).__name__}: {error}). Earlier checkpoints {intact} are intact; "
-                "free space (or point MODEL_DIR at a larger disk) and rerun the same command "
-                "to resume."
+                f"{fix} and rerun the same command to resume."
             ) from error
 
     def wait_until_finished(self) -> None:
@@ -277,33 +297,62 @@ class Checkpointer:
         self._manager.close()
 
 
-def _remove_partial_save(pattern: str, attempts: int = 50) -> None:
-    """Removes a failed save's directory. Orbax's other writers may still be finishing
-    after the first failure and recreate files in it, so retry until it stays gone."""
-    for _ in range(attempts):
-        for partial in glob.glob(pattern):
-            shutil.rmtree(partial, ignore_errors=True)
-        time.sleep(0.1)
-        if not glob.glob(pattern):
-            return
+def _remove_partial_save(directory: epath.Path, step: int, attempts: int = 50) -> None:
+    """Removes what a failed save of `step` left in `directory`: `<step>` and `<step>.*`
+    other than steps set aside as corrupt (Orbax writes into a temporary `<step>.<suffix>`
+    on local disk, into `<step>` itself on GCS until its commit file lands).
+    Orbax's other writers may still be finishing after the first failure and recreate files
+    in it, so retry until it stays gone; storage that cannot be reached is left as it is."""
+
+    def leftovers():
+        return [
+            entry
+            for entry in directory.iterdir()
+            if entry.name == str(step)
+            or (entry.name.startswith(f"{step}.") and ".corrupt-" not in entry.name)
+        ]
+
+    try:
+        for _ in range(attempts):
+            for partial in leftovers():
+                with contextlib.suppress(OSError):
+                    partial.rmtree() if partial.is_dir() else partial.unlink()
+            time.sleep(0.1)
+            if not leftovers():
+                return
+    except Exception as error:  # the storage is gone: the error raised after says so
+        log.warning("could not remove the partial save of step %d: %s", step, error)
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
+def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
     """Parameters alone from a flan_jax checkpoint directory, for finetuning from it.
 
     `path` is a step directory (`.../checkpoints/1000`) or a model dir / checkpoints dir,
     whose latest step is used.
     """
-    path = os.path.abspath(path)
-    step_dir = _resolve_step_dir(path)
-    step = int(os.path.basename(step_dir))
+    return restore_state(path, {"params": abstract_params})["params"]
+
+
+def saved_state(path: str | os.PathLike) -> dict:
+    """The array metadata (shapes) of the train state saved at the step `path` resolves to,
+    by item: "params", and a training run's "step" and "opt_state"."""
+    step_dir = _resolve_step_dir(paths.path(path, "INITIAL_CHECKPOINT_PATH"))
+    with _naming_the_step(int(step_dir.name), step_dir):
+        return dict(ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.tree)
+
+
+def restore_state(path: str | os.PathLike, abstract: dict) -> dict:
+    """The items of a flan_jax checkpoint's train state that `abstract` names ("params",
+    and to continue a run "step" and "opt_state"), on its abstract arrays' shardings; `path`
+    as for restore_params."""
+    step_dir = _resolve_step_dir(paths.path(path, "INITIAL_CHECKPOINT_PATH"))
+    step = int(step_dir.name)
     verify(step_dir, step)
-    _check_param_shapes(step_dir, step, abstract_params)
+    _check_param_shapes(step_dir, step, abstract["params"])
     handler = _CheckedPyTreeHandler()
     with _naming_the_step(step, step_dir):
         restored = ocp.Checkpointer(handler).restore(
-            os.path.join(step_dir, "state"),
-            args=_pytree_restore({"params": abstract_params}, partial=True),
+            step_dir / "state", args=_pytree_restore(abstract, partial=True)
         )
     _agree_on(handler.restore_error, step, step_dir)
     # A partial restore leaves what the checkpoint lacks as the abstract leaf it was asked for.
@@ -318,7 +367,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
             "written for another model config: check the layer counts and scan_layers "
             "(an HF import for scan_layers=True needs `hf_t5 import --scan_layers`)"
         )
-    return restored["params"]
+    return restored
 
 
 def _pytree_restore(target: Any, *, partial: bool = False) -> _StateRestore:
@@ -330,50 +379,56 @@ def _pytree_restore(target: Any, *, partial: bool = False) -> _StateRestore:
     return _StateRestore(item=target, restore_args=restore_args, partial_restore=partial)
 
 
-def _resolve_step_dir(path: str) -> str:
-    if os.path.isdir(os.path.join(path, "state")):
+def _resolve_step_dir(path: epath.Path) -> epath.Path:
+    if (path / "state").is_dir():
         return path
-    for directory in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(directory):
-            steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+    for directory in (path / "checkpoints", path):
+        if directory.is_dir():
+            steps = [int(d.name) for d in directory.iterdir() if d.name.isdigit()]
             if steps:
-                return os.path.join(directory, str(max(steps)))
+                return directory / str(max(steps))
     raise FileNotFoundError(
-        f"INITIAL_CHECKPOINT_PATH {path!r} holds no flan_jax checkpoint: expected a step "
-        "directory containing 'state/', or a model dir with checkpoints/<step>/."
+        f"INITIAL_CHECKPOINT_PATH {os.fspath(path)!r} holds no flan_jax checkpoint: expected a "
+        "step directory containing 'state/', or a model dir with checkpoints/<step>/."
     )
 
 
-def _write_integrity(state_dir: str, data_digest: str | None) -> None:
+def _write_integrity(state_dir: str | os.PathLike, data_digest: str | None) -> None:
     """Records, inside the `state` item, the size of every file and the SHA-256 of every
     file outside OCDBT's data directories (a few KiB in all, whatever the model size)."""
+    state_dir = epath.Path(state_dir)
     files = {}
-    for path in _files_under(state_dir):
-        relative = os.path.relpath(path, state_dir)
+    for relative, size in _files_under(state_dir).items():
         if relative == INTEGRITY:  # an earlier record, if finalizing ran again
             continue
-        files[relative] = {"bytes": os.path.getsize(path)}
-        if _OCDBT_DATA_DIR not in relative.split(os.sep)[:-1]:
-            files[relative]["sha256"] = _sha256(path)
+        files[relative] = {"bytes": size}
+        if _OCDBT_DATA_DIR not in relative.split("/")[:-1]:
+            files[relative]["sha256"] = _sha256(state_dir / relative)
     record = {"chunk_checksum": "crc32c", "data_sha256": data_digest, "files": files}
     record["record_sha256"] = _json_digest(record)  # a flipped byte here is caught too
-    with open(os.path.join(state_dir, INTEGRITY), "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
+    text = json.dumps(record, indent=1, sort_keys=True)
+    if not paths.is_local(state_dir):  # an object is whole once written
+        (state_dir / INTEGRITY).write_text(text)
+        return
+    with open(state_dir / INTEGRITY, "w") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 
 
-def verify(step_dir: str, step: int) -> dict | None:
+def verify(step_dir: str | os.PathLike, step: int) -> dict | None:
     """Raises CorruptCheckpointError naming the first file that is missing, truncated or
     changed since the step was saved (or its integrity record, if that is gone); returns
     the record. Array chunks are checked later, by TensorStore, as they are read; a step
     saved before chunk checksums (it has MANIFEST) is checked here in full and gives None."""
-    legacy = os.path.join(step_dir, MANIFEST)
-    if os.path.exists(legacy):
+    step_dir = epath.Path(step_dir)
+    paths.forget_listings(step_dir)
+    legacy = step_dir / MANIFEST
+    if legacy.exists():
         _check_files(step, step_dir, _read_record(step, legacy)["files"])
         return None
-    state_dir = os.path.join(step_dir, "state")
-    path = os.path.join(state_dir, INTEGRITY)
+    state_dir = step_dir / "state"
+    path = state_dir / INTEGRITY
     record = _read_record(step, path)
     if _json_digest({k: v for k, v in record.items() if k != "record_sha256"}) != record.get(
         "record_sha256"
@@ -383,10 +438,9 @@ def verify(step_dir: str, step: int) -> dict | None:
     return record
 
 
-def _read_record(step: int, path: str) -> dict:
+def _read_record(step: int, path: epath.Path) -> dict:
     try:
-        with open(path) as f:
-            record = json.load(f)
+        record = json.loads(path.read_text())
         record["files"]  # noqa: B018 (present in every record)
     except FileNotFoundError:
         raise CorruptCheckpointError(
@@ -397,12 +451,13 @@ def _read_record(step: int, path: str) -> dict:
     return record
 
 
-def _check_files(step: int, base_dir: str, expected: dict[str, dict]) -> None:
+def _check_files(step: int, base_dir: str | os.PathLike, expected: dict[str, dict]) -> None:
     for relative, want in sorted(expected.items()):
-        path = os.path.join(base_dir, relative)
-        if not os.path.isfile(path):
-            raise CorruptCheckpointError(step, path, "file missing")
-        size = os.path.getsize(path)
+        path = epath.Path(base_dir) / relative
+        try:
+            size = path.stat().length
+        except FileNotFoundError:
+            raise CorruptCheckpointError(step, path, "file missing") from None
         if size != want["bytes"]:
             raise CorruptCheckpointError(
                 step, path, f"{size} bytes, {want['bytes']} when saved (truncated or overwritten)"
@@ -411,7 +466,7 @@ def _check_files(step: int, base_dir: str, expected: dict[str, dict]) -> None:
             raise CorruptCheckpointError(step, path, "contents changed since it was saved")
 
 
-def _agree_on(error: Exception | None, step: int, step_dir: str) -> None:
+def _agree_on(error: Exception | None, step: int, step_dir: epath.Path) -> None:
     """Raises on every process if any process failed to read the step: one process finding
     a bad chunk that only it reads must not leave the others resuming from that step."""
     local = 0 if error is None else 1 if _data_error(error) else 2
@@ -427,7 +482,7 @@ def _agree_on(error: Exception | None, step: int, step_dir: str) -> None:
     if codes[failed] == 1:
         raise CorruptCheckpointError(
             step,
-            os.path.join(step_dir, "state"),
+            step_dir / "state",
             f"process {failed} read data that fails its checksum (its error names the array "
             "and chunk); the chunks this process read were intact",
         )
@@ -449,11 +504,11 @@ def _data_error(error: BaseException | None) -> str | None:
     return None
 
 
-def _check_param_shapes(step_dir: str, step: int, abstract_params: Any) -> None:
+def _check_param_shapes(step_dir: epath.Path, step: int, abstract_params: Any) -> None:
     """Names every parameter whose saved shape differs from the model's (Orbax would only
     say that some array does not fit). The usual cause is another vocabulary."""
     with _naming_the_step(step, step_dir):
-        metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state"))
+        metadata = ocp.PyTreeCheckpointer().metadata(step_dir / "state")
     saved = metadata.item_metadata.tree.get("params", {})
     saved_shapes = {
         jax.tree_util.keystr(path): tuple(leaf.shape)
@@ -479,21 +534,35 @@ def _first_five(items: list[str], separator: str) -> str:
     return separator.join(items[:5]) + (" ..." if len(items) > 5 else "")
 
 
-def _files_under(directory: str) -> list[str]:
-    return [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+def _files_under(directory: epath.Path) -> dict[str, int]:
+    """Every file under `directory`, by its '/'-joined path relative to it, with its size.
+    On gs:// that is one listing per folder: gcsfs answers is_dir and stat from it. (epath's
+    walk is not used: on gs:// it yields roots without their scheme.)"""
+    paths.forget_listings(directory)  # TensorStore wrote the files, behind gcsfs's back
+
+    def under(folder: epath.Path, prefix: str) -> dict[str, int]:
+        files = {}
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                files.update(under(entry, f"{prefix}{entry.name}/"))
+            else:
+                files[prefix + entry.name] = entry.stat().length
+        return files
+
+    return under(directory, "")
 
 
 def _json_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
+def _sha256(path: epath.Path) -> str:
+    with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextlib.contextmanager
-def _naming_the_step(step: int, step_dir: str):
+def _naming_the_step(step: int, step_dir: epath.Path):
     """Re-raises Orbax's read errors with the step and its directory: missing, short or
     checksum-failing bytes as CorruptCheckpointError (TensorStore names the array and
     chunk), anything else as RuntimeError."""
@@ -506,7 +575,7 @@ def _naming_the_step(step: int, step_dir: str):
         if problem is not None:
             # TensorStore names the chunk's key inside the item's OCDBT database.
             key = re.search(r'"([^"]+)" in OCDBT database', problem)
-            path = os.path.join(step_dir, "state", key.group(1)) if key else step_dir
+            path = step_dir / "state" / key.group(1) if key else step_dir
             raise CorruptCheckpointError(step, path, problem) from error
         raise RuntimeError(
             f"reading checkpoint step {step} from {step_dir} failed: "

@@ -6,6 +6,11 @@ with `new_parser`, add their own flags and call `parse_args`. Either way a comma
 `--gin_search_paths`, the current directory, then flan_jax's own gin/ folder (the repo's, or
 the copy installed with the package) -- from whatever directory the command runs.
 
+Paths given as gin macros named `*_DIR`, `*_PATH` or `*_FILE` and the environment variables
+in `PATH_VARIABLES` are checked here (`flan_jax.paths`): a scheme flan_jax cannot use stops
+the command before it does any work, and the variables are expanded in place for tasks/,
+which reads them. A gin file may be a gs:// URL (a model.gin beside a checkpoint there).
+
 Entry points keep `os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")` above their imports:
 TensorFlow reads it when it loads, before any of this runs.
 """
@@ -23,8 +28,9 @@ from collections.abc import Iterator, Sequence
 
 import gin
 import jax
+from etils import epath
 
-from flan_jax import allocator
+from flan_jax import allocator, paths
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +46,20 @@ def _gin_dir() -> str:
 
 
 GIN_DIR = _gin_dir()
+
+# Environment variables naming paths that tasks/ reads (it imports no flan_jax).
+PATH_VARIABLES = (
+    "FLAN_JAX_VOCAB",
+    "FLAN_JAX_RELEASED_DIR",
+    "FLAN_JAX_NIV2_DIR",
+    "FLAN_JAX_COT_DIR",
+    "FLAN_JAX_MMLU_DIR",
+    "FLAN_JAX_BBH_DIR",
+    "FLAN_JAX_TYDIQA_DIR",
+    "FLAN_JAX_MGSM_DIR",
+    "TFDS_DATA_DIR",
+)
+_PATH_MACRO = re.compile(r"[A-Z][A-Z0-9_]*_(DIR|PATH|FILE)")
 
 # Spellings of earlier versions, refused with their replacement.
 RENAMED = {
@@ -131,6 +151,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         bindings.append(item[len("--gin.") :])
     args.gin_bindings = bindings
     configure_logging(verbose=args.verbose)
+    expand_path_variables()
     if hasattr(args, "coordinator_address"):
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     return args
@@ -226,6 +247,24 @@ def parse_gin(
             "or set it in your run file."
         ) from None
     check_macros_used(bindings)
+    check_path_macros()
+
+
+def expand_path_variables() -> None:
+    """Each set PATH_VARIABLES entry, checked and made absolute (`~` expanded) in place."""
+    for name in PATH_VARIABLES:
+        if os.environ.get(name):
+            os.environ[name] = os.fspath(paths.path(os.environ[name], name))
+
+
+def check_path_macros() -> None:
+    """Refuses a path-valued macro (`*_DIR`, `*_PATH`, `*_FILE`) whose scheme flan_jax cannot
+    read or write, naming it, before anything runs; the code that uses it normalizes it."""
+    for (scope, selector), parameters in gin.config._CONFIG.items():  # gin has no public view
+        value = parameters.get("value")
+        if selector.endswith("gin.macro") and _PATH_MACRO.fullmatch(scope or ""):
+            if isinstance(value, str) and value:
+                paths.path(value, scope)
 
 
 class GinFileNotFoundError(FileNotFoundError):
@@ -244,6 +283,8 @@ def _search_path(folders: Sequence[str]) -> Iterator[None]:
     includers: list[str] = []
 
     def find(name: str) -> str | None:
+        if not paths.is_local(name):
+            return name if paths.path(name, "gin file").exists() else None
         if os.path.isabs(name):
             return name if os.path.isfile(name) else None
         for folder in folders:
@@ -267,7 +308,7 @@ def _search_path(folders: Sequence[str]) -> Iterator[None]:
         path = find(name)
         includers.append(path)
         try:
-            with open(path) as f:
+            with epath.Path(path).open() as f:
                 yield f
         finally:
             includers.pop()

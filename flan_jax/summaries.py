@@ -1,14 +1,54 @@
-"""Training progress for people (console: step, loss, tokens/s, ETA) and for TensorBoard."""
+"""Training progress for people (console: step, loss, tokens/s, ETA) and for TensorBoard.
+
+TensorBoard event files under a gs:// MODEL_DIR go through etils.epath (gcsfs, like every
+other gs:// path of flan_jax; see `flan_jax.paths`): importing this module registers that
+writer for tensorboardX's `gs` prefix in place of its own, which needs google-cloud-storage
+and uploads again from `__del__` at interpreter exit.
+"""
 
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import time
 from collections.abc import Mapping
 
 import jax
 import tensorboardX
+from etils import epath
+from tensorboardX import record_writer
+
+from flan_jax import paths
+
+
+class _ObjectRecordWriter:
+    """One event file on object storage: objects cannot be appended to, so every flush
+    writes the whole file again (what tensorboardX's own GCS writer does)."""
+
+    def __init__(self, path: str):
+        self.path = epath.Path(path)
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectRecordWriterFactory:
+    def open(self, path: str) -> _ObjectRecordWriter:
+        return _ObjectRecordWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        """Object storage has no directories to create."""
+
+
+record_writer.register_writer_factory("gs", _ObjectRecordWriterFactory())
 
 
 class ProgressWriter:
@@ -17,7 +57,7 @@ class ProgressWriter:
 
     def __init__(
         self,
-        model_dir: str,
+        model_dir: str | os.PathLike,
         *,
         total_steps: int,
         start_step: int,
@@ -30,12 +70,13 @@ class ProgressWriter:
         self.flops_per_step = flops_per_step
         self.peak_flops = peak_flops
         self._writers = {}
-        self._model_dir = model_dir
+        self._model_dir = paths.path(model_dir, "MODEL_DIR")
         self._last = (start_step, time.perf_counter())
 
     def _writer(self, name: str) -> tensorboardX.SummaryWriter:
         if name not in self._writers:
-            self._writers[name] = tensorboardX.SummaryWriter(os.path.join(self._model_dir, name))
+            logdir = os.fspath(self._model_dir / name)
+            self._writers[name] = tensorboardX.SummaryWriter(logdir)
         return self._writers[name]
 
     def train(self, step: int, metrics: Mapping[str, jax.Array]) -> dict[str, float]:

@@ -4,8 +4,9 @@
     <cache_dir>/<task>/<split>.array_record-00000-of-00004   one record per example (`encode`)
 
 A task's directory is complete or absent: its shards are written on local disk (ArrayRecord
-writes local paths only), copied into `<cache_dir>/.tmp/<task>-<uuid>/` (etils.epath: any
-filesystem, gs:// included) with the spec, and renamed into place (`TaskWriter.commit`). The spec
+writes local paths only), copied into `<cache_dir>/.tmp/<task>-<uuid>/` (`flan_jax.paths`:
+local or gs://) with the spec, and renamed into place (`TaskWriter.commit`). ArrayRecord
+reads gs:// shards itself, so a cache on gs:// is trained from where it lies. The spec
 lists every shard with its size, so a copy that stopped half way (a rename on an object
 store copies file by file) reads as absent, not as a shorter task. Records are msgpack maps
 of feature name -> little-endian int32 bytes: readable without TensorFlow or seqio.
@@ -27,6 +28,8 @@ import msgpack
 import numpy as np
 from array_record.python import array_record_module
 from etils import epath
+
+from flan_jax import paths
 
 FORMAT_VERSION = 1
 SPEC_FILE = "spec.json"
@@ -50,12 +53,13 @@ def decode(record: bytes) -> dict[str, np.ndarray]:
 
 
 def task_dir(cache_dir: str | epath.Path, task_name: str) -> epath.Path:
-    return epath.Path(cache_dir) / task_name
+    return paths.path(cache_dir, "CACHE_DIR") / task_name
 
 
 def read_spec(cache_dir: str | epath.Path, task_name: str) -> dict | None:
     """The spec of a complete cached task, or None where the task is absent or incomplete."""
     directory = task_dir(cache_dir, task_name)
+    paths.forget_listings(directory)  # another process (a Beam worker) may have written it
     spec_path = directory / SPEC_FILE
     if not spec_path.exists():
         return None
@@ -119,7 +123,7 @@ def _vocabulary_id(vocabulary) -> str:
 @functools.cache
 def _file_digest(path: str) -> str:
     """Read once per process: a mixture's thousands of tasks share one vocabulary file."""
-    return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(paths.path(path, "vocabulary").read_bytes()).hexdigest()[:16]
 
 
 def _callable_id(fn) -> str:
@@ -144,7 +148,8 @@ class TaskWriter:
     """
 
     def __init__(self, cache_dir: str | epath.Path, task_name: str, split: str, num_shards: int):
-        self.cache_dir, self.task_name, self.split = epath.Path(cache_dir), task_name, split
+        self.cache_dir = paths.path(cache_dir, "CACHE_DIR")
+        self.task_name, self.split = task_name, split
         self.local = epath.Path(tempfile.mkdtemp(prefix=f"{task_name}-"))
         self.names = [
             f"{split}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)
@@ -202,7 +207,7 @@ class TaskWriter:
 def remove_leftovers(cache_dir: str | epath.Path) -> int:
     """Removes what runs that stopped half way left in `<cache_dir>/.tmp/`; returns how many
     entries. (Only while no other run writes into the same cache.)"""
-    leftovers = epath.Path(cache_dir) / TMP_DIR
+    leftovers = paths.path(cache_dir, "CACHE_DIR") / TMP_DIR
     if not leftovers.exists():
         return 0
     count = len(list(leftovers.iterdir()))

@@ -9,7 +9,8 @@ usage: tpu_scripts/launch.sh --name=NAME --zone=ZONE --gin-file=FILE [--gin=NAME
          [--project=PROJECT] [--dry-run]
 
   --gin-file  a run file, e.g. gin/runs/flan_t5/xxl.gin (relative to the checkout)
-  --gin       a gin binding, repeatable, e.g. --gin=MODEL_DIR="'gs://bucket/run'"
+  --gin       a gin binding, repeatable, e.g. --gin=MODEL_DIR="'gs://bucket/run'" (gs:// paths
+              are read and written directly; every worker must see the same MODEL_DIR)
   --dry-run   print the gcloud command without running it
 Logs: tpu_scripts/logs.sh; stop (checkpoint and exit): tpu_scripts/stop.sh.
 USAGE

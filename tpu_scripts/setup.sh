@@ -9,8 +9,9 @@ usage: tpu_scripts/setup.sh --name=NAME --zone=ZONE --repo=URL --commit=SHA
 
   --repo     git URL of flan_jax (https://... or git@host:path)
   --commit   the commit (7 to 40 hex digits) every worker checks out
-  --bucket   a GCS bucket to mount with gcsfuse at ~/bucket on every worker: a MODEL_DIR
-             all workers share (multi-host checkpoints need one)
+  --bucket   optional: also mount this GCS bucket with gcsfuse at ~/bucket on every worker.
+             Not needed for runs: flan_jax reads and writes gs://BUCKET/... paths directly
+             (MODEL_DIR, checkpoints, CACHE_DIR); the mount is for browsing files
   --python   interpreter for the venv; installed with apt if missing (default python3.11)
   --dry-run  print the gcloud command without running it
 USAGE

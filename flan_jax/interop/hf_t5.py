@@ -3,6 +3,8 @@
 Pure numpy and safetensors: no torch or transformers needed, so it works on a TPU VM
 that only has the safetensors files. HF stores Linear weights as [out, in]; flan_jax
 kernels are [in, out] with the head dimension split out, hence the transposes and reshapes.
+Directories are local or gs:// (`flan_jax.paths`); safetensors files on gs:// are read whole
+into memory (local ones are memory-mapped).
 
 Command line (see README.md):
   python -m flan_jax.interop.hf_t5 import --hf_dir DIR --out OUT [--scan_layers]
@@ -18,7 +20,6 @@ if __name__ == "__main__":  # before numpy, TF or jax start threads that keep th
     allocator.configure()
 
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,9 +27,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+import safetensors.numpy
+from etils import epath
 
-from flan_jax import checkpoints, cli, model_loader, partitioning
+from flan_jax import checkpoints, cli, model_loader, partitioning, paths
 from flan_jax.models.t5 import T5Config, scan_params, unscan_params
 
 VOCABULARY_FILE = "spiece.model"
@@ -291,43 +293,48 @@ def params_to_hf(params: Mapping[str, Any], config: T5Config) -> dict[str, np.nd
     return out
 
 
-def read_hf_config(hf_dir: str, *, scan_layers: bool = False) -> T5Config:
+def read_hf_config(hf_dir: str | os.PathLike, *, scan_layers: bool = False) -> T5Config:
     """The T5Config of an HF directory's config.json; raises naming what is missing or refused."""
-    config_path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(config_path):
+    config_path = paths.path(hf_dir, "Hugging Face directory") / "config.json"
+    if not config_path.is_file():
         raise FileNotFoundError(
             f"{config_path} not found: --hf_dir must be a Hugging Face T5 directory "
             "(config.json, model.safetensors, spiece.model), e.g. from save_pretrained"
         )
-    with open(config_path) as f:
-        config = t5_config_from_hf(json.load(f))
+    config = t5_config_from_hf(json.loads(config_path.read_text()))
     return dataclasses.replace(config, scan_layers=scan_layers)
 
 
-def read_hf_dir(hf_dir: str, *, scan_layers: bool = False) -> tuple[T5Config, dict]:
+def read_hf_dir(hf_dir: str | os.PathLike, *, scan_layers: bool = False) -> tuple[T5Config, dict]:
     """(T5Config, flan_jax params) from an HF directory: config.json plus model.safetensors
     or a sharded model.safetensors.index.json. Raises naming what is missing or refused."""
     config = read_hf_config(hf_dir, scan_layers=scan_layers)
     return config, params_from_hf(_read_safetensors(hf_dir), config)
 
 
-def _read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
-    single = os.path.join(hf_dir, "model.safetensors")
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        return load_file(single)
-    if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+def _read_safetensors(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    directory = paths.path(hf_dir, "Hugging Face directory")
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return _load_safetensors(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         state = {}
         for shard in shards:
-            state.update(load_file(os.path.join(hf_dir, shard)))
+            state.update(_load_safetensors(directory / shard))
         return state
     raise FileNotFoundError(
         f"{hf_dir} has neither model.safetensors nor model.safetensors.index.json; "
         "only safetensors weights are read (convert pytorch_model.bin with "
         "transformers' save_pretrained(safe_serialization=True))"
     )
+
+
+def _load_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
+    if paths.is_local(path):
+        return safetensors.numpy.load_file(os.fspath(path))
+    return safetensors.numpy.load(path.read_bytes())
 
 
 def model_gin(
@@ -366,16 +373,16 @@ def model_gin(
 
 def import_hf(hf_dir: str, out: str, *, scan_layers: bool = False) -> None:
     """HF dir -> OUT/checkpoints/0 (Orbax, {"params": ...}), OUT/model.gin, OUT/spiece.model."""
-    out = os.path.abspath(out)
-    if os.path.exists(os.path.join(out, "checkpoints")):
+    hf_dir, out = paths.path(hf_dir, "--hf_dir"), paths.path(out, "--out")
+    if (out / "checkpoints").exists():
         raise FileExistsError(f"{out} already holds checkpoints; pass a new --out or delete it")
     config, params = read_hf_dir(hf_dir, scan_layers=scan_layers)
-    os.makedirs(out, exist_ok=True)
-    vocabulary = os.path.join(hf_dir, VOCABULARY_FILE)
+    out.mkdir(parents=True, exist_ok=True)
+    vocabulary = hf_dir / VOCABULARY_FILE
     vocabulary_path = None
-    if os.path.isfile(vocabulary):
-        vocabulary_path = os.path.join(out, VOCABULARY_FILE)
-        shutil.copyfile(vocabulary, vocabulary_path)
+    if vocabulary.is_file():
+        vocabulary_path = os.fspath(out / VOCABULARY_FILE)
+        vocabulary.copy(vocabulary_path, overwrite=True)
     else:
         print(
             f"warning: {vocabulary} not found; pass --vocabulary to flan_jax.infer",
@@ -383,13 +390,15 @@ def import_hf(hf_dir: str, out: str, *, scan_layers: bool = False) -> None:
         )
     checkpointer = checkpoints.Checkpointer(out, max_to_keep=None, async_save=False)
     try:
-        source = {"imported_from": os.path.abspath(hf_dir)}
+        source = {"imported_from": os.fspath(hf_dir)}
         checkpointer.save(0, {"params": params}, source, force=True)
     finally:
         checkpointer.close()
-    with open(os.path.join(out, "model.gin"), "w") as f:
-        f.write(model_gin(config, vocabulary_path, os.path.abspath(hf_dir)))
-    print(f"imported {hf_dir} into {out}: use INITIAL_CHECKPOINT_PATH={out!r} and {out}/model.gin")
+    (out / "model.gin").write_text(model_gin(config, vocabulary_path, os.fspath(hf_dir)))
+    print(
+        f"imported {hf_dir} into {out}: use INITIAL_CHECKPOINT_PATH={os.fspath(out)!r} and "
+        f"{out}/model.gin"
+    )
 
 
 def export_hf(
@@ -407,12 +416,17 @@ def export_hf(
         checkpoint, partitioner, model_gin_file=model_gin_file, vocabulary_path=vocabulary_path
     )
     config = loaded.model.config
-    os.makedirs(out, exist_ok=True)
-    save_file(params_to_hf(loaded.params, config), os.path.join(out, "model.safetensors"))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hf_config_from_t5(config), f, indent=2)
-    if loaded.vocabulary_path and os.path.isfile(loaded.vocabulary_path):
-        shutil.copyfile(loaded.vocabulary_path, os.path.join(out, VOCABULARY_FILE))
+    out = paths.path(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    weights, weights_path = params_to_hf(loaded.params, config), out / "model.safetensors"
+    if paths.is_local(weights_path):
+        safetensors.numpy.save_file(weights, os.fspath(weights_path))
+    else:  # built in memory, uploaded in one piece
+        weights_path.write_bytes(safetensors.numpy.save(weights))
+    (out / "config.json").write_text(json.dumps(hf_config_from_t5(config), indent=2))
+    vocabulary = loaded.vocabulary_path and paths.path(loaded.vocabulary_path, "vocabulary")
+    if vocabulary and vocabulary.is_file():
+        vocabulary.copy(out / VOCABULARY_FILE, overwrite=True)
     else:
         print("warning: no vocabulary known; copy spiece.model into the export", file=sys.stderr)
     print(f"exported {checkpoint} to {out}")
