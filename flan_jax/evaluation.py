@@ -15,8 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from flan_jax import data, partitioning, predict, trainer
+from tasks.metrics import CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,9 @@ class Progress:
 
 class PredictionEvaluator:
     """Decodes a task's (or every subtask of a mixture's) split, then applies the tasks' own
-    postprocessors and metric functions, so scores mean what the task author meant.
+    postprocessors and metric functions, so scores mean what the task author meant. Tasks with
+    score metrics (MMLU direct) are rank-classified instead: each of an example's CHOICES is
+    scored as its target (`_score_fn`).
 
     Greedy by default; `temperature` > 0 samples, `num_beams` runs beam search. `num_samples`
     = k > 1 is self-consistency:
@@ -124,6 +128,14 @@ class PredictionEvaluator:
             seed=seed,
         )
         self._predict = predict.predict_function(model, partitioner, params_shardings, settings)
+        # Replicated, so that every host reads every row's score.
+        self._score = partitioner.partition(
+            model.score_batch,
+            in_shardings=(params_shardings, self._batch_sharding),
+            out_shardings=partitioner.replicated_sharding(),
+        )
+        self._converter = data.feature_converter(model, pack=False)
+        self._lengths = dict(task_feature_lengths)
         self._progress: Progress | None = None
         self._batch_index = 0
         self._outputs = {}
@@ -148,6 +160,40 @@ class PredictionEvaluator:
                 self._progress.update(n)
         return outputs
 
+    def _score_fn(self, params, indexed_ds) -> list[tuple[int, list[float]]]:
+        """Rank classification, as hendrycks/test's evaluate.py scores MMLU: every choice of an
+        example is scored as the answer to its inputs by the model's `score_batch` (the summed
+        log-likelihood of the choice's tokens, without EOS: for a one-token letter its
+        log-softmax at the answer position), one row per choice. Returns each example's
+        scores, which the task's metric ranks."""
+        task = self._task_of_dataset[id(indexed_ds)]
+        vocabulary = task.output_features["targets"].vocabulary
+        examples = list(self._evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+        rows = [
+            {"inputs": example["inputs"], "targets": vocabulary.encode(choice.decode("utf-8"))}
+            for example in examples
+            for choice in example[CHOICES]
+        ]
+        spec = tf.TensorSpec([None], tf.int32)
+        ds = tf.data.Dataset.from_generator(
+            lambda: iter(rows), output_signature={"inputs": spec, "targets": spec}
+        )
+        # Row index where each example's choices end.
+        ends = np.cumsum([len(example[CHOICES]) for example in examples])
+        scores, done = [], 0
+        for batch in self._converter(ds, self._lengths).batch(self.batch_size).as_numpy_iterator():
+            n = len(next(iter(batch.values())))
+            placed = data.place(data.pad_rows(batch, self.batch_size), self._batch_sharding)
+            scores.extend(np.asarray(self._score(params, placed))[:n])
+            if self._progress is not None:
+                now = int(np.searchsorted(ends, len(scores), side="right"))
+                self._progress.update(now - done)
+                done = now
+        return [
+            (index, example_scores.tolist())
+            for index, example_scores in enumerate(np.split(np.asarray(scores), ends[:-1]))
+        ]
+
     @staticmethod
     def _vote(task: seqio.Task, samples: np.ndarray) -> np.ndarray:
         """The tokens of the sample self-consistency keeps among [num_samples, length]."""
@@ -165,6 +211,7 @@ class PredictionEvaluator:
             compute_metrics=True,
             step=step,
             predict_fn=functools.partial(self._predict_fn, params),
+            score_fn=functools.partial(self._score_fn, params),
         )
         return {
             task: {
@@ -173,22 +220,29 @@ class PredictionEvaluator:
             for task, task_metrics in metrics.result().items()
         }
 
-    def predictions(self) -> dict[str, list[dict[str, str]]]:
+    def predictions(self) -> dict[str, list[dict]]:
         """The last evaluation's outputs, decoded: {task: [{"inputs", "targets", "prediction"}]}
-        in split order, for reading what the model wrote and what the metric compared."""
+        in split order, for reading what the model wrote and what the metric compared. A
+        rank-classified example's prediction is its highest-scored choice, beside "scores"."""
         results = {}
         for task in self._evaluator.eval_tasks:
             vocabulary = task.output_features["targets"].vocabulary
-            tokens = self._outputs[task.name][seqio.metrics.ModelOutputType.PREDICTION]
+            outputs = self._outputs[task.name]
             examples = self._evaluator.cached_task_datasets[task.name].as_numpy_iterator()
-            results[task.name] = [
-                {
+            results[task.name] = []
+            for i, example in enumerate(examples):
+                result = {
                     "inputs": example["inputs_pretokenized"].decode("utf-8"),
                     "targets": example["targets_pretokenized"].decode("utf-8"),
-                    "prediction": vocabulary.decode(list(prediction)),
                 }
-                for example, prediction in zip(examples, tokens)
-            ]
+                if seqio.metrics.ModelOutputType.SCORE in outputs:
+                    scores = list(outputs[seqio.metrics.ModelOutputType.SCORE][i])
+                    choice = example[CHOICES][int(np.argmax(scores))]
+                    result.update(prediction=choice.decode("utf-8"), scores=scores)
+                else:
+                    tokens = outputs[seqio.metrics.ModelOutputType.PREDICTION][i]
+                    result["prediction"] = vocabulary.decode(list(tokens))
+                results[task.name].append(result)
         return results
 
 

@@ -9,42 +9,99 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 
-from tasks.suites import COLUMNS, PAPER_ROWS, RANDOM_BASELINES
+import tasks.eval
+from tasks.metrics import NUM_QUESTIONS
+from tasks.suites import COLUMNS, PAPER_ROWS, PER_QUESTION_SUITES
 
 TaskMetrics = Mapping[str, Mapping[str, float]]
 
 NORMALIZED_AVERAGE = "norm. avg"
 
 
-def suite_score(task_metrics: TaskMetrics) -> float:
-    """A suite's score: the mean over its tasks of each task's (single) metric, in percent."""
-    values = []
-    for task, metrics in task_metrics.items():
-        if len(metrics) != 1:
-            raise ValueError(
-                f"task {task} reports {sorted(metrics)}; a suite task must report one score"
-            )
-        values.extend(metrics.values())
-    if not values:
-        raise ValueError("suite_score got no tasks: the suite evaluated nothing")
-    return float(np.mean(values))
+def task_score(task: str, metrics: Mapping[str, float]) -> float:
+    """A suite task's one score (its metric besides the question count)."""
+    scores = [value for name, value in metrics.items() if name != NUM_QUESTIONS]
+    if len(scores) != 1:
+        raise ValueError(
+            f"task {task} reports {sorted(metrics)}; a suite task must report one score"
+        )
+    return float(scores[0])
 
 
-def normalized_score(suite: str, score: float) -> float:
-    baseline = RANDOM_BASELINES[suite]
-    return 100.0 * (score - baseline) / (100.0 - baseline)
+def _suite_mean(suite: str, task_metrics: TaskMetrics, values: Mapping[str, float]) -> float:
+    """The mean of per-task `values` as the suite averages: over questions (each task weighted
+    by its question count) for the PER_QUESTION_SUITES, else over tasks."""
+    if not task_metrics:
+        raise ValueError(f"suite {suite} has no tasks: it evaluated nothing")
+    weights = [
+        task_metrics[task][NUM_QUESTIONS] if suite in PER_QUESTION_SUITES else 1.0
+        for task in task_metrics
+    ]
+    return float(np.average([values[task] for task in task_metrics], weights=weights))
 
 
-def normalized_average(scores: Mapping[str, float]) -> float | None:
-    """The paper's summary number, or None unless all six suites were evaluated."""
-    if set(scores) != set(COLUMNS):
+def suite_score(suite: str, task_metrics: TaskMetrics) -> float:
+    """A suite's score, in percent: MMLU's the mean over all its questions (what
+    hendrycks/test's evaluate.py prints), the others' the mean of their tasks' scores."""
+    scores = {task: task_score(task, metrics) for task, metrics in task_metrics.items()}
+    return _suite_mean(suite, task_metrics, scores)
+
+
+def task_mean(task_metrics: TaskMetrics) -> float:
+    """The mean of a suite's task scores (for MMLU the per-subject mean, beside its score)."""
+    return float(np.mean([task_score(task, metrics) for task, metrics in task_metrics.items()]))
+
+
+def normalized_score(score: float, chance_rate: float) -> float:
+    """0 at the chance rate, 100 at a perfect score."""
+    return 100.0 * (score - chance_rate) / (100.0 - chance_rate)
+
+
+def normalized_suite_score(
+    suite: str, task_metrics: TaskMetrics, chance_rates: Mapping[str, float]
+) -> float:
+    """Each task normalized against its own chance rate, averaged as the suite's score is."""
+    normalized = {
+        task: normalized_score(task_score(task, metrics), chance_rates[task])
+        for task, metrics in task_metrics.items()
+    }
+    return _suite_mean(suite, task_metrics, normalized)
+
+
+def normalized_average(normalized_scores: Mapping[str, float]) -> float | None:
+    """The paper's summary number: the mean of the six normalized suite scores, or None unless
+    all six suites were evaluated."""
+    if set(normalized_scores) != set(COLUMNS):
         return None
-    return float(np.mean([normalized_score(suite, scores[suite]) for suite in COLUMNS]))
+    return float(np.mean([normalized_scores[suite] for suite in COLUMNS]))
 
 
-def markdown_table(label: str, scores: Mapping[str, float]) -> str:
-    """The paper's six columns and the normalized average: this model's row under the paper's."""
+def summarize(
+    results: Mapping[str, TaskMetrics], chance_rates: Mapping[str, float] | None = None
+) -> dict:
+    """Scores, per-task means, chance rates, normalized scores and their average of
+    {suite: {task: metrics}}. `chance_rates` ({task: percent}) default to the tasks' own
+    (`tasks.eval.chance_rate`)."""
+    if chance_rates is None:
+        chance_rates = {task: tasks.eval.chance_rate(task) for r in results.values() for task in r}
+    normalized = {
+        suite: normalized_suite_score(suite, task_metrics, chance_rates)
+        for suite, task_metrics in results.items()
+    }
+    return {
+        "scores": {suite: suite_score(suite, metrics) for suite, metrics in results.items()},
+        "task_means": {suite: task_mean(metrics) for suite, metrics in results.items()},
+        "chance_rates": {task: chance_rates[task] for r in results.values() for task in r},
+        "normalized_scores": normalized,
+        "normalized_average": normalized_average(normalized),
+    }
+
+
+def markdown_table(label: str, summary: Mapping) -> str:
+    """The paper's six columns and the normalized average: this model's row (a `summarize`
+    result) under the paper's, after a line with MMLU's per-subject means."""
     header = ["model", *COLUMNS.values(), NORMALIZED_AVERAGE]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
 
@@ -54,19 +111,30 @@ def markdown_table(label: str, scores: Mapping[str, float]) -> str:
 
     for name, (values, average) in PAPER_ROWS.items():
         lines.append(f"| {name} (paper) | {cells(values, average)} |")
-    lines.append(f"| **{label}** | {cells(scores, normalized_average(scores))} |")
+    scores = summary["scores"]
+    lines.append(f"| **{label}** | {cells(scores, summary['normalized_average'])} |")
+    means = [
+        f"{COLUMNS[suite]} {summary['task_means'][suite]:.1f}"
+        for suite in PER_QUESTION_SUITES
+        if suite in scores
+    ]
+    if means:
+        lines.insert(
+            0, f"Per-subject means (the MMLU columns average over questions): {', '.join(means)}.\n"
+        )
     return "\n".join(lines)
 
 
-def plot_chart(path: str, label: str, scores: Mapping[str, float]) -> None:
-    """Grouped bars per column: the paper's Flan-T5 sizes, then this model."""
+def plot_chart(path: str, label: str, summary: Mapping) -> None:
+    """Grouped bars per column: the paper's Flan-T5 sizes, then this model (a `summarize`
+    result)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     rows = {name: (values, avg) for name, (values, avg) in PAPER_ROWS.items() if "T5" in name}
-    rows[label] = (scores, normalized_average(scores))
+    rows[label] = (summary["scores"], summary["normalized_average"])
     columns = [*COLUMNS.values(), NORMALIZED_AVERAGE]
     width = 0.8 / len(rows)
     figure, axes = plt.subplots(figsize=(12, 4.5))
@@ -87,63 +155,62 @@ def plot_chart(path: str, label: str, scores: Mapping[str, float]) -> None:
     axes.set_title(f"{label} against the paper's Flan-T5 models")
     axes.legend(fontsize="small", ncol=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with epath.Path(path).open("wb") as f:  # local or gs://
+        figure.savefig(f, format="png", dpi=100)
     plt.close(figure)
 
 
 def write_report(
-    output_dir: str, label: str, results: Mapping[str, TaskMetrics], details: Mapping | None = None
+    output_dir: str,
+    label: str,
+    results: Mapping[str, TaskMetrics],
+    details: Mapping | None = None,
+    chance_rates: Mapping[str, float] | None = None,
 ) -> dict[str, str]:
-    """results.json, results.md and results.png in output_dir; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    scores = {suite: suite_score(tasks) for suite, tasks in results.items()}
-    record = {
-        "model": label,
-        "scores": scores,
-        "normalized_scores": {suite: normalized_score(suite, s) for suite, s in scores.items()},
-        "normalized_average": normalized_average(scores),
-        "random_baselines": RANDOM_BASELINES,
-        "tasks": results,
-        **(details or {}),
-    }
-    paths = {name: os.path.join(output_dir, f"results.{name}") for name in ("json", "md", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump(record, f, indent=2)
-    with open(paths["md"], "w") as f:
-        f.write(markdown_table(label, scores) + "\n")
-    plot_chart(paths["png"], label, scores)
+    """results.json, results.md and results.png in output_dir; returns their paths.
+    `chance_rates` as for `summarize`."""
+    directory = epath.Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results, chance_rates)
+    record = {"model": label, **summary, "tasks": results, **(details or {})}
+    paths = {name: os.fspath(directory / f"results.{name}") for name in ("json", "md", "png")}
+    epath.Path(paths["json"]).write_text(json.dumps(record, indent=2))
+    epath.Path(paths["md"]).write_text(markdown_table(label, summary) + "\n")
+    plot_chart(paths["png"], label, summary)
     return paths
 
 
 def write_predictions(output_dir: str, predictions: Mapping[str, Mapping[str, list]]) -> str:
     """OUTPUT_DIR/predictions/{suite}.jsonl: one line per example, with its task; returns the
     directory."""
-    directory = os.path.join(output_dir, "predictions")
-    os.makedirs(directory, exist_ok=True)
+    directory = epath.Path(output_dir) / "predictions"
+    directory.mkdir(parents=True, exist_ok=True)
     for suite, by_task in predictions.items():
-        with open(os.path.join(directory, f"{suite}.jsonl"), "w", encoding="utf-8") as f:
+        with (directory / f"{suite}.jsonl").open("w", encoding="utf-8") as f:
             for task, examples in by_task.items():
                 for example in examples:
                     f.write(json.dumps({"task": task, **example}, ensure_ascii=False) + "\n")
-    return directory
+    return os.fspath(directory)
 
 
-def summary_scalars(results: Mapping[str, TaskMetrics]) -> dict[str, dict[str, float]]:
+def summary_scalars(
+    results: Mapping[str, TaskMetrics], chance_rates: Mapping[str, float] | None = None
+) -> dict[str, dict[str, float]]:
     """TensorBoard scalars by writer name: per suite its score and each task's metric, and the
-    normalized average when all six suites are there."""
-    scalars = {}
-    scores = {}
-    for suite, task_metrics in results.items():
-        scores[suite] = suite_score(task_metrics)
-        scalars[f"benchmarks/{suite}"] = {
-            "score": scores[suite],
+    normalized average when all six suites are there. `chance_rates` as for `summarize`."""
+    scalars = {
+        f"benchmarks/{suite}": {
+            "score": suite_score(suite, task_metrics),
             **{
                 f"{task}/{metric}": value
                 for task, metrics in task_metrics.items()
                 for metric, value in metrics.items()
+                if metric != NUM_QUESTIONS
             },
         }
-    average = normalized_average(scores)
-    if average is not None:
+        for suite, task_metrics in results.items()
+    }
+    if set(results) == set(COLUMNS):
+        average = summarize(results, chance_rates)["normalized_average"]
         scalars["benchmarks"] = {"normalized_average": average}
     return scalars

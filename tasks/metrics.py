@@ -6,8 +6,11 @@ postprocessed targets and predictions to named scores.
 """
 
 import re
+import string
 import unicodedata
 from collections.abc import Sequence
+
+import numpy as np
 
 from tasks.templates import COT_ANSWER_PREFIX
 
@@ -27,6 +30,34 @@ def _check_lengths(metric: str, targets: Sequence, predictions: Sequence) -> Non
         )
     if not targets:
         raise ValueError(f"{metric} got no examples; evaluate on a non-empty split.")
+
+
+# A rank-classified example's candidate answers (a string-list feature), and the count a
+# per-question average weights each task by.
+CHOICES = "choices"
+NUM_QUESTIONS = "num_questions"
+
+
+def question_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """`accuracy` and the number of questions, for suites averaged over questions (MMLU)."""
+    return {**accuracy(targets, predictions), NUM_QUESTIONS: float(len(targets))}
+
+
+def choice_index(output_or_target, example=None, is_target=False) -> int:
+    """A rank-classified target as the index of its choice among the example's CHOICES."""
+    del is_target
+    choices = [_text(choice) for choice in example[CHOICES]]
+    return choices.index(_text(output_or_target))
+
+
+def rank_accuracy(targets: Sequence[int], scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Rank classification: the percentage of questions whose highest-scored choice (the first
+    of equal ones, as numpy's argmax) is the target's index, and the number of questions.
+    `scores` holds each question's log-likelihood of every choice."""
+    _check_lengths("rank_accuracy", targets, scores)
+    chosen = [int(np.argmax(row)) for row in scores]
+    correct = sum(choice == target for choice, target in zip(chosen, targets))
+    return {"accuracy": 100.0 * correct / len(targets), NUM_QUESTIONS: float(len(targets))}
 
 
 def cot_answer(output_or_target, example=None, is_target=False) -> str:
@@ -49,26 +80,24 @@ def _text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-# "The answer is (B)", "answer is B.", then a bare "(B)", then a leading "B" / "B." / "B)".
-_LETTER_AFTER_PHRASE = re.compile(r"answer is:?\s*\(?([A-D])\b\)?", re.IGNORECASE)
-_LETTER_IN_PARENS = re.compile(r"\(([A-D])\)")
-_LEADING_LETTER = re.compile(r"^\s*([A-D])(?:[.):]|\s|$)")
+# The phrase in any case, then a capital letter, in parentheses or not: "The answer is (B).",
+# "answer is: C". A lowercase letter after it is a word ("the answer is a bone").
+_LETTER_AFTER_PHRASE = re.compile(r"(?i:answer is):?\s*\(?([A-D])\)?(?!\w)")
+# Output that is nothing but a letter: "B", "(B)", "B.".
+_ONLY_LETTER = re.compile(r"\s*\(?([A-D])\)?\.?\s*")
 
 
 def answer_letter(output_or_target, example=None, is_target=False) -> str:
-    """The option letter a multiple-choice answer picks ("" if none can be found).
+    """The option letter a chain-of-thought answer picks ("" if it names none).
 
-    Chain-of-thought output names it after "the answer is"; direct output starts with it, in
-    parentheses or not. Malformed output (no letter anywhere) yields "", which matches no
-    target.
+    The letter is the one after the first "the answer is", or the whole output when that is a
+    bare letter. A letter in parentheses elsewhere ("(B) is wrong because ...") is reasoning,
+    not the answer, and a lowercase "a" after the phrase is an article: neither counts.
     """
     del example, is_target
     text = _text(output_or_target)
-    for pattern in (_LETTER_AFTER_PHRASE, _LETTER_IN_PARENS, _LEADING_LETTER):
-        match = pattern.search(text)
-        if match:
-            return match.group(1).upper()
-    return ""
+    match = _LETTER_AFTER_PHRASE.search(text) or _ONLY_LETTER.fullmatch(text)
+    return match.group(1) if match else ""
 
 
 def first_line(output_or_target, example=None, is_target=False) -> str:
@@ -78,39 +107,58 @@ def first_line(output_or_target, example=None, is_target=False) -> str:
     return _text(output_or_target).strip().split("\n", 1)[0].strip().removesuffix(".").strip()
 
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# Digits grouped by three after one separator: "1,000" (English, Chinese, ...), "1.000" (German,
+# Spanish), "1 000" (French and Russian, also with a no-break or narrow no-break space).
+_GROUPED = r"\d{1,3}(?P<sep>[,. \u00a0\u202f])\d{3}(?:(?P=sep)\d{3})*(?!\d)"
+# A number: grouped or plain digits, then a decimal part after the other separator ("3.5",
+# "3,5", "1.000,5"); or a bare decimal (".5"). "1.000" is one thousand, "3.5" three and a half.
+_NUMBER = re.compile(
+    rf"(?P<sign>-)?(?:(?P<whole>{_GROUPED}|\d+)(?:(?!(?P=sep))[.,](?P<fraction>\d+))?"
+    r"|\.(?P<bare_fraction>\d+))"
+)
 
 
-def canonical_number(text: str) -> str:
-    """ "1,000.50" -> "1000.5", "7.0" -> "7": one spelling per value, so strings compare."""
-    text = text.replace(",", "")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text.lstrip("+") if text not in ("", "-") else "0"
+def _canonical_number(match: re.Match) -> str:
+    """One spelling per value, so strings compare: "1.000" -> "1000", "7,50" -> "7.5"."""
+    whole = re.sub(r"\D", "", match["whole"] or "").lstrip("0") or "0"
+    fraction = (match["fraction"] or match["bare_fraction"] or "").rstrip("0")
+    number = f"{whole}.{fraction}" if fraction else whole
+    return f"-{number}" if match["sign"] and number != "0" else number
 
 
 def final_number(output_or_target, example=None, is_target=False) -> str:
     """The last number of a (chain-of-thought) answer, canonicalized; "" if it has none.
 
     MGSM rationales end with "The answer is N." in the target language, so the last number
-    is the answer whatever the language's words are. Only the first paragraph counts: a
-    model that goes on to write the next few-shot question after a blank line is not scored
-    on that question's numbers.
+    is the answer whatever the language's words are; it is read with the language's digit
+    grouping ("1.000" in German, "1 000" in French are one thousand). Only the first paragraph
+    counts: a model that goes on to write the next few-shot question after a blank line is not
+    scored on that question's numbers.
     """
     del example, is_target
-    numbers = _NUMBER.findall(_text(output_or_target).strip().split("\n\n", 1)[0])
-    return canonical_number(numbers[-1]) if numbers else ""
+    text = _text(output_or_target).strip().split("\n\n", 1)[0]
+    numbers = list(_NUMBER.finditer(text))
+    return _canonical_number(numbers[-1]) if numbers else ""
 
 
 _ENGLISH_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+# What SQuAD's evaluate-v1.1.py removes (ASCII punctuation and symbols such as $ + < = > ^ ` | ~);
+# every Unicode punctuation character (category P*) is removed too.
+_ASCII_PUNCTUATION = frozenset(string.punctuation)
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD's answer normalization, made multilingual as MLQA's and TyDiQA's scripts do:
-    lowercase, drop every Unicode punctuation character (not only ASCII), drop English
+    lowercase, drop `string.punctuation` and every Unicode punctuation character, drop English
     articles, collapse whitespace."""
     text = _text(text).lower()
-    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    text = "".join(
+        ch
+        for ch in text
+        if ch not in _ASCII_PUNCTUATION and not unicodedata.category(ch).startswith("P")
+    )
     text = _ENGLISH_ARTICLES.sub(" ", text)
     return " ".join(text.split())
 

@@ -1,19 +1,17 @@
 """The paper's six evaluation suites, in one place: their names (each a seqio mixture that
-`tasks.eval` registers), column titles, chance rates and the published Flan-T5 / Flan-PaLM
-rows (Chung et al. 2022). Plain data: importing it registers no task and reads nothing, so
-reports and gin files can use it without loading the suites.
+`tasks.eval` registers), column titles, how each averages its tasks, and the published
+Flan-T5 / Flan-PaLM rows (Chung et al. 2022). Plain data: importing it registers no task and
+reads nothing, so reports and gin files can use it without loading the suites.
 
 In gin, once `tasks.suites` is imported (`import tasks.eval` does): `%PAPER_SUITES` and
 `%PAPER_CHAIN_OF_THOUGHT_SUITES`. A gin constant shadows every macro of the same last name,
 so these are named apart from the SUITES macros the gin files let users override.
 
-The normalized average normalizes each score s against its suite's random-guess baseline r as
-100 * (s - r) / (100 - r) and averages the six. The paper normalizes per task before
-aggregating and does not list its baselines, so no single true chance rate per column
-reproduces its table (with MMLU at 25, BBH's rate would have to be 26.9 for Flan-T5-small but
-24.4 for Flan-PaLM). RANDOM_BASELINES are therefore effective per-column baselines, fitted so
-that every paper row's normalized average comes out within 0.05 of the published one, with
-MMLU-CoT at its chance rate of 25 and the generative TyDiQA and MGSM at 0.
+The normalized average is the paper's: each task's score s is normalized against that task's
+own chance rate r (`tasks.eval.chance_rate`, taken from its data) as 100 * (s - r) / (100 - r),
+averaged within each suite as the suite's score is, then over the six suites. A random guesser
+scores 0, a perfect model 100. The paper's published averages (PAPER_ROWS) come from its
+per-task scores, which it does not list, so they cannot be recomputed from its six columns.
 """
 
 import gin
@@ -31,14 +29,9 @@ SUITES = tuple(COLUMNS)
 # The suites answered with a reasoning chain: the ones self-consistency samples.
 CHAIN_OF_THOUGHT_SUITES = ("mmlu_cot", "bbh_cot", "mgsm")
 
-RANDOM_BASELINES = {
-    "mmlu_direct": 32.0,
-    "mmlu_cot": 25.0,
-    "bbh_direct": 13.0,
-    "bbh_cot": 30.5,
-    "tydiqa": 0.0,
-    "mgsm": 0.0,
-}
+# Suites scored over their questions (each task weighted by its number of questions), as
+# hendrycks/test's evaluate.py prints MMLU's average; the others average their tasks.
+PER_QUESTION_SUITES = ("mmlu_direct", "mmlu_cot")
 
 
 def _row(*scores: float) -> dict[str, float]:

@@ -35,6 +35,37 @@ def _mmlu(root):
     (root / "mmlu-cot.json").write_text(json.dumps({"anatomy": cot}))
 
 
+# More BBH tasks in the real inputs' formats: options listed as "(A) ..." or "- Yes", or none
+# (free-form answers).
+BBH_MORE = {
+    "logical_deduction_three_objects": [
+        {
+            "input": "A shelf holds a red, a green and a blue book. The red book is leftmost. "
+            f"Which book is leftmost?\nOptions:\n{options}",
+            "target": target,
+        }
+        for options, target in [
+            ("(A) The red book\n(B) The green book\n(C) The blue book", "(A)"),
+            ("(A) The blue book\n(B) The green book\n(C) The red book", "(C)"),
+        ]
+    ],
+    "causal_judgement": [
+        {
+            "input": "How would a typical person answer each of the following questions about "
+            f"causation?\n{story} Did the spark cause the fire?\nOptions:\n- Yes\n- No",
+            "target": target,
+        }
+        for story, target in [("A spark fell on dry grass.", "Yes"), ("It rained all day.", "No")]
+    ],
+    "object_counting": [
+        {
+            "input": "I have a chair, two tables, and a lamp. How many objects do I have?",
+            "target": "4",
+        }
+    ],
+}
+
+
 def _bbh(root):
     os.makedirs(root / "bbh")
     os.makedirs(root / "cot-prompts")
@@ -52,6 +83,13 @@ def _bbh(root):
         f"{BBH_CANARY}\n-----\nGiven a series of navigation instructions, determine whether one "
         f"would end up back at the starting point.\n\n{shots}\n"
     )
+    for task, task_examples in BBH_MORE.items():
+        (root / "bbh" / f"{task}.json").write_text(json.dumps({"examples": task_examples}))
+        (root / "cot-prompts" / f"{task}.txt").write_text(
+            f"{BBH_CANARY}\n-----\nAnswer the question.\n\n"
+            "Q: Which comes first, 1 or 2?\nA: Let's think step by step.\nOne is less than two. "
+            "So the answer is 1.\n"
+        )
 
 
 def _squad(questions):

@@ -9,19 +9,36 @@ from tasks import metrics
     "output, letter",
     [
         ("Let's think step by step. The heart pumps blood. The answer is (B).", "B"),
-        ("the answer is c.", "C"),
-        ("(D) liver", "D"),
+        ("the answer is: C", "C"),
+        ("So the answer is D. The answer is (A).", "D"),  # the first one counts
+        ("(B)", "B"),  # a bare letter is the whole answer
         ("A", "A"),
-        ("B. heart", "B"),
-        (b" C", "C"),
-        # Malformed: no letter anywhere, or only a word starting with a capital letter.
+        (b" C.", "C"),
+        # A lowercase letter after the phrase is a word, not an option.
+        ("The organ is a muscle, so the answer is a heart.", ""),
+        ("the answer is c.", ""),
+        # A letter in parentheses elsewhere is reasoning, not the answer.
+        ("(A) is a bone and (D) is an organ.", ""),
+        ("(D) liver", ""),
+        ("B. heart", ""),
+        ("The answer is Bone.", ""),
         ("I am not sure.", ""),
-        ("Because the heart pumps blood", ""),
         ("", ""),
     ],
 )
-def test_answer_letter(output, letter):
+def test_chain_of_thought_answer_letter(output, letter):
     assert metrics.answer_letter(output) == letter
+
+
+def test_rank_accuracy_picks_the_highest_score_and_counts_questions():
+    scores = [[-1.0, -0.5, -3.0, -2.0], [-0.1, -0.1, -5.0, -5.0], [-4.0, -3.0, -2.0, -1.0]]
+    # Choices 1, 0 (the first of a tie, as numpy's argmax) and 3; targets 1, 1, 3.
+    assert metrics.rank_accuracy([1, 1, 3], scores) == {
+        "accuracy": pytest.approx(200 / 3),
+        metrics.NUM_QUESTIONS: 3.0,
+    }
+    example = {metrics.CHOICES: [b"A", b"B", b"C", b"D"]}
+    assert metrics.choice_index(b"C", example=example, is_target=True) == 2
 
 
 @pytest.mark.parametrize(
@@ -53,6 +70,18 @@ def test_direct_answer_is_the_first_line_without_a_closing_period():
         ("The answer is 3, 5", "5"),
         ("3 + 2 = 5. The answer is 5.\n\nQuestion: Tom has 12 apples", "5"),
         ("no number here", ""),
+        # Thousands grouped by "." (de, es) or a space (fr: plain, no-break, narrow no-break).
+        ("500 + 500 = 1.000. Die Antwort lautet 1.000.", "1000"),
+        ("La respuesta es 12.500.", "12500"),
+        ("La réponse est 1 000.", "1000"),
+        ("La réponse est 2\u00a0500.", "2500"),
+        ("La réponse est 1\u202f000.", "1000"),
+        ("Ответ: 1 000 000.", "1000000"),
+        ("1.234,5 €", "1234.5"),
+        # A separator before other than three digits is a decimal point.
+        ("Die Antwort lautet 3.5.", "3.5"),
+        ("Die Antwort lautet 3,5.", "3.5"),
+        ("The answer is 3.14159", "3.14159"),
     ],
 )
 def test_final_number(output, number):
@@ -68,6 +97,11 @@ def test_final_number(output, number):
         ("القاهرة،", ["القاهرة"]),  # Arabic comma
         ("東京。", ["東京"]),  # ideographic full stop
         ("mji wa Nairobi", ["Nairobi", "mji wa Nairobi"]),  # any gold answer
+        # ASCII symbols SQuAD's script removes (string.punctuation), Unicode category S*, not P*.
+        ("$1000", ["1000"]),
+        ("x=5", ["x5"]),
+        ("<Dodoma>", ["Dodoma"]),
+        ("C++ | ~ ^ `", ["C"]),
     ],
 )
 def test_multilingual_exact_match_normalizes_both_sides(prediction, answers):

@@ -4,10 +4,15 @@ import jax
 import numpy as np
 import pytest
 import seqio
+from eval_testing import write_benchmarks
 from train_testing import make_trainer
 
-import tasks.demo  # noqa: F401  (registers the demo tasks)
+import tasks.demo  # registers the demo tasks
+import tasks.eval
 from flan_jax import evaluation, predict
+from tasks.metrics import NUM_QUESTIONS
+
+MMLU_HEADER = "The following are multiple choice questions (with answers) about anatomy.\n\n"
 
 
 def test_teacher_forced_metrics_do_not_depend_on_batching(tiny_config):
@@ -111,3 +116,72 @@ def test_beam_search_reaches_the_decode_function(tiny_config):
     assert suites._evaluators["demo_arithmetic_cot"]._predict is decode(
         temperature=0.5, num_decodes=3
     )
+
+
+@pytest.fixture
+def mmlu_direct(tmp_path, monkeypatch):
+    """MMLU direct on the fixture's anatomy questions, with the demo vocabulary."""
+    for env, path in write_benchmarks(tmp_path).items():
+        monkeypatch.setenv(env, path)
+    vocabulary = tasks.demo.vocabulary()
+    tasks.eval.register_suites(["mmlu_direct"], {"mmlu": ["anatomy"]}, vocabulary)
+    yield vocabulary
+    tasks.eval.register_suites()
+
+
+def test_mmlu_direct_ranks_the_letters_by_the_models_own_logits(tiny_config, mmlu_direct):
+    vocabulary = mmlu_direct
+    trainer = make_trainer(dataclasses.replace(tiny_config, vocab_size=512))
+    params = trainer.create_state(jax.random.key(0)).params
+    evaluator = evaluation.PredictionEvaluator(
+        "mmlu_direct",
+        {"inputs": 256, "targets": 4},
+        trainer.model,
+        trainer.partitioner,
+        trainer.params_shardings,
+        batch_size=8,
+        split="test",
+    )
+    metrics = evaluator.evaluate(params)["mmlu_direct_anatomy"]
+    predictions = evaluator.predictions()["mmlu_direct_anatomy"]
+    # hendrycks/test's evaluate_flan.py takes the logit of each letter's token at the first
+    # decoder position. The demo vocabulary spells "A" as one piece but "B" as "▁" + "B", so a
+    # letter's score is the log-likelihood of all its pieces, each at its position.
+    letters = [vocabulary.encode(letter) for letter in "ABCD"]
+    decoder_tokens = np.zeros((4, 2), np.int32)
+    for row, pieces in enumerate(letters):
+        decoder_tokens[row, 1 : len(pieces)] = pieces[:-1]
+    apply = jax.jit(trainer.model.module.apply)
+    chosen = []
+    for prediction in predictions:
+        encoder_tokens = np.array([vocabulary.encode(prediction["inputs"]) + [1]] * 4, np.int32)
+        logits = apply({"params": params}, encoder_tokens, decoder_tokens)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        scores = [
+            sum(float(log_probs[row, t, piece]) for t, piece in enumerate(pieces))
+            for row, pieces in enumerate(letters)
+        ]
+        np.testing.assert_allclose(prediction["scores"], scores, atol=1e-4)
+        chosen.append("ABCD"[int(np.argmax(scores))])
+    assert [p["prediction"] for p in predictions] == chosen
+    correct = [c == p["targets"] for c, p in zip(chosen, predictions)]
+    assert metrics == {"accuracy": 100 * np.mean(correct), NUM_QUESTIONS: 2.0}
+
+
+def test_mmlu_direct_drops_whole_exemplars_until_the_prompt_fits(mmlu_direct):
+    vocabulary = mmlu_direct
+    task = seqio.get_mixture_or_task("mmlu_direct_anatomy")
+    query = task.source.get_dataset("test").skip(1).take(1).get_single_element()
+    prompts = [p.decode() for p in query["prompts"].numpy()]  # 5, 4, ..., 0 exemplars
+    three_shot = len(vocabulary.encode(prompts[2]))
+    assert len(vocabulary.encode(prompts[1])) > three_shot
+    ds = task.get_dataset({"inputs": three_shot + 1, "targets": 4}, split="test", shuffle=False)
+    example = list(ds.as_numpy_iterator())[1]
+    assert example["inputs"].tolist() == vocabulary.encode(prompts[2]) + [1]  # EOS kept
+    # The first three dev questions stay (evaluate.py lowers k), with the header and the query.
+    prompt = example["inputs_pretokenized"].decode()
+    assert prompt == prompts[2]
+    assert prompt.startswith(MMLU_HEADER + "Dev question 0?")
+    assert prompt.count("\nAnswer: ") == 3 and "Dev question 2?" in prompt
+    assert "Dev question 3?" not in prompt
+    assert prompt.endswith("A. two\nB. three\nC. four\nD. five\nAnswer:")

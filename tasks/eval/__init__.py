@@ -46,4 +46,15 @@ def register_suites(
     return tuple(suites)
 
 
+def chance_rate(task: str) -> float:
+    """The score (percent) of a uniform random guess among a suite task's answer options, from
+    its data: 25 for MMLU, 100 / the options a BBH input lists (0 for free-form BBH tasks), 0
+    for TyDiQA and MGSM, whose answers are free text. The normalized average is measured
+    against it."""
+    for suite in SUITES:
+        if task.startswith(f"{suite}_"):
+            return BENCHMARKS[suite.split("_")[0]].chance_rate(task.removeprefix(f"{suite}_"))
+    raise ValueError(f"{task!r} is not a task of the suites {', '.join(SUITES)}")
+
+
 register_suites()

@@ -14,7 +14,9 @@ answer-only prompts do. Answers are compared exactly after extraction.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import re
 from collections.abc import Sequence
 
 import seqio
@@ -25,6 +27,9 @@ from tasks.templates import COT_TRIGGER
 
 DATA_DIR_ENV = "FLAN_JAX_BBH_DIR"
 HEADER_SEPARATOR = "-----"
+OPTIONS_HEADER = "Options:"
+# An option line: "(A) 12/14/2026" or "- Yes".
+_OPTION = re.compile(r"\([A-Z]\) |- ")
 SPLIT = "test"
 
 TASKS = (
@@ -97,6 +102,24 @@ def examples(task: str, chain_of_thought: bool, directory: str) -> list[dict]:
         {"inputs": render(example["input"]), "targets": example["target"]}
         for example in read_examples(os.path.join(directory, "bbh", f"{task}.json"))
     ]
+
+
+def num_options(text: str) -> int:
+    """How many options an input lists after its (last) "Options:" line: "(A) ..." lines or
+    "- Yes" lines; 0 for a free-form question."""
+    lines = [line.strip() for line in text.splitlines()]
+    if OPTIONS_HEADER not in lines:
+        return 0
+    start = max(i for i, line in enumerate(lines) if line == OPTIONS_HEADER) + 1
+    return len(list(itertools.takewhile(_OPTION.match, lines[start:])))
+
+
+def chance_rate(task: str) -> float:
+    """The mean over the task's examples of 100 / the number of options its input lists (0
+    where it lists none: free-form answers)."""
+    path = os.path.join(readers.data_dir(DATA_DIR_ENV, "BBH"), "bbh", f"{task}.json")
+    counts = [num_options(example["input"]) for example in read_examples(path)]
+    return sum(100.0 / n for n in counts if n) / len(counts)
 
 
 def register(vocabulary: seqio.Vocabulary, keep: Sequence[str] | None = None) -> None:

@@ -100,6 +100,12 @@ def examples(language: str, directory: str) -> list[dict]:
     ]
 
 
+def chance_rate(subtask: str) -> float:
+    """Answers are free numbers: a random guess is never right."""
+    del subtask
+    return 0.0
+
+
 def register(vocabulary: seqio.Vocabulary, keep: Sequence[str] | None = None) -> None:
     """Tasks mgsm_{lang} and the mixture mgsm over the languages in `keep` (all by default)."""
     readers.register_suite(

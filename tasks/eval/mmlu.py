@@ -9,6 +9,10 @@ Layout under $FLAN_JAX_MMLU_DIR (the official data.tar extracted, plus Flan's Co
     mmlu-cot.json                  {subject: 5-shot chain-of-thought prompt}, only for CoT
 
 CSV rows are headerless: question, A, B, C, D, answer letter.
+
+Direct is scored as hendrycks/test's evaluate.py scores it: rank classification of the four
+letters (the evaluator scores each as the answer), with exemplars dropped from the end, whole,
+until the prompt fits. Chain of thought is generated and its letter extracted.
 """
 
 from __future__ import annotations
@@ -79,6 +83,18 @@ def direct_prompt(subject: str, shots: list[dict], query: dict) -> str:
     return header + exemplars + block(query)
 
 
+def direct_example(subject: str, shots: list[dict], query: dict) -> dict:
+    """A rank-classified question: its prompts with k = len(shots), ..., 0 exemplars (the
+    first k dev rows: evaluate.py lowers k until the prompt fits) and the four letters."""
+    prompts = [direct_prompt(subject, shots[:k], query) for k in range(len(shots), -1, -1)]
+    return {
+        "inputs": prompts[0],
+        "targets": query["answer"],
+        readers.PROMPTS: prompts,
+        metrics.CHOICES: list(LETTERS),
+    }
+
+
 def cot_prompt(cot_exemplars: str, query: dict) -> str:
     """Flan's CoT prompt for the subject, then the query in its "Q: ... (A) x (B) y" format."""
     options = " ".join(f"({letter}) {o}" for letter, o in zip(LETTERS, query["options"]))
@@ -101,17 +117,34 @@ def examples(subject: str, chain_of_thought: bool, split: str, directory: str) -
         prompts = _cot_prompts(directory)
         path = os.path.join(directory, COT_PROMPTS_FILE)
         exemplars = readers.field(prompts, subject, str, f"{path}:1")
-        render = functools.partial(cot_prompt, exemplars)
-    else:
-        shots = read_questions(_csv_path(directory, subject, "dev"))[:NUM_SHOTS]
-        render = functools.partial(direct_prompt, subject, shots)
-    return [{"inputs": render(query), "targets": query["answer"]} for query in queries]
+        return [
+            {"inputs": cot_prompt(exemplars, query), "targets": query["answer"]}
+            for query in queries
+        ]
+    shots = read_questions(_csv_path(directory, subject, "dev"))[:NUM_SHOTS]
+    return [direct_example(subject, shots, query) for query in queries]
+
+
+def chance_rate(subject: str) -> float:
+    """Every question has four options."""
+    del subject
+    return 100.0 / len(LETTERS)
 
 
 def register(vocabulary: seqio.Vocabulary, keep: Sequence[str] | None = None) -> None:
     """Tasks mmlu_{direct,cot}_{subject} and the mixtures mmlu_direct, mmlu_cot over the
-    subjects in `keep` (all by default)."""
+    subjects in `keep` (all by default). Both count questions, so that a suite can average
+    over them."""
     for mode, chain_of_thought in (("direct", False), ("cot", True)):
+        scoring = (
+            dict(postprocess_fn=metrics.answer_letter, metric_fn=metrics.question_accuracy)
+            if chain_of_thought
+            else dict(
+                postprocess_fn=metrics.choice_index,
+                metric_fn=metrics.rank_accuracy,
+                list_features=(readers.PROMPTS, metrics.CHOICES),
+            )
+        )
         readers.register_suite(
             f"mmlu_{mode}",
             SUBJECTS,
@@ -122,6 +155,5 @@ def register(vocabulary: seqio.Vocabulary, keep: Sequence[str] | None = None) ->
             benchmark="MMLU",
             splits=tuple(SPLIT_FILES),
             vocabulary=vocabulary,
-            postprocess_fn=metrics.answer_letter,
-            metric_fn=metrics.accuracy,
+            **scoring,
         )

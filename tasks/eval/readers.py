@@ -97,6 +97,33 @@ def trim_inputs_left(dataset: tf.data.Dataset, sequence_length, output_features)
     return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+# A few-shot example's prompts, with all of its exemplars first and one fewer each after.
+PROMPTS = "prompts"
+
+
+def fit_prompts(dataset: tf.data.Dataset, sequence_length, output_features) -> tf.data.Dataset:
+    """Makes each example's inputs its first PROMPTS entry that fits `inputs` (with the EOS
+    appended after this): whole exemplars are dropped, never the header or the question, as
+    hendrycks/test's evaluate.py does for MMLU. When even the last does not fit, it stays for
+    `trim_inputs_left`."""
+    vocabulary = output_features["inputs"].vocabulary
+    limit = sequence_length["inputs"] - 1
+
+    def fit(example):
+        prompts = example[PROMPTS]
+        lengths = tf.map_fn(
+            lambda prompt: tf.size(vocabulary.encode_tf(prompt)),
+            prompts,
+            fn_output_signature=tf.int32,
+        )
+        fits = tf.cast(tf.where(lengths <= limit)[:, 0], tf.int32)
+        fitting = tf.concat([fits, [tf.size(lengths) - 1]], 0)
+        prompt = prompts[fitting[0]]
+        return {**example, "inputs": vocabulary.encode_tf(prompt), "inputs_pretokenized": prompt}
+
+    return dataset.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def register_task(
     name: str,
     examples: Callable[[str], list[Example]],
@@ -108,7 +135,8 @@ def register_task(
     list_features: Sequence[str] = (),
 ) -> None:
     """(Re)registers a task whose examples carry rendered "inputs" and "targets" strings (plus
-    string-list `list_features`, e.g. the gold answers a metric needs)."""
+    string-list `list_features`, e.g. the gold answers a metric needs). Examples with PROMPTS
+    among their list features get the longest prompt that fits (`fit_prompts`)."""
     signature = {"inputs": tf.TensorSpec([], tf.string), "targets": tf.TensorSpec([], tf.string)}
     signature.update({key: tf.TensorSpec([None], tf.string) for key in list_features})
 
@@ -130,6 +158,7 @@ def register_task(
         source=seqio.FunctionDataSource(dataset_fn, splits=tuple(splits)),
         preprocessors=[
             seqio.preprocessors.tokenize,
+            *([fit_prompts] if PROMPTS in list_features else []),
             trim_inputs_left,
             seqio.preprocessors.append_eos_after_trim,
         ],

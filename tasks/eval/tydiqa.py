@@ -86,6 +86,12 @@ def gold_answers(output_or_target, example=None, is_target=False):
     return metrics.first_line(output_or_target)
 
 
+def chance_rate(subtask: str) -> float:
+    """Answers are free text (spans of the passage): a random guess is never right."""
+    del subtask
+    return 0.0
+
+
 def register(vocabulary: seqio.Vocabulary, keep: Sequence[str] | None = None) -> None:
     """Tasks tydiqa_{language} and the mixture tydiqa over the languages in `keep` (all by
     default)."""
