@@ -166,3 +166,33 @@ def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(
         "MIXTURE_OR_TASK_NAME = @mixtures.flan_mixture()"
         in (tmp_path / "run" / "config.gin").read_text()
     )
+
+
+def test_cot_input_inversions_are_mixed_at_0_3_of_the_cot_rate(flan_env):
+    """FLAN's cot submix: CoT at rate 1, CoT-II (the input inversions) at 0.3."""
+    for cot_ratio in (None, 0.1):
+        shares = mixtures.with_cot_ratio(mixtures.PROPORTIONS["b"], cot_ratio)
+        rates = mixtures.plan(shares)
+        inversions = sum(
+            r for name, r in rates.items() if name.startswith("cot_") and "_ii_" in name
+        )
+        cot = sum(r for name, r in rates.items() if name.startswith("cot_") and "_ii_" not in name)
+        assert inversions / cot == pytest.approx(0.3)
+        assert inversions + cot == pytest.approx(shares["cot"] / sum(shares.values()))
+        # The fixture's datasets are the same size: each inversion at 0.3 of its dataset.
+        assert rates["cot_gsm8k_ii_zs_cot"] == pytest.approx(0.3 * rates["cot_gsm8k_zs_cot"])
+    assert len([name for name in rates if name.startswith("cot_")]) == 9 * 2 * 2
+
+
+def test_xsum_is_a_flan_2021_task(flan_env):
+    """FLAN leaves T0's xsum prompts out of its T0 submix: xsum is Muffin's."""
+    names = set(seqio.TaskRegistry.names())
+    assert {"muffin_xsum_zs_noopt", "muffin_xsum_fs_noopt"} <= names
+    assert not any(name.startswith("t0sf_xsum") for name in names)
+    assert mixtures.family_of("muffin_xsum_zs_noopt") == "muffin"
+    b = mixtures.PROPORTIONS["b"]
+    rates = mixtures.plan(b)
+    # No TFDS data here: every Muffin task counts as Muffin's cap, xsum included.
+    assert rates["muffin_xsum_zs_noopt"] == pytest.approx(rates["muffin_samsum_zs_noopt"])
+    muffin = sum(r for name, r in rates.items() if name.startswith("muffin_"))
+    assert muffin == pytest.approx(b["muffin"] / sum(b.values()))

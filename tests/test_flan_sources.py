@@ -1,14 +1,18 @@
-"""Readers of the Flan data: CoT TSVs and natural-instructions task files, their checks and
-the errors that say what to fix."""
+"""Readers of the Flan data: CoT TSVs, natural-instructions task files and TFDS datasets,
+their checks and the errors that say what to fix, and the rows they keep."""
 
 import json
 import os
 import shutil
+import types
 
 import pytest
-from flan_testing import COT_DIR, NIV2_DIR
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from flan_testing import COT_DIR, LENGTHS, NIV2_DIR, texts
 
-from tasks.flan import cot, sources
+from tasks.flan import cot, registry, sources
 
 
 def test_cot_tsv_reads_question_answer_rationale_with_escaped_newlines():
@@ -125,3 +129,56 @@ def test_tfds_source_without_prepared_data_says_how_to_build_it(tmp_path, monkey
         match=r"not prepared in .*: build it with `tfds build glue/rte` and point TFDS_DATA_DIR",
     ):
         source.get_dataset("train")
+
+
+class _FakeBuilder:
+    """A prepared TFDS builder with winogrande's real split names, recording the splits read."""
+
+    splits_read: list = []
+
+    def __init__(self, *args, **kwargs):
+        sizes = {"train_xs": 160, "train_s": 640, "train_m": 2558, "train_l": 10234}
+        sizes |= {"train_xl": 40398, "validation": 1267, "test": 1767}
+        self.info = types.SimpleNamespace(
+            splits={name: types.SimpleNamespace(num_examples=n) for name, n in sizes.items()}
+        )
+
+    def as_dataset(self, split, **kwargs):
+        if split not in self.info.splits:
+            raise ValueError(f"Unknown split {split!r}")
+        self.splits_read.append(split)
+        return tf.data.Dataset.from_tensors({"label": tf.constant(0, tf.int64)})
+
+
+def test_winogrande_trains_on_its_train_xl_split(flan_env, monkeypatch):
+    monkeypatch.setattr(sources.tfds, "builder", _FakeBuilder)
+    _FakeBuilder.splits_read = []
+    source = registry.REGISTERED["muffin"]["winogrande"].source
+    assert source.num_input_examples("train") == 40398
+    assert source.num_input_examples("validation") == 1267
+    source.get_dataset("train")
+    assert _FakeBuilder.splits_read == ["train_xl"]
+
+
+@pytest.mark.parametrize("task", ["snli", "mnli"])
+def test_nli_rows_without_a_gold_label_are_dropped(flan_env, task):
+    """SNLI and MNLI mark examples whose annotators disagreed with label -1."""
+    labels = [0, -1, 2, 1, -1]
+    rows = {
+        "premise": [f"Premise {i}." for i in range(len(labels))],
+        "hypothesis": [f"Hypothesis {i}." for i in range(len(labels))],
+        "label": labels,
+        "idx": list(range(len(labels))),
+    }
+
+    def as_dataset(self, split, **kwargs):
+        return tf.data.Dataset.from_tensor_slices(rows)
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        rendered = texts(
+            seqio.get_mixture_or_task(f"muffin_{task}_zs_noopt").get_dataset(
+                LENGTHS, split="train", shuffle=False
+            )
+        )
+    assert [target for _, target in rendered] == ["yes", "no", "it is not possible to tell"]
+    assert all(f"Premise {n}." in inputs for n, (inputs, _) in zip((0, 2, 3), rendered))

@@ -1,7 +1,8 @@
 """Raw dataset examples -> the fields Flan templates read, as tf.data map functions.
 
 Classification datasets become `options` (the answer texts) and `answer` (one of them);
-the helpers here keep each dataset's converter to a line or two.
+the helpers here keep each dataset's converter to a line or two. A row whose label is no
+option's index has no options, and the registry drops it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ def labelled(renames: Mapping[str, str], label: str, options: Sequence[str]):
     option_values = tf.constant(list(options))
 
     def convert(example):
-        index = tf.cast(example[label], tf.int64)
-        index = tf.clip_by_value(index, 0, len(options) - 1)
         fields = {field: example[raw] for field, raw in renames.items()}
-        return {**fields, "options": option_values, "answer": tf.gather(option_values, index)}
+        return {**fields, **answered(option_values, tf.cast(example[label], tf.int64))}
 
     return convert
 
@@ -37,12 +36,20 @@ def choices(renames: Mapping[str, str], options_of, answer_index_of):
     def convert(example):
         options = options_of(example)
         index = tf.cast(answer_index_of(example, options), tf.int64)
-        index = tf.clip_by_value(index, 0, tf.maximum(tf.size(options, tf.int64) - 1, 0))
-        answer = first(options[index : index + 1])  # "" when there are no options
         fields = {field: example[raw] for field, raw in renames.items()}
-        return {**fields, "options": options, "answer": answer}
+        return {**fields, **answered(options, index)}
 
     return convert
+
+
+def answered(options: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    """`options` and the one at `index` as `answer`. An index that is no option's (SNLI's
+    and MNLI's -1: annotators did not agree) gives no options and an empty answer: the
+    registry drops examples without options, rather than teach an answer nobody gave."""
+    count = tf.size(options, tf.int64)
+    valid = (index >= 0) & (index < count)
+    options = options[: tf.where(valid, count, 0)]
+    return {"options": options, "answer": first(options[tf.maximum(index, 0) :][:1])}
 
 
 def key_index(keys: tf.Tensor, key: tf.Tensor) -> tf.Tensor:

@@ -4,6 +4,8 @@ ratio, and user tasks mixed in at a share.
 Within a family (Muffin, T0-SF, NIV2, CoT) a task's weight is its train example count
 capped at the family's cap (the paper's 30k / 20k / 5k / 100k), split evenly over its
 formats; the family's weights are then scaled to the family's proportion of the whole.
+The CoT input-inversion tasks are their own submix, as FLAN's CoT-II: together they get
+0.3 of the rate of the other CoT tasks, within CoT's share.
 Counts are read when a mixture is first used, not at registration; a count that cannot
 be read (an unprepared TFDS dataset, mock data) counts as the cap.
 
@@ -112,16 +114,29 @@ def plan(
     scale = (1.0 - user_share) / (sum(present.values()) or 1.0)
     rates = {}
     for family, proportion in present.items():
-        counts = {}
+        submixes = {}  # inversion tasks or not -> task -> (examples, formats)
         for task in registry.REGISTERED[family].values():
             formats = [f for f in task.formats if fmt_filter in (None, f)]
             if formats:
-                counts[task.name] = (task_count(task), len(formats))
-        per_task = family_rates(counts, CAPS[family], proportion * scale)
+                submix = submixes.setdefault(cot.is_inversion(task), {})
+                submix[task.name] = (task_count(task), len(formats))
+        per_task = {}
+        for inverts, counts in submixes.items():
+            share = submix_share(inverts, len(submixes))
+            per_task.update(family_rates(counts, CAPS[family], proportion * scale * share))
         for task, name in registry.variants(family, fmt_filter):
             rates[name] = per_task[task.name]
     rates.update(user_tasks)
     return rates
+
+
+def submix_share(inverts: bool, submixes: int) -> float:
+    """The share of its family's rate that a submix gets: FLAN's CoT-II submix (the CoT
+    input inversions) gets `cot.INVERSION_RATE` of the CoT tasks' rate, within CoT's share;
+    a family of one submix gets all of it."""
+    if submixes == 1:
+        return 1.0
+    return (cot.INVERSION_RATE if inverts else 1.0) / (1.0 + cot.INVERSION_RATE)
 
 
 def total_user_share(user_tasks: Mapping[str, float]) -> float:

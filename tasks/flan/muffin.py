@@ -174,16 +174,23 @@ _TASKS = [
     ("gigaword", "gigaword:1.2.0", fields.text_pair({"text": "document"}, "summary"), SUMMARIZATION),
     ("cnn_dailymail", "cnn_dailymail:3.4.0", fields.text_pair({"text": "article"}, "highlights"), SUMMARIZATION),
     ("samsum", "samsum:1.0.0", fields.text_pair({"text": "dialogue"}, "summary"), SUMMARIZATION),
+    ("xsum", "xsum:1.1.0", fields.text_pair({"text": "document"}, "summary"), SUMMARIZATION),
     ("aeslc", "aeslc:1.0.0", fields.text_pair({"text": "email_body"}, "subject_line"), SUBJECT_LINE),
 ]
 # fmt: on
+
+
+# Tasks whose TFDS dataset has no `train` split: seqio split -> TFDS split (winogrande's
+# training sets come in sizes; FLAN trains on the largest).
+_TFDS_SPLITS = {"winogrande": {"train": "train_xl"}}
 
 
 def register() -> tuple[str, ...]:
     """Registers every Muffin task; returns the seqio task names."""
     names = ()
     for name, tfds_name, to_fields, task_templates in _TASKS:
-        task = FlanTask(name, FAMILY, sources.tfds_source(tfds_name), task_templates, to_fields)
+        source = sources.tfds_source(tfds_name, tfds_splits=_TFDS_SPLITS.get(name))
+        task = FlanTask(name, FAMILY, source, task_templates, to_fields)
         names += registry.register(task)
     return names
 

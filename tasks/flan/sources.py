@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import seqio
@@ -49,13 +49,20 @@ class LazyCountSource(seqio.FunctionDataSource):
         return self._count_fn(split)
 
 
-def tfds_source(tfds_name: str, splits=("train", "validation")) -> LazyCountSource:
-    """A TFDS dataset read from TFDS_DATA_DIR (never downloaded at training time)."""
+def tfds_source(
+    tfds_name: str, splits=("train", "validation"), tfds_splits: Mapping[str, str] | None = None
+) -> LazyCountSource:
+    """A TFDS dataset read from TFDS_DATA_DIR (never downloaded at training time).
+
+    tfds_splits: seqio split -> the TFDS split it reads, for a dataset without a split of
+    that name (winogrande's training data is `train_xl`)."""
+    tfds_splits = dict(tfds_splits or {})
 
     def builder():
         return tfds.builder(tfds_name, data_dir=os.environ.get(TFDS_DIR_ENV), try_gcs=False)
 
     def dataset_fn(split, shuffle_files, seed=None):
+        split = tfds_splits.get(split, split)
         try:
             return builder().as_dataset(
                 split=split,
@@ -70,6 +77,7 @@ def tfds_source(tfds_name: str, splits=("train", "validation")) -> LazyCountSour
             ) from e
 
     def count(split):
+        split = tfds_splits.get(split, split)
         try:
             splits = builder().info.splits
             return splits[split].num_examples if split in splits else None

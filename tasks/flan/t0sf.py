@@ -2,7 +2,8 @@
 
 As in P3 (where the paper's 193 T0-SF tasks come from), a task is one dataset under one
 prompt, so a dataset gives several tasks: answering, explaining, generating a question or
-a title. The prompts are our own. Importing registers the tasks.
+a title. Datasets of Flan 2021 (xsum) are Muffin's, as in FLAN, which leaves them out of
+its T0 submix. The prompts are our own. Importing registers the tasks.
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ def _wiki_bio(example):
     }
 
 
-def _xsum(example):
-    return {"document": example["document"], "summary": example["summary"]}
-
-
 def _web_questions(example):
     return {"question": example["question"], "target": fields.first(example["answers"])}
 
@@ -81,12 +78,6 @@ _DATASETS = {
         "comprehension": Template("Read the table below and write a paragraph about the person.\n{facts}", "{target}"),
         "guess_person": Template("{facts}\n\nWho is this person?", "{name}"),
         "key_content": Template("Biography: {target}\n\nList the key facts of this biography.", "{facts}"),
-    }),
-    "xsum": ("xsum:1.1.0", _xsum, {
-        "article_dot_dot_dot": Template("{document}\n\n...in one sentence:", "{summary}"),
-        "summarize_this": Template("Summarize this article in a sentence.\n\n{document}", "{summary}"),
-        "write_article": Template("Write an article that this sentence summarizes: {summary}", "{document}"),
-        "title": Template("{document}\n\nWhat would be a headline for this article?", "{summary}"),
     }),
     "web_questions": ("web_questions:1.0.0", _web_questions, {
         "whats_the_answer": Template("What is the answer to this question? {question}", "{target}"),
