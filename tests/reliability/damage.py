@@ -1,13 +1,19 @@
-"""The damage the checkpoint fault tests do to a file."""
+"""The damage the checkpoint fault tests do to a file, on local disk or gs://."""
 
-import os
+from etils import epath
 
 
 def flip_a_byte(path) -> None:
-    contents = bytearray(open(path, "rb").read())
+    path = epath.Path(path)
+    contents = bytearray(path.read_bytes())
     contents[len(contents) // 2] ^= 0x01
-    open(path, "wb").write(contents)
+    path.write_bytes(bytes(contents))
 
 
 def truncate(path) -> None:
-    os.truncate(path, os.path.getsize(path) // 2)
+    path = epath.Path(path)
+    path.write_bytes(path.read_bytes()[: path.stat().length // 2])
+
+
+def delete(path) -> None:
+    epath.Path(path).unlink()

@@ -1,7 +1,7 @@
-"""Checkpoint integrity at O(shard) cost: the fault table on local disk (each case refused
-naming the step and the file, fallback to the previous intact step), chunks checksummed in
-the array codecs, steps written before that scheme still verified, and a restore that reads
-only the bytes it restores."""
+"""Checkpoint integrity at O(shard) cost: the fault table on local disk and on gs:// (the fake
+GCS server of tests/gcs.py; each case refused naming the step and the file, fallback to the
+previous intact step), chunks checksummed in the array codecs, steps written before that
+scheme still verified, and a restore that reads only the bytes it restores."""
 
 import glob
 import hashlib
@@ -15,7 +15,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
-from damage import flip_a_byte, truncate
+from damage import delete, flip_a_byte, truncate
+from etils import epath
+from gcs import assert_no_local_gs_folder, files_under
 
 from flan_jax import checkpoints
 
@@ -40,14 +42,30 @@ def abstract(state):
     )
 
 
-@pytest.fixture
-def saved(tmp_path):
-    """Steps 1 and 2 of a run, each with its input position."""
-    checkpointer = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+def save_steps(root) -> epath.Path:
+    """Steps 1 and 2 of a run in `root`, each with its input position."""
+    checkpointer = checkpoints.Checkpointer(str(root), async_save=False)
     for step in (1, 2):
         checkpointer.save(step, sharded_state(step), {"step": step, "seed": 7})
     checkpointer.close()
-    return tmp_path / "checkpoints"
+    return epath.Path(root) / "checkpoints"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """Steps 1 and 2 on local disk."""
+    return save_steps(tmp_path)
+
+
+@pytest.fixture(params=["local", "gs"])
+def saved_anywhere(request, tmp_path):
+    """Steps 1 and 2 on local disk, and in a gs:// bucket (then no local `gs:` folder may
+    appear, before or after the test's damage and restore)."""
+    if request.param == "local":
+        yield save_steps(tmp_path)
+        return
+    yield save_steps(request.getfixturevalue("gcs").path(request.node.name))
+    assert_no_local_gs_folder()
 
 
 def restore(directory, **kwargs):
@@ -60,12 +78,14 @@ def restore(directory, **kwargs):
 
 def data_files(step_dir):
     """OCDBT's data files of the state item, largest first (the array chunks)."""
-    files = glob.glob(f"{step_dir}/state/**/d/*", recursive=True)
-    return sorted(files, key=os.path.getsize, reverse=True)
+    files = [
+        path for path in files_under(epath.Path(step_dir) / "state") if path.parent.name == "d"
+    ]
+    return sorted(files, key=lambda path: path.stat().length, reverse=True)
 
 
-def test_save_then_restore_round_trips_state_and_data_state(saved):
-    state, data_state = restore(saved)
+def test_save_then_restore_round_trips_state_and_data_state(saved_anywhere):
+    state, data_state = restore(saved_anywhere)
     assert data_state == {"step": 2, "seed": 7}
     np.testing.assert_array_equal(state["kernel"], sharded_state(2)["kernel"])
     assert int(state["step"]) == 2
@@ -109,25 +129,27 @@ def refusal(step, path, problem):
     "damage, problem",
     [
         (truncate, r"\d+ bytes, \d+ when saved \(truncated or overwritten\)"),
-        (os.remove, "file missing"),
+        (delete, "file missing"),
     ],
 )
-def test_truncated_or_deleted_data_file_is_refused_before_reading(saved, damage, problem):
-    damaged = data_files(saved / "2")[0]
+def test_truncated_or_deleted_data_file_is_refused_before_reading(saved_anywhere, damage, problem):
+    damaged = data_files(saved_anywhere / "2")[0]
     damage(damaged)
     with pytest.raises(checkpoints.CorruptCheckpointError, match=refusal(2, damaged, problem)):
-        restore(saved)
+        restore(saved_anywhere)
 
 
-def test_flipped_byte_in_a_chunk_fails_its_checksum_naming_the_array_chunk(saved):
+def test_flipped_byte_in_a_chunk_fails_its_checksum_naming_the_array_chunk(saved_anywhere):
+    saved = saved_anywhere
     flip_a_byte(data_files(saved / "2")[0])
     with pytest.raises(checkpoints.CorruptCheckpointError) as caught:
         restore(saved)
-    assert re.fullmatch(rf"{re.escape(str(saved))}/2/state/kernel/c/\d+/0", caught.value.path)
+    path = os.fspath(caught.value.path)
+    assert re.fullmatch(rf"{re.escape(str(saved))}/2/state/kernel/c/\d+/0", path)
     assert re.match(
         refusal(
             2,
-            caught.value.path,
+            path,
             r"bytes missing, short or changed since it was saved "
             r"\(DATA_LOSS: .*Digest mismatch.*\)",
         ),
@@ -136,13 +158,14 @@ def test_flipped_byte_in_a_chunk_fails_its_checksum_naming_the_array_chunk(saved
 
 
 @pytest.mark.parametrize("name", ["_METADATA", checkpoints.INTEGRITY])
-def test_flipped_byte_or_deleted_metadata_file_is_refused(saved, name):
+def test_flipped_byte_or_deleted_metadata_file_is_refused(saved_anywhere, name):
+    saved = saved_anywhere
     path = saved / "2" / "state" / name
     flip_a_byte(path)
     problem = "(contents changed since it was saved|unreadable)"
     with pytest.raises(checkpoints.CorruptCheckpointError, match=refusal(2, path, problem)):
         restore(saved)
-    os.remove(path)
+    delete(path)
     problem = (
         "file missing" if name == "_METADATA" else "missing; every step flan_jax saves has one"
     )
@@ -150,12 +173,11 @@ def test_flipped_byte_or_deleted_metadata_file_is_refused(saved, name):
         restore(saved)
 
 
-def test_changed_data_item_is_refused(saved):
-    (path,) = [p for p in glob.glob(f"{saved}/2/data/*") if "step" in open(p).read()]
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text.replace('"seed": 7', '"seed": 8'))
+def test_changed_data_item_is_refused(saved_anywhere):
+    saved = saved_anywhere
+    data_dir = saved / "2" / "data"
+    (path,) = [p for p in data_dir.iterdir() if p.is_file() and "step" in p.read_text()]
+    path.write_text(path.read_text().replace('"seed": 7', '"seed": 8'))
     with pytest.raises(
         checkpoints.CorruptCheckpointError,
         match=refusal(2, saved / "2" / "data", "contents changed since it was saved"),
@@ -163,13 +185,14 @@ def test_changed_data_item_is_refused(saved):
         restore(saved)
 
 
-def test_fallback_restores_the_previous_intact_step(saved, caplog):
+def test_fallback_restores_the_previous_intact_step(saved_anywhere, caplog):
+    saved = saved_anywhere
     flip_a_byte(data_files(saved / "2")[0])
     state, data_state = restore(saved, fallback=True)
     assert data_state == {"step": 1, "seed": 7}
     np.testing.assert_array_equal(state["kernel"], sharded_state(1)["kernel"])
     assert "checkpoint step 2 is corrupt" in caplog.text and "falling back" in caplog.text
-    names = sorted(os.listdir(saved))
+    names = sorted(path.name for path in saved.iterdir())
     assert names[0] == "1" and re.fullmatch(r"2\.corrupt-[\d-]+", names[1]), names
 
 
