@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -111,6 +111,27 @@ def _describe_source(source: seqio.DataSource, split: str) -> str:
 def feature_converter(model, *, pack: bool) -> seqio.FeatureConverter:
     """The model's seqio feature converter, packing first-fit (`flan_jax.packing`)."""
     return getattr(packing, model.FEATURE_CONVERTER)(pack=pack)
+
+
+def model_batches(
+    model,
+    examples: Sequence[Mapping[str, Sequence[int]]],
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Tokenized examples ({feature: ids} for each feature in `task_feature_lengths`) as the
+    model's unpacked features, `batch_size` rows a batch (the last padded by `pad_rows`).
+
+    They go through the feature converter the model declares, as a seqio task's examples
+    do, so every model family (and mode) gets the features it trains and evaluates on.
+    """
+    ds = tf.data.Dataset.from_generator(
+        lambda: ({k: np.asarray(e[k], np.int32) for k in task_feature_lengths} for e in examples),
+        output_signature={k: tf.TensorSpec([None], tf.int32) for k in task_feature_lengths},
+    )
+    ds = feature_converter(model, pack=False)(ds, dict(task_feature_lengths))
+    for batch in ds.batch(batch_size).as_numpy_iterator():
+        yield pad_rows(batch, batch_size)
 
 
 def train_dataset(

@@ -32,7 +32,7 @@ import jax
 
 import tasks.eval
 import tasks.suites
-from flan_jax import cli, evaluation, model_loader, partitioning, report
+from flan_jax import cli, evaluation, model_loader, partitioning, paths, report
 
 
 def evaluate(
@@ -76,11 +76,10 @@ def evaluate(
             "no checkpoint to evaluate: pass --checkpoint=PATH (or --gin.CHECKPOINT_PATH), a "
             "flan_jax checkpoint or a Hugging Face directory"
         )
-    output_dir = os.path.abspath(output_dir)
+    output_dir = paths.path(output_dir, "OUTPUT_DIR")
     if jax.process_index() == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.gin").write_text(gin.config_str())
     loaded = model_loader.load(
         checkpoint_path,
         partitioner,
@@ -118,11 +117,10 @@ def evaluate(
             },
             "num_beams": num_beams,
         }
-        paths = report.write_report(output_dir, label, results, details)
-        paths["predictions"] = report.write_predictions(output_dir, evaluator.predictions())
-        scores = {suite: report.suite_score(metrics) for suite, metrics in results.items()}
-        print(report.markdown_table(label, scores), flush=True)
-        print(f"wrote {', '.join(paths.values())}", flush=True)
+        written = report.write_report(str(output_dir), label, results, details)
+        written["predictions"] = report.write_predictions(str(output_dir), evaluator.predictions())
+        print(report.markdown_table(label, report.summarize(results)), flush=True)
+        print(f"wrote {', '.join(written.values())}", flush=True)
     return results
 
 

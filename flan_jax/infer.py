@@ -6,7 +6,10 @@
 Each input line is {"inputs": str, "targets": str (optional), ...}; each output line is the
 same object plus "prediction" (a list of num_decodes strings when num_decodes > 1) and, when
 "targets" is given, "score": the summed log-likelihood of the targets (EOS included).
-Inputs are tokenized as seqio tasks do for Flan-T5 (pieces + EOS, trimmed to the length).
+Inputs and targets are tokenized as seqio tasks do (pieces + EOS, trimmed to the length) and
+made into the model's features by the feature converter it trains with, so T5 and decoder-only
+(PaLM-style) checkpoints both work. On several hosts (--coordinator_address, --num_processes,
+--process_id) every host reads the input and places its own rows; process 0 writes the output.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from flan_jax import cli, data, model_loader, partitioning, predict
+from flan_jax import cli, data, model_loader, partitioning, paths, predict
 from flan_jax.models.base import EOS_ID
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Examples from a JSONL file; a malformed line raises ValueError naming path:line."""
     examples = []
-    with open(path, encoding="utf-8") as f:
+    with paths.path(path, "--input").open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -54,16 +57,14 @@ def read_jsonl(path: str) -> list[dict]:
     return examples
 
 
-def _tokens(vocabulary, texts: Sequence[str], length: int) -> tuple[np.ndarray, int]:
-    """[len(texts), length] int32 rows of pieces + EOS, and how many were trimmed."""
-    rows = np.zeros((len(texts), length), np.int32)
-    trimmed = 0
-    for row, text in enumerate(texts):
-        ids = list(vocabulary.encode(text))
-        trimmed += len(ids) + 1 > length
-        ids = ids[: length - 1] + [EOS_ID]
-        rows[row, : len(ids)] = ids
-    return rows, trimmed
+def _tokens(vocabulary, text: str | None, length: int) -> tuple[list[int], bool]:
+    """Pieces + EOS, trimmed to `length` as seqio's append_eos_after_trim does, and whether
+    anything was trimmed. No text (an example without targets: decoded, not scored) is no
+    tokens."""
+    if text is None:
+        return [], False
+    ids = list(vocabulary.encode(text))
+    return ids[: length - 1] + [EOS_ID], len(ids) + 1 > length
 
 
 def infer(
@@ -79,7 +80,10 @@ def infer(
 ) -> list[dict]:
     """The examples with "prediction" and, where they have "targets", "score" added.
 
-    Every batch is padded to batch_size rows and fixed lengths, so each function compiles once.
+    The model's own feature converter turns the tokens into its features (any family); every
+    host builds the same global batches and places the rows its devices hold, as training
+    does. Every batch is padded to batch_size rows and fixed lengths, so each function
+    compiles once.
     """
     partitioner.check_batch_size(batch_size)
     params_shardings = jax.tree.map(lambda x: x.sharding, params)
@@ -87,31 +91,30 @@ def infer(
     score = partitioner.partition(
         model.score_batch,
         in_shardings=(params_shardings, partitioner.batch_sharding()),
-        out_shardings=None,
+        out_shardings=partitioner.replicated_sharding(),
     )
-    results, trimmed = [], 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        inputs, n = _tokens(vocabulary, [e["inputs"] for e in chunk], max_input_length)
-        trimmed += n
-        batch = {"encoder_input_tokens": inputs}
-        if any("targets" in e for e in chunk):
-            targets, n = _tokens(
-                vocabulary, [e.get("targets", "") for e in chunk], settings.max_decode_length
-            )
-            trimmed += n
-            batch["decoder_input_tokens"] = np.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-            batch["decoder_target_tokens"] = targets
-        batch = data.pad_rows(batch, batch_size)
-        prompts = {"encoder_input_tokens": batch["encoder_input_tokens"]}
-        predictions = np.asarray(predict_fn(params, prompts, np.int32(start)))
-        scores = np.asarray(score(params, batch)) if len(batch) > 1 else None
-        for row, example in enumerate(chunk):
+    lengths = {"inputs": max_input_length, "targets": settings.max_decode_length}
+    tokenized, trimmed = [], 0
+    for example in examples:
+        row = {}
+        for feature, length in lengths.items():
+            row[feature], cut = _tokens(vocabulary, example.get(feature), length)
+            trimmed += cut
+        tokenized.append(row)
+    scoring = any("targets" in e for e in examples)
+    batches = data.global_batches(
+        data.model_batches(model, tokenized, lengths, batch_size), partitioner
+    )
+    results = []
+    for start, batch in zip(range(0, len(examples), batch_size), batches):
+        predictions = np.asarray(predict_fn(params, batch, np.int32(start)))
+        scores = np.asarray(score(params, batch)) if scoring else None
+        for row, example in enumerate(examples[start : start + batch_size]):
             result = dict(example)
             if settings.num_decodes > 1:
-                result["prediction"] = [vocabulary.decode(p) for p in predictions[row]]
+                result["prediction"] = [vocabulary.decode(p) for p in predictions[row].tolist()]
             else:
-                result["prediction"] = vocabulary.decode(predictions[row])
+                result["prediction"] = vocabulary.decode(predictions[row].tolist())
             if "targets" in example:
                 result["score"] = float(scores[row])
             results.append(result)
@@ -171,10 +174,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_input_length=args.max_input_length,
         settings=settings,
     )
-    with open(args.output, "w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
-    print(f"wrote {len(results)} predictions to {args.output}")
+    if jax.process_index() == 0:  # every process holds the same results
+        output = paths.path(args.output, "--output")
+        output.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results), encoding="utf-8"
+        )
+        print(f"wrote {len(results)} predictions to {output}")
 
 
 if __name__ == "__main__":

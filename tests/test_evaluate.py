@@ -9,6 +9,7 @@ import sys
 import gin
 import pytest
 import tensorflow as tf
+from decoder_testing import Reference, save_checkpoint
 from eval_testing import SUBTASKS, write_benchmarks
 from matplotlib import image
 from train_testing import REPO, train_in_process
@@ -112,6 +113,36 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     from_hf = json.loads((root / "from_hf" / "results.json").read_text())
     assert from_hf["model"] == "hf" and from_hf["normalized_average"] is None
     assert from_hf["tasks"] == {suite: record["tasks"][suite] for suite in ("tydiqa", "mgsm")}
+
+
+def test_a_decoder_only_checkpoint_evaluates_every_suite(setup, tmp_path, monkeypatch):
+    """All six suites (self-consistency on MGSM) on a PaLM-style checkpoint; the greedy suites'
+    predictions equal full forward passes on each prompt as the task tokenizes it."""
+    _, _, data = setup
+    for name, path in data.items():
+        monkeypatch.setenv(name, path)
+    checkpoint = save_checkpoint(tmp_path / "palm")
+    out = tmp_path / "out"
+    try:
+        evaluate.main([*COMMON, f"--checkpoint={checkpoint.path}", f"--gin.OUTPUT_DIR='{out}'"])
+    finally:
+        gin.clear_config()
+        tasks.eval.register_suites()
+    record = json.loads((out / "results.json").read_text())
+    assert list(record["scores"]) == list(tasks.eval.SUITES)
+    assert record["tasks"]["mgsm"].keys() == {"mgsm_de", "mgsm_zh"}
+    assert record["self_consistency"] == {"suites": ["mgsm"], "num_samples": 3, "temperature": 0.7}
+    lengths = LENGTHS["tydiqa"]
+    reference = Reference(checkpoint, 1 + lengths["inputs"] + lengths["targets"])
+    vocabulary = checkpoint.vocabulary
+    for suite in ("bbh_direct", "tydiqa"):
+        lines = (out / "predictions" / f"{suite}.jsonl").read_text().splitlines()
+        assert lines
+        for line in map(json.loads, lines):
+            # The eval tasks keep a prompt's last tokens, then append EOS.
+            prompt = vocabulary.encode(line["inputs"])[1 - lengths["inputs"] :] + [1]
+            tokens = reference.greedy(prompt, lengths["targets"])
+            assert line["prediction"] == vocabulary.decode(tokens), line
 
 
 def test_unknown_data_dir_key_is_refused(tmp_path):

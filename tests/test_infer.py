@@ -1,16 +1,19 @@
-"""flan_jax.infer on JSONL against transformers' generate and log-likelihoods."""
+"""flan_jax.infer on JSONL against transformers' generate and log-likelihoods (T5), and against
+full forward passes without a cache (the decoder-only model)."""
 
 import json
 
 import numpy as np
 import pytest
 import sentencepiece as spm
+from decoder_testing import Reference, save_checkpoint
 from hf_testing import TEXT
 
 from flan_jax import infer, model_loader, partitioning
 
 torch = pytest.importorskip("torch")
 
+MAX_INPUT_LENGTH = 64
 MAX_DECODE_LENGTH = 24
 EXAMPLES = [
     {"inputs": TEXT[0], "targets": "the quick fox"},
@@ -40,7 +43,7 @@ def run(tmp_path, input_file, *source):
             "--batch_size",
             "8",
             "--max_input_length",
-            "64",
+            str(MAX_INPUT_LENGTH),
             "--max_decode_length",
             str(MAX_DECODE_LENGTH),
         ]
@@ -94,6 +97,32 @@ def test_infer_on_an_imported_checkpoint_matches_hf(
     tmp_path,  # noqa: F811
 ):
     check(run(tmp_path, input_file, "--checkpoint", imported), expected)
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True], ids=["causal", "prefix_lm"])
+def test_infer_on_a_decoder_only_checkpoint_matches_full_forward_passes(
+    prefix_lm, input_file, tmp_path_factory, tmp_path
+):
+    """Features from the model's own converter, cached decoding and scoring equal greedy
+    decoding and scores by full forward passes (infer built T5 features by hand and failed
+    inside jit with KeyError: 'decoder_causal_attention')."""
+    checkpoint = save_checkpoint(tmp_path_factory.mktemp("palm"), prefix_lm=prefix_lm)
+    assert checkpoint.model.config.prefix_lm == prefix_lm
+    results = run(tmp_path, input_file, "--checkpoint", checkpoint.path)
+    vocabulary = checkpoint.vocabulary
+    reference = Reference(checkpoint, 1 + MAX_INPUT_LENGTH + MAX_DECODE_LENGTH)
+    expected, lengths = [], []
+    for example in EXAMPLES:
+        prompt = vocabulary.encode(example["inputs"])[: MAX_INPUT_LENGTH - 1] + [1]
+        tokens = reference.greedy(prompt, MAX_DECODE_LENGTH)
+        lengths.append(len(tokens))
+        result = {"prediction": vocabulary.decode(tokens)}
+        if "targets" in example:
+            target = vocabulary.encode(example["targets"])[: MAX_DECODE_LENGTH - 1] + [1]
+            result["score"] = reference.score(prompt, target)
+        expected.append(result)
+    assert len(set(lengths)) > 1, "outputs that end at different lengths"
+    check(results, expected)
 
 
 @pytest.mark.parametrize(
