@@ -18,7 +18,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from flan_jax import optim
 from flan_jax.axis_names import BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP, RELPOS_BUCKETS, VOCAB
+from flan_jax.models import scan
 
 LogicalRules = Sequence[tuple[str, Any]]
 
@@ -222,7 +224,9 @@ def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_s
     """
     params_by_path = {}
     jax.tree_util.tree_map_with_path(
-        lambda p, leaf, spec: params_by_path.__setitem__(_path_keys(p), (leaf.shape, spec)),
+        lambda p, leaf, spec: params_by_path.__setitem__(
+            _path_keys(p), (leaf.shape, spec, scan.is_stacked(p))
+        ),
         abstract_params,
         param_specs,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
@@ -232,9 +236,9 @@ def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_s
         keys = _path_keys(path)
         param = next((keys[i:] for i in range(len(keys)) if keys[i:] in params_by_path), None)
         if param is not None:
-            shape, spec = params_by_path[param]
+            shape, spec, stacked = params_by_path[param]
             field = keys[len(keys) - len(param) - 1] if len(param) < len(keys) else None
-            moment = _moment_spec(tuple(leaf.shape), tuple(shape), tuple(spec), field)
+            moment = _moment_spec(tuple(leaf.shape), tuple(shape), tuple(spec), field, stacked)
             if moment is not None:
                 return moment
         if np.prod(leaf.shape) <= 1:
@@ -253,15 +257,15 @@ def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_s
     return jax.tree_util.tree_map_with_path(spec_for, abstract_opt_state)
 
 
-def _moment_spec(shape, param_shape, param_spec, field) -> PartitionSpec | None:
+def _moment_spec(shape, param_shape, param_spec, field, stacked) -> PartitionSpec | None:
     """The spec of a moment of a parameter, or None if its shape is none of the known ones."""
     param_spec = param_spec + (None,) * (len(param_shape) - len(param_spec))
     if shape == param_shape:
         return PartitionSpec(*param_spec)
-    if field in ("v_row", "v_col") and len(param_shape) >= 2:
-        # optax factors over the two largest dims (stable argsort): v_row drops the
+    if field in ("v_row", "v_col") and len(param_shape) >= 2 + stacked:
+        # Adafactor factors over the two largest dims of each layer: v_row drops the
         # largest, v_col the second largest. Unfactored params keep a (1,) placeholder.
-        second, largest = np.argsort(param_shape, kind="stable")[-2:]
+        second, largest = optim.factored_axes(param_shape, stacked)
         dropped = largest if field == "v_row" else second
         if shape == tuple(np.delete(param_shape, dropped)):
             return PartitionSpec(*(s for i, s in enumerate(param_spec) if i != dropped))

@@ -14,6 +14,8 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+# The name of a scanned stack: every parameter under it has a leading per-layer axis.
+STACK = "layers"
 
 
 def check_remat_policy(config) -> None:
@@ -53,8 +55,14 @@ def apply_layers(layer_cls, config, num_layers: int, static_argnums, x, *args):
         length=num_layers,
         metadata_params={nn.PARTITION_NAME: LAYERS},
     )
-    x, _ = stack(config, name="layers")(x, *args)
+    x, _ = stack(config, name=STACK)(x, *args)
     return x
+
+
+def is_stacked(path) -> bool:
+    """Whether the parameter at a jax key path belongs to a scanned stack, so that its leading
+    axis is the layer (a batch axis for the optimizer, as T5X's factor rules treat `layers`)."""
+    return any(getattr(entry, "key", None) == STACK for entry in path)
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
@@ -62,7 +70,7 @@ def stack_layers(params: dict, num_layers: int) -> dict:
     `layers` holds every per-layer array stacked on a new leading axis."""
     return {
         **{k: v for k, v in params.items() if not k.startswith("layers_")},
-        "layers": jax.tree.map(
+        STACK: jax.tree.map(
             lambda *xs: np.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)]
         ),
     }
@@ -71,9 +79,9 @@ def stack_layers(params: dict, num_layers: int) -> dict:
 def unstack_layers(params: dict, num_layers: int) -> dict:
     """The inverse of stack_layers: one `layers_{i}` subtree per layer."""
     return {
-        **{k: v for k, v in params.items() if k != "layers"},
+        **{k: v for k, v in params.items() if k != STACK},
         **{
-            f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], params["layers"])
+            f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], params[STACK])
             for i in range(num_layers)
         },
     }
