@@ -1,13 +1,15 @@
-"""PaLM-style decoder-only model: KV cache, prefix-LM mask, packing, loss, sizes, training."""
+"""PaLM-style decoder-only model: causal (default) and prefix-LM masks, KV cache, packing,
+loss, context length, sizes, training."""
 
 import dataclasses
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
 
-from flan_jax import model_loader, optim, partitioning
+from flan_jax import cli, model_loader, optim, partitioning
 from flan_jax.models.base import DecoderOnlyModel
 from flan_jax.models.decoder import DecoderConfig, scan_params, unscan_params
 from flan_jax.trainer import Trainer
@@ -19,8 +21,20 @@ LENGTH = 10
 
 @pytest.fixture(scope="module")
 def model_and_params():
+    """The default (causal) model."""
     model = DecoderOnlyModel(CONFIG)
     return model, nn.unbox(model.init(jax.random.key(0)))
+
+
+@pytest.fixture(scope="module")
+def prefix_model_and_params(model_and_params):
+    """The same parameters as a prefix LM (DecoderConfig.prefix_lm)."""
+    return DecoderOnlyModel(dataclasses.replace(CONFIG, prefix_lm=True)), model_and_params[1]
+
+
+@pytest.fixture(scope="module", params=["causal", "prefix_lm"])
+def either_mode(request, model_and_params, prefix_model_and_params):
+    return model_and_params if request.param == "causal" else prefix_model_and_params
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +50,9 @@ def _logits(model, params, batch):
     return np.asarray(jax.jit(lambda p, b: model._logits(p, b))(params, batch))
 
 
-def test_cached_step_logits_equal_full_forward(model_and_params, prefix_batch):
+def test_cached_step_logits_equal_full_forward(either_mode, prefix_batch):
     """Prefill each row's prefix, then teacher-force the rest one token at a time."""
-    model, params = model_and_params
+    model, params = either_mode
     tokens, prefix = prefix_batch["decoder_input_tokens"], prefix_batch["decoder_causal_attention"]
     full = _logits(model, params, prefix_batch)
     apply = jax.jit(
@@ -58,8 +72,8 @@ def test_cached_step_logits_equal_full_forward(model_and_params, prefix_batch):
     np.testing.assert_array_equal(cache["cache"]["index"], positions + 1)
 
 
-def test_greedy_prediction_equals_uncached_argmax(model_and_params, prefix_batch):
-    model, params = model_and_params
+def test_greedy_prediction_equals_uncached_argmax(either_mode, prefix_batch):
+    model, params = either_mode
     steps = 5
     predicted = np.asarray(
         jax.jit(lambda p, b: model.predict_batch(p, b, max_decode_length=steps))(
@@ -81,8 +95,28 @@ def test_greedy_prediction_equals_uncached_argmax(model_and_params, prefix_batch
         np.testing.assert_array_equal(predicted[row], expected)
 
 
-def test_prefix_is_bidirectional_and_targets_causal(model_and_params, prefix_batch):
+def test_causal_by_default(model_and_params, prefix_batch):
+    """PaLM and Flan-PaLM are causal: the logits at t never see a later token, prompt or
+    target (decoder_causal_attention changes nothing)."""
     model, params = model_and_params
+    assert not CONFIG.prefix_lm
+    base = _logits(model, params, prefix_batch)
+    no_prefix = {
+        **prefix_batch,
+        "decoder_causal_attention": np.zeros_like(prefix_batch["decoder_causal_attention"]),
+    }
+    np.testing.assert_array_equal(_logits(model, params, no_prefix), base)
+    for changed in range(1, LENGTH):
+        batch = {k: v.copy() for k, v in prefix_batch.items()}
+        batch["decoder_input_tokens"][:, changed] += 1
+        batch["decoder_input_tokens"] %= CONFIG.vocab_size
+        logits = _logits(model, params, batch)
+        np.testing.assert_array_equal(logits[:, :changed], base[:, :changed])
+        assert not np.allclose(logits[:, changed], base[:, changed])
+
+
+def test_prefix_is_bidirectional_and_targets_causal(prefix_model_and_params, prefix_batch):
+    model, params = prefix_model_and_params
     base = _logits(model, params, prefix_batch)
     n = PREFIX_LENGTHS[1]  # row 1: prefix 0..5, targets 6..9
     for changed in (n, LENGTH - 2):  # a target position
@@ -141,6 +175,46 @@ def test_packed_equals_separate(model_and_params, prefix_lm_batch):
     np.testing.assert_allclose(
         loss_fn(params, packed, None)[0], loss_fn(params, separate, None)[0], rtol=1e-5
     )
+
+
+def test_lengths_past_the_context_are_refused(model_and_params, prefix_batch):
+    model, params = model_and_params
+    short = DecoderOnlyModel(dataclasses.replace(CONFIG, context_length=LENGTH - 1))
+    with pytest.raises(ValueError, match="inputs=6 \\+ targets=4 = 10 tokens exceed .* of 9"):
+        short.check_feature_lengths({"inputs": 6, "targets": 4})
+    short.check_feature_lengths({"inputs": 5, "targets": 4})
+    # Any batch the checks missed fails when traced, not with RoPE positions never trained.
+    with pytest.raises(ValueError, match="10 tokens exceeds DecoderConfig.context_length=9"):
+        _logits(short, params, prefix_batch)
+
+
+def _preset_lengths(*gin_files):
+    """(the PaLM model, {name: feature lengths}) of a run preset or the eval gin files."""
+    with cli.separate_gin_config():
+        cli.parse_gin(list(gin_files), [], finalize=False)
+        model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+        for macro in ("TASK_FEATURE_LENGTHS", "SUITE_FEATURE_LENGTHS"):
+            try:
+                lengths = gin.query_parameter(f"%{macro}")
+            except ValueError:
+                continue
+            return model, lengths if macro == "SUITE_FEATURE_LENGTHS" else {"train": lengths}
+
+
+@pytest.mark.parametrize("size", ["8b", "62b", "540b"])
+def test_palm_presets_fit_the_2048_token_context(size):
+    model, lengths = _preset_lengths(f"runs/flan_palm/{size}.gin")
+    assert model.config.context_length == 2048 and not model.config.prefix_lm
+    model.check_feature_lengths(lengths["train"])
+    _, suites = _preset_lengths(f"models/palm/{size}.gin", "eval/evaluate.gin", "eval/palm.gin")
+    assert len(suites) == 6
+    for suite, suite_lengths in suites.items():
+        model.check_feature_lengths(suite_lengths, suite)
+        assert sum(suite_lengths.values()) == 2048, suite
+    # evaluate.gin's own lengths (for T5) are refused for PaLM, naming both lengths.
+    _, t5_suites = _preset_lengths(f"models/palm/{size}.gin", "eval/evaluate.gin")
+    with pytest.raises(ValueError, match="mmlu_cot: inputs=2048 \\+ targets=256 = 2304"):
+        model.check_feature_lengths(t5_suites["mmlu_cot"], "mmlu_cot")
 
 
 @pytest.mark.parametrize(

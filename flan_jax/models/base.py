@@ -34,6 +34,13 @@ class BaseModel(abc.ABC):
         self.label_smoothing = label_smoothing
 
     @abc.abstractmethod
+    def check_feature_lengths(
+        self, task_feature_lengths: Mapping[str, int], what: str = "TASK_FEATURE_LENGTHS"
+    ) -> None:
+        """Refuses task feature lengths the model cannot take (ValueError naming `what` they
+        came from, e.g. a gin macro, and the lengths)."""
+
+    @abc.abstractmethod
     def init(self, rng: jax.Array):
         """Fresh "params" collection with nn.LogicallyPartitioned leaves.
 
@@ -170,6 +177,9 @@ class EncoderDecoderModel(BaseModel):
         )
         self.config = config
 
+    def check_feature_lengths(self, task_feature_lengths, what="TASK_FEATURE_LENGTHS"):
+        """Any lengths: T5's positions are relative, its attention has no context limit."""
+
     def init(self, rng: jax.Array):
         tokens = jnp.ones((1, 1), jnp.int32)
         return self.module.init({"params": rng}, tokens, tokens)["params"]
@@ -217,10 +227,13 @@ class EncoderDecoderModel(BaseModel):
 
 
 class DecoderOnlyModel(BaseModel):
-    """PaLM-style prefix LM on seqio's PrefixLMFeatureConverter batches.
+    """PaLM-style decoder on seqio's PrefixLMFeatureConverter batches: each example's inputs
+    then its targets in one sequence of at most config.context_length tokens.
 
-    The inputs are the prefix (decoder_causal_attention = 1, attended bidirectionally);
-    loss and scores cover the targets only, through decoder_loss_weights.
+    Loss and scores cover the targets only, through decoder_loss_weights (as Flan-PaLM
+    finetunes). decoder_causal_attention marks the prompt (the inputs and the position that
+    predicts the first target): decoding prefills it, and with config.prefix_lm (U-PaLM's
+    prefix LM) it is attended bidirectionally; by default attention is causal throughout.
     """
 
     FEATURE_CONVERTER = "PrefixLMFeatureConverter"
@@ -235,6 +248,18 @@ class DecoderOnlyModel(BaseModel):
 
     def init(self, rng: jax.Array):
         return self.module.init({"params": rng}, jnp.ones((1, 1), jnp.int32))["params"]
+
+    def check_feature_lengths(self, task_feature_lengths, what="TASK_FEATURE_LENGTHS"):
+        """Inputs and targets share one sequence: together they must fit the context."""
+        inputs, targets = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+        context = self.config.context_length
+        if inputs + targets > context:
+            raise ValueError(
+                f"{what}: inputs={inputs} + targets={targets} = {inputs + targets} tokens "
+                f"exceed the decoder's context of {context} (DecoderConfig.context_length); "
+                f"lower inputs to at most {context - targets} (gin/eval/palm.gin has the eval "
+                "suites' lengths for PaLM)"
+            )
 
     def _logits(self, params, batch: Mapping[str, jax.Array], dropout_rng=None) -> jax.Array:
         enable_dropout = dropout_rng is not None

@@ -6,9 +6,11 @@ SwiGLU MLP; no biases anywhere.
 The input embedding (N(0, 1), unscaled) is also the output layer, and, as in PaLM, the
 output logits are scaled by 1/sqrt(d_model) to make up for the unit-variance table.
 
-Prefix-LM: positions marked in `prefix_mask` (seqio's decoder_causal_attention) attend
-to each other bidirectionally; all others attend causally. Packed rows are supported
-through segment ids (attention never crosses examples) and per-example positions for RoPE.
+Causal by default, as PaLM and Flan-PaLM are: every position attends to itself and the
+positions before it. With `prefix_lm=True` (U-PaLM's prefix LM) the positions marked in
+`prefix_mask` (seqio's decoder_causal_attention: the inputs and the position predicting the
+first target) attend to each other bidirectionally. Packed rows are supported through
+segment ids (attention never crosses examples) and per-example positions for RoPE.
 """
 
 import dataclasses
@@ -38,6 +40,12 @@ class DecoderConfig:
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-6
     rope_max_wavelength: float = 10_000.0
+    # PaLM's sequence length: its positions past 2048 were never trained, so longer
+    # sequences (inputs + targets) are refused.
+    context_length: int = 2048
+    # False: causal attention (PaLM, Flan-PaLM). True: the prompt is attended bidirectionally
+    # (a prefix LM, as U-PaLM); a checkpoint keeps the mode it was trained in.
+    prefix_lm: bool = False
     dtype: str = "float32"  # activations; "bfloat16" for TPU/GPU training
     param_dtype: str = "float32"
     # One scanned layer instead of a Python loop (params get a leading "layers" axis, see
@@ -48,6 +56,8 @@ class DecoderConfig:
     def __post_init__(self):
         check_remat_policy(self)
         check_dtypes(self)
+        if self.context_length < 1:
+            raise ValueError(f"DecoderConfig.context_length={self.context_length} must be >= 1")
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"DecoderConfig.num_kv_heads={self.num_kv_heads} must divide "
@@ -63,7 +73,8 @@ def prefix_lm_mask(
     prefix_mask: jax.Array, query_positions: jax.Array, key_length: int
 ) -> jax.Array:
     """[B, 1, T, key_length]: causal by query_positions [B, T], plus bidirectional among
-    the positions 0 .. T-1 where prefix_mask [B, T] is 1 (a prompt prefilled from 0)."""
+    the positions 0 .. T-1 where prefix_mask [B, T] is 1 (a prompt prefilled from 0; all 0:
+    causal)."""
     prefix = prefix_mask.astype(bool)
     prefix_keys = jnp.pad(prefix, ((0, 0), (0, key_length - prefix.shape[1])))
     bidirectional = prefix[:, None, :, None] & prefix_keys[:, None, None, :]
@@ -121,6 +132,9 @@ class Decoder(nn.Module):
     """Decoder stack with tied output layer; params: token_embedder, layers_i (or one
     scanned `layers`), decoder_norm.
 
+    prefix_mask [B, T] marks each row's prompt; with config.prefix_lm it is attended
+    bidirectionally, otherwise it changes nothing (causal attention).
+
     decode=True runs incremental decoding over the "cache" collection, each row at its own
     position. The call that creates the cache prefills it with the given tokens [B, T] from
     position 0 (pass max_decode_length, the cache length, and the prompt's prefix_mask) and
@@ -146,7 +160,12 @@ class Decoder(nn.Module):
         """Float32 logits [B, T, vocab] (T = 1 per cached decoding step)."""
         c = self.config
         batch, length = tokens.shape
-        if prefix_mask is None:
+        if not decode and length > c.context_length:
+            raise ValueError(
+                f"a sequence of {length} tokens exceeds DecoderConfig.context_length="
+                f"{c.context_length}: shorten the inputs or targets"
+            )
+        if prefix_mask is None or not c.prefix_lm:
             prefix_mask = jnp.zeros((batch, length), bool)
         if decode:
             if max_decode_length is None:
