@@ -15,30 +15,36 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gin
 import jax
+import numpy as np
+import optax
 
-from flan_jax import checkpoints, cli, partitioning
+from flan_jax import checkpoints, cli, partitioning, paths
 from flan_jax.interop import hf_t5, t5x
 from flan_jax.models.base import EncoderDecoderModel
+from flan_jax.trainer import TrainState
+
+# What a run sets to start from a checkpoint's parameters alone (gin/runs/finetune.gin).
+PARAMS_ONLY = "INITIAL_CHECKPOINT_RESTORE = 'params'"
 
 FLAN_JAX, HF, T5X = "flan_jax", "hf", "t5x"
 
 
 def checkpoint_format(path: str) -> str:
     """FLAN_JAX, HF or T5X, from the directory's files; FileNotFoundError naming them."""
-    if os.path.isfile(os.path.join(path, "config.json")):
+    where = paths.path(path, "checkpoint")
+    if (where / "config.json").is_file():
         return HF
     if (
-        os.path.isfile(os.path.join(path, t5x.MSGPACK_FILE))
-        and not os.path.isdir(os.path.join(path, "state"))
+        (where / t5x.MSGPACK_FILE).is_file() and not (where / "state").is_dir()
     ) or t5x.is_orbax_checkpoint(path):
         return T5X
-    for directory in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(os.path.join(directory, "state")) or (
-            os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+    for directory in (where, where / "checkpoints"):
+        if (directory / "state").is_dir() or (
+            directory.is_dir() and any(d.name.isdigit() for d in directory.iterdir())
         ):
             return FLAN_JAX
     raise FileNotFoundError(
@@ -90,13 +96,22 @@ def load(
 
 def load_model(checkpoint: str, *, model_gin_file: str | None = None):
     """(model, its vocabulary path or None) of a checkpoint, without reading parameters."""
-    return _reader(checkpoint)[0](checkpoint, model_gin_file)
+    return _reader(checkpoint).model(checkpoint, model_gin_file)
 
 
 def restore_params(checkpoint: str, model, abstract_params: Any) -> Any:
     """The checkpoint's parameters laid out as `abstract_params` (shapes with shardings, e.g.
     a trainer's): what a run's INITIAL_CHECKPOINT_PATH starts from."""
-    return _reader(checkpoint)[1](checkpoint, model, abstract_params)
+    return _reader(checkpoint).params(checkpoint, model, abstract_params)
+
+
+def restore_train_state(checkpoint: str, model, abstract_state: TrainState, optimizer):
+    """The train state a run continues from (parameters, optimizer state, step), laid out as
+    `abstract_state` (a trainer's), when the checkpoint has one: a flan_jax training run or
+    T5X import, or a T5X checkpoint, whose Adafactor slots become `optimizer`'s state. None
+    when it holds parameters alone (a Hugging Face directory or its import). An optimizer
+    state that does not fit `optimizer` is refused, naming the leaf."""
+    return _reader(checkpoint).state(checkpoint, model, abstract_state, optimizer)
 
 
 def model_from_gin_file(path: str):
@@ -121,12 +136,12 @@ def model_from_gin_file(path: str):
 def model_gin_for_checkpoint(checkpoint: str) -> str:
     """The gin file describing a flan_jax checkpoint's model: model.gin (written by the HF
     import) or config.gin (written by training) in the checkpoint's model dir."""
-    path = os.path.abspath(checkpoint)
+    path = paths.path(checkpoint, "checkpoint")
     # checkpoint may be the model dir, its checkpoints/ dir or a checkpoints/<step> dir.
-    for directory in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    for directory in (path, path.parent, path.parent.parent):
         for name in ("model.gin", "config.gin"):
-            if os.path.isfile(os.path.join(directory, name)):
-                return os.path.join(directory, name)
+            if (directory / name).is_file():
+                return os.fspath(directory / name)
     raise FileNotFoundError(
         f"no model.gin or config.gin next to checkpoint {checkpoint!r}; pass the model's gin "
         "file (--model_gin_file, or MODEL_GIN_FILE in gin), e.g. gin/models/t5_1_1/base.gin"
@@ -144,12 +159,84 @@ def _hf_model(checkpoint: str, model_gin_file: str | None):
             f"drop the model gin file {model_gin_file!r}"
         )
     config = hf_t5.read_hf_config(checkpoint)
-    vocabulary = os.path.join(checkpoint, hf_t5.VOCABULARY_FILE)
-    return EncoderDecoderModel(config), vocabulary if os.path.isfile(vocabulary) else None
+    vocabulary = paths.path(checkpoint, "checkpoint") / hf_t5.VOCABULARY_FILE
+    return EncoderDecoderModel(config), os.fspath(vocabulary) if vocabulary.is_file() else None
 
 
 def _flan_jax_params(checkpoint: str, model, abstract_params: Any) -> Any:
     return checkpoints.restore_params(checkpoint, abstract_params)
+
+
+def _flan_jax_state(checkpoint: str, model, abstract_state: TrainState, optimizer):
+    saved = checkpoints.saved_state(checkpoint)
+    if "opt_state" not in saved:
+        return None
+    _check_optimizer_state(checkpoint, saved, abstract_state)
+    have = _named_leaves(saved["opt_state"])
+
+    def as_saved(path, node):  # a schedule the checkpoint has no count of is not read
+        missing = _is_schedule(node) and f"{_leaf_name(path)}/count" not in have
+        return optax.EmptyState() if missing else node
+
+    template = jax.tree_util.tree_map_with_path(
+        as_saved, abstract_state.opt_state, is_leaf=_is_schedule
+    )
+    items = {"step": abstract_state.step, "params": abstract_state.params}
+    restored = checkpoints.restore_state(checkpoint, {**items, "opt_state": template})
+    got = _named_leaves(restored["opt_state"])
+
+    def leaf(path, abstract):  # the count not read starts at 0, as Trainer.continued sets it
+        name = _leaf_name(path)
+        if name in got:
+            return got[name]
+        return jax.device_put(np.zeros(abstract.shape, abstract.dtype), abstract.sharding)
+
+    opt_state = jax.tree_util.tree_map_with_path(leaf, abstract_state.opt_state)
+    return TrainState(step=restored["step"], params=restored["params"], opt_state=opt_state)
+
+
+def _is_schedule(node) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def _leaf_name(path) -> str:
+    """A key path as "0/v/encoder/...", alike for a saved metadata tree (dicts, lists) and
+    the optimizer's own (tuples, named tuples)."""
+
+    def name(entry):
+        return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+
+    return "/".join(name(e) for e in path)
+
+
+def _named_leaves(tree: Any) -> dict[str, Any]:
+    return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(leaf.shape) for name, leaf in _named_leaves(tree).items()}
+
+
+def _check_optimizer_state(checkpoint: str, saved: dict, abstract_state: TrainState) -> None:
+    """Names the first optimizer-state leaf whose shape (or presence) differs from the
+    configured optimizer's. A count that only one of them keeps is no difference: that is
+    the learning-rate schedule's (a T5X import has none), which a continued run restarts.
+    Another model's parameters are left to the parameter check."""
+    if _shapes(saved["params"]) != _shapes(abstract_state.params):
+        return
+    have, want = _shapes(saved["opt_state"]), _shapes(abstract_state.opt_state)
+    for leaf in sorted(have.keys() | want.keys()):
+        if have.get(leaf) != want.get(leaf) and not (
+            leaf.endswith("/count") and None in (have.get(leaf), want.get(leaf))
+        ):
+            raise ValueError(
+                f"the optimizer state of checkpoint {checkpoint} does not fit this run's "
+                f"optimizer: opt_state/{leaf} is {have.get(leaf, 'missing')} there, "
+                f"{want.get(leaf, 'not kept')} here (another optimizer, momentum, or "
+                "factored second moments: min_dim_size_to_factor). Configure the "
+                f"checkpoint's optimizer, or set {PARAMS_ONLY} to start from its "
+                "parameters with a fresh optimizer state."
+            )
 
 
 def _hf_params(checkpoint: str, model, abstract_params: Any) -> Any:
@@ -188,19 +275,46 @@ def _t5x_params(checkpoint: str, model, abstract_params: Any) -> Any:
     return _placed(checkpoint, params, abstract_params)
 
 
+def _t5x_state(checkpoint: str, model, abstract_state: TrainState, optimizer):
+    contents = t5x.read_checkpoint(checkpoint)
+    params = t5x.params_from_t5x(contents.target, model.config)
+    try:
+        opt_state = t5x.opt_state_from_t5x(contents, model.config, optimizer, params)
+    except ValueError as e:
+        raise ValueError(
+            f"{e}. Or set {PARAMS_ONLY} to start from the parameters of {checkpoint} with a "
+            "fresh optimizer state."
+        ) from None
+    step = np.asarray(contents.step, np.int32)
+    return TrainState(
+        step=jax.device_put(step, abstract_state.step.sharding),
+        params=_placed(checkpoint, params, abstract_state.params),
+        opt_state=_placed(checkpoint, opt_state, abstract_state.opt_state),
+    )
+
+
+def _no_state(checkpoint: str, model, abstract_state: TrainState, optimizer) -> None:
+    return None
+
+
 def _placed(checkpoint: str, params: Any, abstract_params: Any) -> Any:
     """Host `params` checked against the model's shapes, then laid out on its shardings."""
     _check_fits(checkpoint, params, abstract_params)
     return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
 
 
-# format -> (model reader, parameter reader)
-_READERS: dict[str, tuple[Callable, Callable]] = {
-    FLAN_JAX: (_flan_jax_model, _flan_jax_params),
-    HF: (_hf_model, _hf_params),
-    T5X: (_t5x_model, _t5x_params),
+class _Reader(NamedTuple):
+    model: Callable
+    params: Callable
+    state: Callable  # the train state, or None where the format keeps parameters alone
+
+
+_READERS: dict[str, _Reader] = {
+    FLAN_JAX: _Reader(_flan_jax_model, _flan_jax_params, _flan_jax_state),
+    HF: _Reader(_hf_model, _hf_params, _no_state),
+    T5X: _Reader(_t5x_model, _t5x_params, _t5x_state),
 }
 
 
-def _reader(checkpoint: str) -> tuple[Callable, Callable]:
+def _reader(checkpoint: str) -> _Reader:
     return _READERS[checkpoint_format(checkpoint)]

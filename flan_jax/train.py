@@ -1,7 +1,10 @@
 """Gin-configured finetuning: `python -m flan_jax.train --gin_file=gin/runs/demo.gin`.
 
-Resumes from the latest checkpoint in MODEL_DIR; otherwise starts from
-INITIAL_CHECKPOINT_PATH (parameters only) or from scratch. Reads the task cache in CACHE_DIR
+Resumes from the latest checkpoint in MODEL_DIR; otherwise starts from INITIAL_CHECKPOINT_PATH
+(its parameters, optimizer state and step when it has them, as T5X continues a checkpoint;
+its parameters alone with INITIAL_CHECKPOINT_RESTORE = 'params') or from scratch. TRAIN_STEPS
+counts the steps of this run from the step it starts at: from the LM-adapted T5 checkpoint's
+step 1,100,000, Flan-T5-XL's 38,000 end at 1,138,000. Reads the task cache in CACHE_DIR
 (`python -m flan_jax.cache_tasks`) through Grain, whose saved position resumes in constant
 time, or, with CACHE_DIR = None, streams the tasks through seqio and replays on resume.
 """
@@ -33,6 +36,7 @@ from flan_jax import (
     model_loader,
     optim,
     partitioning,
+    paths,
     summaries,
     train_loop,
 )
@@ -53,6 +57,7 @@ def train(
     num_microbatches: int = 1,
     seed: int = 0,
     initial_checkpoint_path: str | None = None,
+    initial_checkpoint_restore: str = "train_state",
     checkpoint_every: int = 1000,
     keep_checkpoints: int | None = 3,
     log_every: int = 100,
@@ -71,7 +76,15 @@ def train(
     cache_dir: str | None = None,
     input_workers: int = 0,
 ) -> tuple[TrainState, dict]:
-    """Trains to `train_steps`; returns the final state and the decode-and-score results by step.
+    """Trains `train_steps` steps past the initial step; returns the final state and the
+    decode-and-score results by step.
+
+    The initial step is 0, or the step of INITIAL_CHECKPOINT_PATH's train state when
+    `initial_checkpoint_restore` is 'train_state' and the checkpoint has one ('params': its
+    parameters alone, fresh optimizer state, step 0). Every checkpoint records it, so a
+    resume from MODEL_DIR ends at the same step. Checkpoint and evaluation periods are
+    multiples of the step number, as T5X numbers them; the learning-rate schedule counts
+    this run's steps (`Trainer.continued`).
 
     `predict_eval` decodes each task's `eval_split` before and after training; `eval_every`
     measures its teacher-forced loss and token accuracy every that many steps.
@@ -85,11 +98,23 @@ def train(
     `cache_dir` holds the cached tasks to train on (None: stream them through seqio);
     `input_workers` is the number of Grain worker processes reading it.
     """
-    model_dir = os.path.abspath(model_dir)
+    if initial_checkpoint_restore not in RESTORE_CHOICES:
+        raise ValueError(
+            f"INITIAL_CHECKPOINT_RESTORE={initial_checkpoint_restore!r} must be one of "
+            f"{RESTORE_CHOICES}"
+        )
+    model_dir = paths.path(model_dir, "MODEL_DIR")
+    if cache_dir is not None:
+        cache_dir = os.fspath(paths.path(cache_dir, "CACHE_DIR"))
+    if initial_checkpoint_path:
+        initial_checkpoint_path = os.fspath(
+            paths.path(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+        )
     _write_config(model_dir)
     partitioner.check_batch_size(batch_size)
     _print_devices(partitioner)
     data.check_vocabulary(mixture_or_task_name, model.config.vocab_size)
+    model.check_feature_lengths(task_feature_lengths)
     if cache_dir is None:  # the cache counts truncation over every example as it is built
         _warn_truncation(mixture_or_task_name, task_feature_lengths, length_check_examples)
     identity = _run_identity(
@@ -106,11 +131,27 @@ def train(
         seed=seed,
         skip_nonfinite=nonfinite_hook.skip,
     )
-    state, data_state = _initial_state(
-        trainer, checkpointer, identity, initial_checkpoint_path, seed, checkpoint_fallback
+    state, data_state, initial_step = _initial_state(
+        trainer,
+        checkpointer,
+        identity,
+        initial_checkpoint_path,
+        initial_checkpoint_restore,
+        seed,
+        checkpoint_fallback,
     )
     start_step = int(state.step)
-    print(f"model_dir {model_dir}: starting at step {start_step} of {train_steps}", flush=True)
+    last_step = initial_step + train_steps
+    counted = f" (TRAIN_STEPS={train_steps} from step {initial_step})" if initial_step else ""
+    print(
+        f"model_dir {model_dir}: starting at step {start_step} of {last_step}{counted}", flush=True
+    )
+    if 0 < initial_step <= train_steps:
+        print(
+            f"note: TRAIN_STEPS={train_steps} counts this run's steps, so it ends at "
+            f"{last_step}; where T5X's gin would say TRAIN_STEPS = {initial_step} + N, pass N",
+            flush=True,
+        )
     inputs = _train_input(
         mixture_or_task_name,
         task_feature_lengths,
@@ -122,10 +163,11 @@ def train(
     )
     if inputs.truncation:
         print(inputs.truncation, flush=True)
-    data.restore_position(inputs, start_step, data_state.get("input"))
+    # The input has given one batch for each step since the initial one.
+    data.restore_position(inputs, start_step - initial_step, data_state.get("input"))
     writer = summaries.ProgressWriter(
         model_dir,
-        total_steps=train_steps,
+        total_steps=last_step,
         start_step=start_step,
         tokens_per_step=batch_size * sum(task_feature_lengths.values()),
         flops_per_step=batch_size
@@ -155,7 +197,12 @@ def train(
             checkpointer,
             checkpoint_every,
             # Read after exactly `step` batches: the loop takes one a step, none ahead.
-            lambda step: {**identity, "step": step, "input": inputs.get_state()},
+            lambda step: {
+                **identity,
+                "step": step,
+                "initial_step": initial_step,
+                "input": inputs.get_state(),
+            },
             before_save=nonfinite_hook.check_unread,
         ),
         *([prediction] if prediction else []),
@@ -166,14 +213,14 @@ def train(
             state,
             data.global_batches(inputs, partitioner),
             start_step=start_step,
-            last_step=train_steps,
+            last_step=last_step,
             hooks=run_hooks,
         )
     except train_loop.DataExhaustedError as e:
         raise RuntimeError(
-            f"the data of {mixture_or_task_name!r} ran out after {e.step} of {train_steps} "
-            f"steps; the training split is empty or smaller than one batch of {batch_size}: "
-            "check its data source."
+            f"the data of {mixture_or_task_name!r} ran out after step {e.step} of {last_step}; "
+            f"the training split is empty or smaller than one batch of {batch_size}: check "
+            "its data source."
         ) from None
     finally:
         inputs.close()  # Grain's worker processes, if any
@@ -200,12 +247,11 @@ def _train_input(name, lengths, model, batch_size, seed, cache_dir, workers):
     )
 
 
-def _write_config(model_dir: str) -> None:
+def _write_config(model_dir) -> None:
     """The resolved gin config of the run, beside its checkpoints."""
-    os.makedirs(model_dir, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
+        (model_dir / "config.gin").write_text(gin.config_str())
 
 
 def _print_devices(partitioner) -> None:
@@ -298,6 +344,9 @@ def _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed, 
     }
 
 
+# What INITIAL_CHECKPOINT_RESTORE may be: the whole train state when the checkpoint has one,
+# or parameters alone.
+RESTORE_CHOICES = ("train_state", "params")
 # Checkpoints saved before the key existed were all streamed.
 _IDENTITY_DEFAULTS = {"input_path": "seqio streaming"}
 _SWITCH_BACK = {
@@ -307,11 +356,13 @@ _SWITCH_BACK = {
 
 
 def _initial_state(
-    trainer, checkpointer, identity, initial_checkpoint_path, seed, checkpoint_fallback
-) -> tuple[TrainState, dict]:
+    trainer, checkpointer, identity, initial_checkpoint_path, restore, seed, checkpoint_fallback
+) -> tuple[TrainState, dict, int]:
     """The resume policy: the latest checkpoint of MODEL_DIR (of the same run), else
-    INITIAL_CHECKPOINT_PATH's parameters, else fresh parameters from `seed`. Returns the
-    state and the checkpoint's data item (empty when not resuming)."""
+    INITIAL_CHECKPOINT_PATH's train state (`restore`='train_state', when it has one) or
+    parameters, else fresh parameters from `seed`. Returns the state, the checkpoint's
+    data item (empty when not resuming) and the run's initial step, which a resume reads
+    from the checkpoint (0 in those saved before it was recorded)."""
     latest = checkpointer.latest_step()
     if latest is not None:
         state, data_state = checkpointer.restore(
@@ -329,15 +380,28 @@ def _initial_state(
                 "INITIAL_CHECKPOINT_PATH to finetune from it."
             )
         print(f"resuming from checkpoint step {latest}", flush=True)
-        return state, data_state
+        return state, data_state, int(data_state.get("initial_step", 0))
     if initial_checkpoint_path:
-        return _pretrained_state(trainer, initial_checkpoint_path), {}
-    return trainer.create_state(jax.random.key(seed)), {}
+        state = _pretrained_state(trainer, initial_checkpoint_path, restore)
+        return state, {}, int(state.step)
+    return trainer.create_state(jax.random.key(seed)), {}, 0
 
 
-def _pretrained_state(trainer, path: str) -> TrainState:
-    """INITIAL_CHECKPOINT_PATH: the parameters of a flan_jax checkpoint or a Hugging Face
-    directory, with fresh optimizer state."""
+def _pretrained_state(trainer, path: str, restore: str) -> TrainState:
+    """INITIAL_CHECKPOINT_PATH (a flan_jax, T5X or Hugging Face checkpoint): its train state
+    to continue, or its parameters with fresh optimizer state at step 0."""
+    if restore == "train_state":
+        state = model_loader.restore_train_state(
+            path, trainer.model, trainer.abstract_state, trainer.optimizer
+        )
+        if state is not None:
+            print(
+                f"continuing from {path} at step {int(state.step)}: parameters, optimizer "
+                "state and step restored",
+                flush=True,
+            )
+            return trainer.continued(state)
+        print(f"{path} holds parameters alone: fresh optimizer state at step 0", flush=True)
     params = model_loader.restore_params(path, trainer.model, trainer.abstract_state.params)
     print(f"initialized parameters from {path}", flush=True)
     return trainer.state_from_params(params)

@@ -116,6 +116,21 @@ class Trainer:
         )
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=init_opt(params))
 
+    def continued(self, state: TrainState) -> TrainState:
+        """A restored train state (INITIAL_CHECKPOINT_PATH) to continue in a new run: step and
+        optimizer state as saved, so Adafactor's decay goes on at the checkpoint's step, but
+        the learning-rate schedule's own count (optax's ScaleByScheduleState) at 0, so warmup
+        and decay count this run's steps. A resume keeps the saved count."""
+
+        def restart(node):
+            if _is_schedule_state(node):
+                zero = jnp.zeros((), node.count.dtype)
+                return node._replace(count=jax.device_put(zero, node.count.sharding))
+            return node
+
+        opt_state = jax.tree.map(restart, state.opt_state, is_leaf=_is_schedule_state)
+        return state.replace(opt_state=opt_state)
+
     def _init_state(self, rng):
         params = nn.unbox(self.model.init(rng))
         return TrainState(
@@ -166,7 +181,7 @@ class Trainer:
             opt_state = jax.tree.map(keep_if_finite, opt_state, state.opt_state)
         metrics["nonpadding_fraction"] = sums["num_tokens"] / batch["decoder_target_tokens"].size
         if self.learning_rate_fn is not None:
-            metrics["learning_rate"] = self.learning_rate_fn(state.step)
+            metrics["learning_rate"] = self.learning_rate_fn(_schedule_count(state))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step(self, params, batch: Batch):
@@ -174,3 +189,15 @@ class Trainer:
         `normalize_sums`, so every token of a split weighs the same."""
         _, sums = self.model.loss_fn(params, batch, None)
         return sums
+
+
+def _is_schedule_state(node) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def _schedule_count(state: TrainState) -> jax.Array:
+    """The step the optimizer's learning-rate schedule reads: its own count (see
+    `Trainer.continued`), else the train step."""
+    schedules = jax.tree.leaves(state.opt_state, is_leaf=_is_schedule_state)
+    counts = [s.count for s in schedules if _is_schedule_state(s)]
+    return counts[0] if counts else state.step

@@ -3,6 +3,8 @@ TensorStore zarr v2 gzip leaves; Orbax OCDBT) from a random transformers T5's we
 
 import dataclasses
 import os
+import re
+import shutil
 
 import flax.linen as nn
 import jax
@@ -11,9 +13,16 @@ import optax
 import pytest
 from flax import serialization, traverse_util
 from hf_testing import hf_logits, padded_tokens, shift_right
+from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixture)
+    REPO,
+    logged_losses,
+    run_from_repo_root,
+    train_in_process,
+)
 
 from flan_jax import checkpoints, model_loader, optim, partitioning
 from flan_jax.interop import t5x
+from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import scan_params
 from flan_jax.trainer import Trainer
 
@@ -275,6 +284,56 @@ def test_orbax_checkpoint_and_scanned_layout(target, slots, legacy, tmp_path):
     )
 
 
+def scanned(target, slots, axis):
+    """T5X's scan_layers=True layout of an unscanned target and slots: each stack's
+    `layers_<i>.<name>` stacked on `axis` as `layers.<name>`; a factored slot stacked where
+    the layer axis stays once the stacked parameter loses the dim the slot drops (v_row
+    drops the largest dim of a per-layer parameter, v_col the other one, see t5x_slots)."""
+    layers = {}
+    out_target, out_slots = {}, {}
+    for name, value in target.items():
+        match = re.fullmatch(r"(encoder|decoder)\.layers_(\d+)\.(.+)", name)
+        if match is None:
+            out_target[name], out_slots[name] = value, slots[name]
+        else:
+            layers.setdefault(f"{match[1]}.layers.{match[3]}", []).append(name)
+    for stacked, names in layers.items():
+        out_target[stacked] = np.stack([target[n] for n in names], axis=axis)
+        shape = target[names[0]].shape
+        out_slots[stacked] = {}
+        for slot, first in slots[names[0]].items():
+            values = [slots[n][slot] for n in names]
+            where = axis
+            if first.shape == (1,):
+                out_slots[stacked][slot] = first
+                continue
+            if first.shape != shape:  # factored: the per-layer axis it dropped
+                d1, d0 = (int(a) for a in np.argsort(shape))
+                dropped = d0 if slot == "v_row" else d1
+                where = axis - (dropped + (dropped >= axis) < axis)
+            out_slots[stacked][slot] = np.stack(values, axis=where)
+    return out_target, out_slots
+
+
+@pytest.mark.parametrize("axis", [0, 1])  # leading, and T5X's default param_scan_axis
+def test_scanned_t5x_layouts_read_as_the_unscanned_one(target, slots, legacy, tmp_path, axis):
+    optimizer = optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM)
+    path = write_legacy(tmp_path / "scanned", state_dict(*scanned(target, slots, axis)))
+    got = t5x.restore_train_state(path, optimizer=optimizer)
+    want = t5x.restore_train_state(legacy, optimizer=optimizer)
+    assert got[0] == want[0] and got[3] == STEP
+    jax.tree.map(np.testing.assert_array_equal, got[1:3], want[1:3])
+
+
+def test_a_relative_position_table_per_layer_is_refused(target, slots, tmp_path):
+    target, slots = scanned(target, slots, 1)
+    target["encoder.layers.relative_posemb.rel_embedding"] = np.ones((4, 2, 32), np.float32)
+    slots["encoder.layers.relative_posemb.rel_embedding"] = slots["encoder.encoder_norm.scale"]
+    path = write_legacy(tmp_path / "scalable", state_dict(target, slots))
+    with pytest.raises(ValueError, match=r"target\.encoder\.layers\.relative_posemb"):
+        t5x.restore_train_state(path)
+
+
 @pytest.mark.parametrize(
     "change, named",
     [
@@ -319,3 +378,163 @@ def test_config_from_the_shapes_of_t5_1_1_sizes(size):
     config = t5x.config_from_target(target)
     want = dataclasses.replace(model.config, dropout_rate=config.dropout_rate)
     assert config == want
+
+
+def trainer_for(checkpoint, optimizer, schedule=None):
+    config = t5x.config_from_target(t5x.read_checkpoint(checkpoint).target)
+    return Trainer(EncoderDecoderModel(config), optimizer, partitioner(), learning_rate_fn=schedule)
+
+
+def test_one_continued_step_decays_at_the_checkpoints_step(legacy, slots, fixed_batch):
+    """T5X's Adafactor state continued by a trainer: one step updates the second moments
+    with decay 1 - (step + 1)^-0.8 at the checkpoint's step (by hand, from independently
+    computed gradients) and the parameters as optax's Adafactor does from that state."""
+    schedule = optim.learning_rate_schedule(1e-3, warmup_steps=10)
+    optimizer = optim.adafactor(schedule, min_dim_size_to_factor=MIN_DIM)
+    trainer = trainer_for(legacy, optimizer, schedule)
+    restored = model_loader.restore_train_state(
+        legacy, trainer.model, trainer.abstract_state, optimizer
+    )
+    state = trainer.continued(restored)
+    assert int(state.step) == STEP and int(factored(state.opt_state).count) == STEP
+    params, opt_state = jax.device_get((state.params, state.opt_state))
+    batch = jax.device_put(fixed_batch, trainer.partitioner.batch_sharding())
+    after, metrics = trainer.train_step(state, batch)
+    assert int(after.step) == STEP + 1 and int(factored(after.opt_state).count) == STEP + 1
+    # Warmup counts this run's steps: 1/10 of the rate at its first, not the full rate.
+    assert float(metrics["learning_rate"]) == pytest.approx(1e-4)
+
+    def mean_loss(p):
+        loss, sums = trainer.model.loss_fn(p, fixed_batch, None)
+        return loss / sums["num_tokens"]
+
+    grads = jax.device_get(jax.grad(mean_loss)(params))
+    decay = 1 - (STEP + 1) ** -0.8
+    v = factored(after.opt_state).v["encoder"]["encoder_norm"]["scale"]
+    g = grads["encoder"]["encoder_norm"]["scale"]
+    want = decay * slots["encoder.encoder_norm.scale"]["v"] + (1 - decay) * (g**2 + 1e-30)
+    np.testing.assert_allclose(v, want, rtol=1e-5)
+    g = grads["token_embedder"]["embedding"]  # [96, 32]: v_row keeps the 32
+    want = decay * slots["token_embedder.embedding"]["v_row"] + (1 - decay) * (g**2 + 1e-30).mean(
+        axis=0
+    )
+    v_row = factored(after.opt_state).v_row["token_embedder"]["embedding"]
+    np.testing.assert_allclose(v_row, want, rtol=1e-5)
+    updates, _ = jax.jit(optimizer.update)(grads, opt_state, params)
+    jax.tree.map(
+        lambda got, p, u: np.testing.assert_allclose(got, p + u, rtol=1e-5, atol=1e-7),
+        jax.device_get(after.params),
+        params,
+        updates,
+    )
+    # Started afresh (INITIAL_CHECKPOINT_RESTORE='params') the decay is 0 at step 0.
+    placed = jax.device_put(params, trainer.params_shardings)
+    fresh, _ = trainer.train_step(trainer.state_from_params(placed), batch)
+    v = factored(fresh.opt_state).v["encoder"]["encoder_norm"]["scale"]
+    g = grads["encoder"]["encoder_norm"]["scale"]
+    np.testing.assert_allclose(v, g**2 + 1e-30, rtol=1e-4)
+
+
+def test_an_optimizer_state_of_another_optimizer_is_refused_by_leaf(legacy, tmp_path):
+    out = str(tmp_path / "imported")
+    t5x.import_t5x(legacy, out)  # Adafactor factoring dims >= 128: none of these
+    trainer = trainer_for(legacy, optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM))
+    with pytest.raises(
+        ValueError,
+        match=r"opt_state/0/v/decoder/layers_0/mlp/wi_0/kernel is \(32, 48\) there, \(1,\) "
+        r"here .*set INITIAL_CHECKPOINT_RESTORE = 'params'",
+    ):
+        model_loader.restore_train_state(
+            out, trainer.model, trainer.abstract_state, trainer.optimizer
+        )
+    # The import's own optimizer continues it, with a schedule, whose count the import lacks.
+    same = trainer_for(legacy, optim.adafactor(optim.learning_rate_schedule(1e-3)))
+    state = model_loader.restore_train_state(out, same.model, same.abstract_state, same.optimizer)
+    assert int(state.step) == STEP and int(factored(state.opt_state).count) == STEP
+
+
+def test_momentum_the_optimizer_lacks_names_the_params_knob(target, slots, tmp_path):
+    slots = {k: {**v, "m": np.ones_like(target[k])} for k, v in slots.items()}
+    path = write_legacy(tmp_path / "momentum", state_dict(target, slots))
+    trainer = trainer_for(path, optim.adafactor(1e-3))
+    with pytest.raises(ValueError, match=r"holds momentum.*INITIAL_CHECKPOINT_RESTORE = 'params'"):
+        model_loader.restore_train_state(
+            path, trainer.model, trainer.abstract_state, trainer.optimizer
+        )
+
+
+def t5x_target_of(params) -> dict[str, np.ndarray]:
+    """flan_jax parameters in T5X's layout: dotted names, the attention heads joined."""
+    target = {}
+    for key, value in traverse_util.flatten_dict(params).items():
+        value = np.asarray(value)
+        if key[-2] in ("query", "key", "value"):
+            value = value.reshape(value.shape[0], -1)
+        elif key[-2] == "out":
+            value = value.reshape(-1, value.shape[-1])
+        target[".".join(key)] = value
+    return target
+
+
+@pytest.fixture(scope="module")
+def demo_t5x(tmp_path_factory):
+    """A T5X checkpoint at STEP of the demo's tiny T5 (its vocabulary, random weights)."""
+    model, _ = model_loader.model_from_gin_file(os.path.join(REPO, "gin/models/t5_1_1/tiny.gin"))
+    target = t5x_target_of(nn.unbox(model.init(jax.random.key(5))))
+    path = tmp_path_factory.mktemp("demo_t5x") / f"checkpoint_{STEP}"
+    return write_legacy(path, state_dict(target, t5x_slots(target, np.random.default_rng(4))))
+
+
+QUICK = ["--gin.LENGTH_CHECK_EXAMPLES=0", "--gin.EVAL_EVERY=None"]
+
+
+@pytest.mark.slow
+def test_a_run_continues_a_t5x_checkpoint_and_its_restart_ends_at_the_same_step(demo_t5x, tmp_path):
+    """TRAIN_STEPS counts from the checkpoint's step; a restart reads the initial step from
+    MODEL_DIR's checkpoint (INITIAL_CHECKPOINT_PATH is gone by then) and ends where the
+    uninterrupted run did, with its losses (the streamed input replays 2 batches, not STEP)."""
+    straight = tmp_path / "straight"
+    state, _ = train_in_process(straight, 4, *QUICK, f"--gin.INITIAL_CHECKPOINT_PATH='{demo_t5x}'")
+    assert int(state.step) == STEP + 4 and int(factored(state.opt_state).count) == STEP + 4
+    assert sorted(os.listdir(straight / "checkpoints")) == [str(STEP + 2), str(STEP + 4)]
+    losses = logged_losses(straight)
+    assert sorted(losses) == list(range(STEP + 1, STEP + 5))
+    preempted = tmp_path / "preempted"
+    shutil.copytree(
+        straight / "checkpoints" / str(STEP + 2), preempted / "checkpoints" / str(STEP + 2)
+    )
+    gone = tmp_path / "deleted_checkpoint"
+    state, _ = train_in_process(preempted, 4, *QUICK, f"--gin.INITIAL_CHECKPOINT_PATH='{gone}'")
+    assert int(state.step) == STEP + 4
+    assert sorted(os.listdir(preempted / "checkpoints")) == [str(STEP + 2), str(STEP + 4)]
+    resumed = logged_losses(preempted)
+    assert sorted(resumed) == [STEP + 3, STEP + 4]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(losses[step], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_params_only_starts_at_step_0_with_a_fresh_optimizer(demo_t5x, tmp_path):
+    state, _ = train_in_process(
+        tmp_path,
+        2,
+        *QUICK,
+        f"--gin.INITIAL_CHECKPOINT_PATH='{demo_t5x}'",
+        "--gin.INITIAL_CHECKPOINT_RESTORE='params'",
+    )
+    assert int(state.step) == 2 and int(factored(state.opt_state).count) == 2
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]
+
+
+def test_a_t5x_checkpoint_on_gcs_reads_as_the_local_one(legacy, gcs, request):
+    from gcs import files_under
+
+    remote = gcs.path(request.node.name) / f"checkpoint_{STEP}"
+    for local in files_under(legacy):
+        (remote / os.path.relpath(local, legacy)).write_bytes(local.read_bytes())
+    assert model_loader.checkpoint_format(os.fspath(remote)) == model_loader.T5X
+    optimizer = optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM)
+    got = t5x.restore_train_state(os.fspath(remote), optimizer=optimizer)
+    want = t5x.restore_train_state(legacy, optimizer=optimizer)
+    assert got[0] == want[0] and got[3] == STEP
+    jax.tree.map(np.testing.assert_array_equal, got[1:3], want[1:3])

@@ -9,6 +9,10 @@ Two T5X layouts are read, both as T5X's own checkpoints.py writes them:
   (OCDBT).
 T5X's T5 names its parameters as flan_jax does; only the attention kernels differ, stored with
 the heads joined ([d_model, heads * d_kv], [heads * d_kv, d_model]), which a reshape splits.
+A scanned checkpoint (`scan_layers=True`: `encoder.layers.<name>`, the layers stacked on T5X's
+`param_scan_axis`) is read as the per-layer one, slots included; either layout becomes
+flan_jax's scanned or unscanned parameters. Checkpoints are read locally or on gs:// (the
+msgpack file and Orbax's metadata through flan_jax.paths, arrays through TensorStore).
 A checkpoint holds no config: the sizes come from the array shapes, relative attention's max
 distance is T5's 128 unless a model gin file says otherwise.
 
@@ -27,7 +31,6 @@ import dataclasses
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,9 +38,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from etils import epath
 from flax import serialization, traverse_util
 
-from flan_jax import checkpoints, cli, optim
+from flan_jax import checkpoints, cli, optim, paths
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import T5Config, scan_params
@@ -60,20 +64,20 @@ class T5XCheckpoint:
     step: int
 
 
-def is_orbax_checkpoint(path: str) -> bool:
+def is_orbax_checkpoint(path: str | os.PathLike) -> bool:
     """An Orbax-based T5X checkpoint dir: `state/` without flan_jax's `data/` beside it."""
-    return os.path.isdir(os.path.join(path, "state")) and not os.path.isdir(
-        os.path.join(path, "data")
-    )
+    directory = paths.path(path, "T5X checkpoint")
+    return (directory / "state").is_dir() and not (directory / "data").is_dir()
 
 
-def read_checkpoint(path: str) -> T5XCheckpoint:
-    """Every array of a legacy or Orbax T5X checkpoint directory; refuses what is not T5X's
-    Adafactor train state, naming the key."""
-    if os.path.isfile(os.path.join(path, MSGPACK_FILE)):
-        tree = _read_legacy(path)
-    elif is_orbax_checkpoint(path):
-        tree = _read_orbax(os.path.join(path, "state"))
+def read_checkpoint(path: str | os.PathLike) -> T5XCheckpoint:
+    """Every array of a legacy or Orbax T5X checkpoint directory (local or gs://); refuses
+    what is not T5X's Adafactor train state, naming the key."""
+    directory = paths.path(path, "T5X checkpoint")
+    if (directory / MSGPACK_FILE).is_file():
+        tree = _read_legacy(directory)
+    elif is_orbax_checkpoint(directory):
+        tree = _read_orbax(directory / "state")
     else:
         raise FileNotFoundError(
             f"{path} is not a T5X checkpoint: it has neither a `{MSGPACK_FILE}` msgpack file "
@@ -94,15 +98,92 @@ def read_checkpoint(path: str) -> T5XCheckpoint:
                 f"({', '.join(SLOTS)}); only Adafactor checkpoints are read"
             )
         param_states.setdefault(key, {})[slot] = value
+    for stack in ("encoder", "decoder"):
+        _unstack_layers(stack, target, param_states)
     return T5XCheckpoint(target, param_states, int(np.asarray(state["step"])))
 
 
-def _read_legacy(path: str) -> dict:
-    with open(os.path.join(path, MSGPACK_FILE), "rb") as f:
-        try:
-            contents = serialization.msgpack_restore(f.read())
-        except Exception as e:
-            raise ValueError(f"{path}/{MSGPACK_FILE} is not a T5X msgpack file: {e}") from e
+def _unstack_layers(stack: str, target: dict, param_states: dict) -> None:
+    """A scanned T5X stack (`scan_layers=True`: `encoder.layers.<name>`, every layer's array
+    stacked on one axis, T5X's `param_scan_axis`, 1 by default) rewritten in place as the
+    per-layer `encoder.layers_<i>.<name>` of an unscanned checkpoint, slots included; the
+    axis is the one of `layers.pre_mlp_layer_norm.scale` that is not d_model."""
+    prefix = f"{stack}.layers."
+    stacked = sorted(k for k in target if k.startswith(prefix))
+    if not stacked:
+        return
+    per_layer_relpos = f"{prefix}relative_posemb.rel_embedding"
+    if per_layer_relpos in target:
+        raise ValueError(
+            f"T5X checkpoint holds target.{per_layer_relpos}: a relative-position table per "
+            "layer (T5X's scalable_t5), which T5 v1.1 (one table per stack, "
+            f"{stack}.relpos_bias) does not have"
+        )
+    norm = f"{prefix}pre_mlp_layer_norm.scale"
+    if norm not in target or "token_embedder.embedding" not in target:
+        raise ValueError(f"scanned T5X checkpoint has no target.{norm} to count its layers by")
+    d_model = target["token_embedder.embedding"].shape[-1]
+    shape = tuple(target[norm].shape)
+    if len(shape) != 2 or d_model not in shape:
+        raise ValueError(f"T5X target.{norm} has shape {shape}: not d_model {d_model} stacked")
+    axis = 0 if shape[0] != d_model else 1
+    for key in stacked:
+        value, name = target.pop(key), key[len(prefix) :]
+        if len(value.shape) <= axis or value.shape[axis] != shape[axis]:
+            raise ValueError(
+                f"T5X target.{key} has shape {tuple(value.shape)}: not {shape[axis]} layers "
+                f"stacked on axis {axis}, as {norm} is"
+            )
+        slots = param_states.pop(key, {})
+        slot_axes = {
+            slot: _layer_axis(v, value.shape, axis, key, slot) for slot, v in slots.items()
+        }
+        for i in range(value.shape[axis]):
+            layer_key = f"{stack}.layers_{i}.{name}"
+            target[layer_key] = _layer(value, axis, i)
+            param_states[layer_key] = {
+                slot: v if slot_axes[slot] is None else _layer(v, slot_axes[slot], i)
+                for slot, v in slots.items()
+            }
+
+
+def _layer_axis(slot: Any, shape: tuple[int, ...], axis: int, key: str, name: str):
+    """The layer axis of a stacked parameter's slot: `axis` of a full one, the same axis
+    shifted past the one a factored v_row / v_col dropped, None for a (1,) placeholder."""
+    if tuple(slot.shape) == tuple(shape):
+        return axis
+    if tuple(slot.shape) == (1,):
+        return None
+    # A square layer drops either of its axes alike; the layer axis lands the same.
+    landed = {
+        axis - (a < axis)
+        for a in range(len(shape))
+        if a != axis and np.delete(shape, a).tolist() == list(slot.shape)
+    }
+    if len(landed) != 1:
+        raise ValueError(
+            f"T5X state.param_states.{key}.{name} has shape {tuple(slot.shape)} for a "
+            f"{tuple(shape)} parameter stacked on axis {axis}: not factored over one axis "
+            "other than the layers'"
+        )
+    return landed.pop()
+
+
+def _layer(value: Any, axis: int, i: int) -> Any:
+    """Layer `i` of an array stacked on `axis`, read lazily where `value` is (TensorStore
+    views index without reading)."""
+    if isinstance(value, _Deferred):
+        shape = value.shape[:axis] + value.shape[axis + 1 :]
+        return _Deferred(shape, lambda: np.take(np.asarray(value), i, axis=axis))
+    return value[(slice(None),) * axis + (i,)]
+
+
+def _read_legacy(directory: epath.Path) -> dict:
+    path = os.fspath(directory)
+    try:
+        contents = serialization.msgpack_restore((directory / MSGPACK_FILE).read_bytes())
+    except Exception as e:
+        raise ValueError(f"{path}/{MSGPACK_FILE} is not a T5X msgpack file: {e}") from e
     version = contents.get("version") if isinstance(contents, dict) else None
     if version not in (2, 3):
         raise ValueError(
@@ -113,7 +194,7 @@ def _read_legacy(path: str) -> dict:
     return _map_leaves(contents["optimizer"], lambda name, leaf: _legacy_leaf(path, name, leaf), "")
 
 
-def _read_orbax(state_dir: str) -> dict:
+def _read_orbax(state_dir: epath.Path) -> dict:
     import orbax.checkpoint as ocp
 
     checkpointer = ocp.PyTreeCheckpointer()
@@ -460,8 +541,9 @@ def import_t5x(
     Adafactor state of flan_jax.optim.adafactor), OUTPUT/model.gin, OUTPUT/spiece.model."""
     from flan_jax import model_loader
 
-    output = os.path.abspath(output)
-    if os.path.exists(os.path.join(output, "checkpoints")):
+    output = paths.path(output, "--output")
+    source = os.fspath(paths.path(checkpoint, "--checkpoint"))
+    if (output / "checkpoints").exists():
         raise FileExistsError(f"{output} already holds checkpoints; pass a new --output")
     config = None
     if model_gin_file:
@@ -473,20 +555,18 @@ def import_t5x(
     config, params, opt_state, step = restore_train_state(
         checkpoint, config, scan_layers=scan_layers
     )
-    os.makedirs(output, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
     if vocabulary_path:
-        copied = os.path.join(output, hf_t5.VOCABULARY_FILE)
-        shutil.copyfile(vocabulary_path, copied)
-        vocabulary_path = copied
+        copied = output / hf_t5.VOCABULARY_FILE
+        paths.path(vocabulary_path, "--vocabulary").copy(copied, overwrite=True)
+        vocabulary_path = os.fspath(copied)
     state = TrainState(step=np.asarray(step, np.int32), params=params, opt_state=opt_state)
     checkpointer = checkpoints.Checkpointer(output, max_to_keep=None, async_save=False)
     try:
-        source = {"imported_from": os.path.abspath(checkpoint), "t5x_step": step}
-        checkpointer.save(step, state, source, force=True)
+        checkpointer.save(step, state, {"imported_from": source, "t5x_step": step}, force=True)
     finally:
         checkpointer.close()
-    with open(os.path.join(output, "model.gin"), "w") as f:
-        f.write(hf_t5.model_gin(config, vocabulary_path, os.path.abspath(checkpoint), "t5x"))
+    (output / "model.gin").write_text(hf_t5.model_gin(config, vocabulary_path, source, "t5x"))
     print(f"imported {checkpoint} (step {step}) into {output}: use {output}/model.gin")
 
 
