@@ -10,12 +10,15 @@ Patterns use `{field}` slots (`{{` and `}}` for literal braces). A pattern is pa
 Python, into literal parts and field names; rendering joins the parts with `tf.strings.join`,
 so a field's value is never read as a pattern or a regex.
 
-Answer options render in one `OptionsFormat` or, per example, in one drawn from several
-(headers, bullets, lettered or numbered labels; a labelled list rewrites the target to the
-answer's label). Few-shot prompts keep exemplars as string vectors until `join_exemplars`,
-which writes them with the template's delimiters and drops the last ones until the prompt
-fits a token budget. Every preprocessor passes the example's other features through and adds
-`template_index`, so per-example metadata rides along.
+Answer options render in one `OptionsFormat`, or in a `RandomOptions` style drawn per example
+(header, bullet and end string independently, as FLAN's zero-shot prompts do); a labelled list
+rewrites the target to the answer's marker, like "(B)". Few-shot prompts follow
+`FewShotVariant`s: how many exemplars, and in which templates (the query's, each exemplar's
+own, or only those matching the query's). Exemplars stay string vectors until
+`join_exemplars`, which writes them with the delimiters, drops the last ones until the prompt
+fits a token budget, and drops a query that keeps none. Every preprocessor passes the
+example's other features through and adds `template_index`, so per-example metadata rides
+along.
 """
 
 import dataclasses
@@ -23,6 +26,17 @@ import string
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
+
+# LETTERS, NUMBERS and RANDOM_OPTIONS_FORMATS are re-exported: task modules find them here.
+from tasks.options import (  # noqa: F401
+    LETTERS,
+    NUMBERS,
+    PLAIN_OPTIONS,
+    RANDOM_OPTIONS_FORMATS,
+    OptionsFormat,
+    OptionsTable,
+    RandomOptions,
+)
 
 # `{options_}` renders the string-list feature `options`.
 OPTIONS_SLOT = "options_"
@@ -33,131 +47,37 @@ COT_ANSWER_PREFIX = "So the answer is"
 
 EXEMPLAR_INPUTS = "exemplar_inputs"
 EXEMPLAR_TARGETS = "exemplar_targets"
+# Which template of its variant rendered each exemplar, and which variant the query follows.
+EXEMPLAR_TEMPLATES = "exemplar_templates"
+FEW_SHOT_VARIANT = "few_shot_variant"
 # Per-example metadata: which template of the cycle rendered the example.
 TEMPLATE_INDEX = "template_index"
 
 # Exemplar candidates are shuffled through a buffer of this many examples.
 _EXEMPLAR_SHUFFLE_BUFFER = 10_000
 
-LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-NUMBERS = tuple(str(n) for n in range(1, len(LETTERS) + 1))
-_LABEL_SLOT = "{}"
-
-
-@dataclasses.dataclass(frozen=True)
-class OptionsFormat:
-    """How `{options_}` lists answer options: a header line, then one bulleted line each.
-
-    With `labels` (e.g. `LETTERS`), `bullet` holds a `{}` that takes each option's label,
-    like `"({}) "`, and a template that shows the options answers with the label: a target
-    equal to one of the options is rewritten to its label.
-    """
-
-    header: str = "OPTIONS:"
-    bullet: str = "- "
-    labels: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if bool(self.labels) != (_LABEL_SLOT in self.bullet):
-            raise ValueError(
-                f"OptionsFormat bullet {self.bullet!r} with labels {self.labels!r}: a labelled "
-                "format needs '{}' in its bullet (e.g. '({}) '), an unlabelled one must not "
-                "have it."
-            )
-
-    def render(self, options: tf.Tensor) -> tf.Tensor:
-        return _OptionsTable((self,)).render(options, 0)
-
-
-# Randomized option lists, in the spirit of Flan's: several headers and bullet styles.
-RANDOM_OPTIONS_FORMATS = (
-    OptionsFormat(),
-    OptionsFormat("Options:", "- "),
-    OptionsFormat("Choose your answer from:", "* "),
-    OptionsFormat("Select from the following.", "+ "),
-    OptionsFormat("Pick your answer from:", "({}) ", LETTERS),
-    OptionsFormat("Answer choices:", "{}. ", LETTERS),
-    OptionsFormat("Possible answers:", "{}) ", NUMBERS),
-)
-
-
-class _OptionsTable:
-    """Several OptionsFormats as tensors, so the format can be picked per example in-graph."""
-
-    def __init__(self, formats: Sequence[OptionsFormat]):
-        formats = _as_tuple(formats, OptionsFormat, "OptionsFormat")
-        self.size = len(formats)
-        width = max(len(f.labels) for f in formats) or 1
-        prefixes, suffixes = zip(*(f.bullet.partition(_LABEL_SLOT)[::2] for f in formats))
-        self._headers = tf.constant([f.header for f in formats])
-        self._prefixes = tf.constant(prefixes)
-        self._suffixes = tf.constant(suffixes)
-        self._labels = tf.constant(
-            [list(f.labels) + [""] * (width - len(f.labels)) for f in formats]
-        )
-        self._max_options = tf.constant([len(f.labels) or 2**62 for f in formats], tf.int64)
-        self._labelled = tf.constant([bool(f.labels) for f in formats])
-        unlabelled = [i for i, f in enumerate(formats) if not f.labels]
-        self._fallback = tf.constant(unlabelled[0] if unlabelled else 0, tf.int64)
-
-    def usable(self, options, choice) -> tf.Tensor:
-        """`choice`, or the first unlabelled format when the options outnumber its labels."""
-        fits = tf.size(options, tf.int64) <= tf.gather(self._max_options, choice)
-        return tf.where(fits, tf.cast(choice, tf.int64), self._fallback)
-
-    def render(self, options, choice) -> tf.Tensor:
-        choice = self.usable(options, choice)
-        count = tf.size(options)
-        tf.debugging.assert_less_equal(
-            tf.cast(count, tf.int64),
-            tf.gather(self._max_options, choice),
-            message="An example has more answer options than its OptionsFormat has labels; "
-            "add labels or use an unlabelled format.",
-        )
-        labels = tf.gather(self._labels, choice)[: tf.minimum(count, tf.shape(self._labels)[1])]
-        labels = tf.pad(labels, [[0, count - tf.size(labels)]])
-        lines = tf.strings.join(
-            [tf.gather(self._prefixes, choice), labels, tf.gather(self._suffixes, choice), options]
-        )
-        return tf.strings.join(
-            [tf.gather(self._headers, choice), "\n", tf.strings.reduce_join(lines, separator="\n")]
-        )
-
-    def relabel(self, options, target, choice) -> tf.Tensor:
-        """The target's label when the format is labelled and the target is an option."""
-        choice = self.usable(options, choice)
-        matches = tf.equal(options, target)
-        found = tf.reduce_any(matches) & tf.gather(self._labelled, choice)
-        position = tf.argmax(tf.cast(matches, tf.int32))
-        # Unlabelled formats have a row of one "", so clamp; their target is kept anyway.
-        position = tf.minimum(position, tf.cast(tf.shape(self._labels)[1] - 1, tf.int64))
-        label = tf.gather(tf.gather(self._labels, choice), position)
-        return tf.where(found, label, target)
-
-    def choose(self, index, seed: int) -> tf.Tensor:
-        """A format per example: pseudo-random from (seed, position), so it is reproducible."""
-        if self.size == 1:
-            return tf.constant(0, tf.int64)
-        return tf.random.stateless_uniform(
-            [],
-            seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)]),
-            maxval=self.size,
-            dtype=tf.int64,
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class FewShotFormat:
     """Delimiters of a few-shot prompt.
 
-    Each exemplar is `input_prefix + inputs + target_prefix + targets + example_separator`;
-    the query follows as `input_prefix + inputs + target_prefix` less its trailing spaces,
-    so that the model's output is the answer.
+    The prompt is `header` (a pattern, rendered from the query's features: e.g. a task
+    definition given once), then each exemplar as `input_prefix + inputs + target_prefix +
+    targets + example_separator`, then the query as `input_prefix + inputs + target_prefix`
+    less its trailing spaces, so that the model's output is the answer.
     """
 
     input_prefix: str = "Q: "
     target_prefix: str = "\nA: "
     example_separator: str = "\n\n"
+    header: str = ""
+
+    def __post_init__(self):
+        if "{" + OPTIONS_SLOT + "}" in self.header:
+            raise ValueError(
+                f"FewShotFormat header {self.header!r} lists options; put '{{{OPTIONS_SLOT}}}' "
+                "in the templates."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,10 +128,11 @@ class Template:
         return Template(before + joiner + after, self.targets)
 
     def render(
-        self, features: Mapping[str, tf.Tensor], options_format: OptionsFormat = OptionsFormat()
+        self, features: Mapping[str, tf.Tensor], options_format: OptionsFormat = PLAIN_OPTIONS
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """The (inputs, targets) scalar strings of one example."""
-        inputs, targets = _render_all((self,), features, _OptionsTable((options_format,)), [0])
+        table = OptionsTable(options_format)
+        inputs, targets = _render_all((self,), features, table, table.plain())
         return inputs[0], targets[0]
 
 
@@ -228,7 +149,7 @@ def cot_template(inputs: str, trigger: str = COT_TRIGGER) -> Template:
 def apply_templates(
     dataset: tf.data.Dataset,
     templates: Sequence[Template],
-    options_format: OptionsFormat | Sequence[OptionsFormat] = OptionsFormat(),
+    options_format: OptionsFormat | RandomOptions = PLAIN_OPTIONS,
     seed: int = 0,
 ) -> tf.data.Dataset:
     """Sets "inputs", "targets" and "template_index"; example i uses templates[i % len].
@@ -236,16 +157,15 @@ def apply_templates(
     Cycling rather than sampling makes an example's text a function of its position in the
     split, the same on every run and restart. Positions count within the stream this
     preprocessor sees, so a split sharded by example before templating cycles per shard.
-    Several option formats: each example gets one drawn from (seed, position). Other
+    A `RandomOptions` style draws each example's option list from (seed, position). Other
     features pass through.
     """
     templates = _as_tuple(templates, Template, "Template")
-    table = _OptionsTable(_formats(options_format))
+    table = OptionsTable(options_format)
 
     def render(index, example):
         choice = index % len(templates)
-        format_choice = table.choose(index, seed)
-        inputs, targets = _render_all(templates, example, table, [format_choice] * len(templates))
+        inputs, targets = _render_all(templates, example, table, table.choose(index, seed))
         return {
             **example,
             "inputs": inputs[choice],
@@ -256,140 +176,299 @@ def apply_templates(
     return dataset.enumerate().map(render, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+# Which templates a few-shot prompt's exemplars are rendered with.
+QUERY_TEMPLATE = "query"  # the query's
+OWN_TEMPLATE = "own"  # each exemplar its own: FLAN's mixed-template prompts
+MATCHING_TEMPLATE = "matching"  # only exemplars whose own template is the query's
+_EXEMPLAR_TEMPLATES = (QUERY_TEMPLATE, OWN_TEMPLATE, MATCHING_TEMPLATE)
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShotVariant:
+    """One way to build a few-shot prompt.
+
+    templates: render the query (cycled, as `apply_templates` does) and the exemplars.
+    formats: delimiters; an exemplar or query of template t uses formats[t % len].
+    shots: exemplars per prompt (with MATCHING_TEMPLATE: at most). 0: the query's template
+        is the whole prompt (an inline pattern, like NIV2's positive example).
+    exemplar_templates: QUERY_TEMPLATE, every exemplar in the query's template;
+        OWN_TEMPLATE, each in the template its position in the exemplar stream gives (FLAN's
+        five-shot mixed-template prompts); MATCHING_TEMPLATE, of the candidates only those
+        whose own template is the query's (FLAN's 0-to-10-shot prompts).
+    candidates: exemplars drawn per query (default 2 * shots); those equal to the query are
+        skipped, so an example never serves as its own exemplar.
+    separator: between exemplars, whatever the template (None: each format's own).
+    """
+
+    templates: tuple[Template, ...]
+    formats: tuple[FewShotFormat, ...] = (FewShotFormat(),)
+    shots: int = 3
+    exemplar_templates: str = QUERY_TEMPLATE
+    candidates: int | None = None
+    separator: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "templates", _as_tuple(self.templates, Template, "Template"))
+        formats = (self.formats,) if isinstance(self.formats, FewShotFormat) else self.formats
+        object.__setattr__(self, "formats", _as_tuple(formats, FewShotFormat, "FewShotFormat"))
+        if self.exemplar_templates not in _EXEMPLAR_TEMPLATES:
+            raise ValueError(
+                f"exemplar_templates={self.exemplar_templates!r} is not one of "
+                f"{_EXEMPLAR_TEMPLATES}."
+            )
+        if self.shots < 0:
+            raise ValueError(f"shots={self.shots} is negative; 0 means an inline pattern.")
+        if self.shots and self.num_candidates < self.shots:
+            raise ValueError(
+                f"candidates={self.candidates} is below shots={self.shots}; draw at least "
+                "as many candidates (default 2 * shots)."
+            )
+
+    @property
+    def num_candidates(self) -> int:
+        return (self.candidates or 2 * self.shots) if self.shots else 0
+
+
 def add_exemplars(
     dataset: tf.data.Dataset,
-    templates: Sequence[Template],
-    k: int,
-    options_format: OptionsFormat | Sequence[OptionsFormat] = OptionsFormat(),
-    num_candidates: int | None = None,
+    variants: Sequence[FewShotVariant],
+    options_format: OptionsFormat = PLAIN_OPTIONS,
     shuffle_seed: int = 0,
     exemplar_dataset: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
-    """Templates each example as `apply_templates` does, and attaches k exemplars.
+    """Templates each example and attaches its exemplars, as string vectors under
+    "exemplar_inputs" and "exemplar_targets" (their templates under "exemplar_templates").
 
-    Exemplars are examples of `exemplar_dataset` (default: the same split), rendered with
-    the query's template, kept as string vectors under "exemplar_inputs" and
-    "exemplar_targets". They come from a shuffled, repeated pass (with a fixed seed, so
-    deterministic). Of every `num_candidates` (default 2k) candidates, those whose rendered
-    inputs equal the query's are dropped: an example never serves as its own exemplar, nor
-    does a duplicate of it. With several option formats, template t uses format t % len, so
-    the exemplars and the query list their options alike.
+    Example i takes template i % len(templates) of its variant, as `apply_templates` cycles
+    them, and the variants take turns in blocks of the first variant's template count:
+    variant (i // len(variants[0].templates)) % len(variants) (under "few_shot_variant").
+    Exemplars are examples of `exemplar_dataset` (default: the same split) from a shuffled,
+    repeated pass (with a fixed seed, so deterministic). Options render in one fixed
+    format: the exemplars and the query list them alike (FLAN's few-shot rule).
     """
-    templates = _as_tuple(templates, Template, "Template")
-    if k < 1:
-        raise ValueError(f"few-shot needs k >= 1 exemplars; got k={k}.")
-    num_candidates = num_candidates or 2 * k
-    if num_candidates < k:
-        raise ValueError(
-            f"num_candidates={num_candidates} is below k={k}; pass at least k (default 2k)."
+    variants = _as_tuple(variants, FewShotVariant, "FewShotVariant")
+    if not isinstance(options_format, OptionsFormat):
+        raise TypeError(
+            f"Few-shot prompts list options in one OptionsFormat, got {options_format!r}; "
+            "random option styles are for zero-shot prompts."
         )
-    table = _OptionsTable(_formats(options_format))
-    format_choices = [t % table.size for t in range(len(templates))]
+    table = OptionsTable(options_format)
+    plain = table.plain()
+    # The templates that render candidates: those of the variants that draw exemplars, once
+    # for variants that share them.
+    columns, drawn = {}, []
+    for variant in variants:
+        if variant.shots and variant.templates not in columns:
+            columns[variant.templates] = len(drawn)
+            drawn.extend(variant.templates)
+    offsets = [columns.get(variant.templates, 0) for variant in variants]
+    num_candidates = max(variant.num_candidates for variant in variants)
 
-    def render_all(example):
-        return _render_all(templates, example, table, format_choices)
+    def render_candidate(position, example):
+        return (position, *_render_all(drawn, example, table, plain))
 
+    def attach(indexed, candidates):
+        index, example = indexed
+        which = (index // len(variants[0].templates)) % len(variants)
+
+        def branch(variant, offset):
+            def build():
+                count = len(variant.templates)
+                choice = index % count
+                inputs, targets = _render_all(variant.templates, example, table, plain)
+                query = inputs[choice]
+                if not variant.shots:
+                    none = tf.zeros([0], tf.string)
+                    return query, targets[choice], choice, none, none, tf.zeros([0], tf.int64)
+                positions, candidate_inputs, candidate_targets = (
+                    part[: variant.num_candidates] for part in candidates
+                )
+                own = positions % count
+                keep = tf.not_equal(candidate_inputs[:, offset + choice], query)
+                if variant.exemplar_templates == OWN_TEMPLATE:
+                    chosen = own
+                else:
+                    chosen = tf.fill(tf.shape(own), choice)
+                if variant.exemplar_templates == MATCHING_TEMPLATE:
+                    keep &= tf.equal(own, choice)
+                picked = tf.where(keep)[: variant.shots, 0]
+                chosen = tf.gather(chosen, picked)
+                cells = tf.stack([picked, offset + chosen], axis=1)
+                checks = []
+                if variant.exemplar_templates != MATCHING_TEMPLATE:
+                    checks.append(
+                        tf.debugging.assert_equal(
+                            tf.size(picked),
+                            variant.shots,
+                            message=(
+                                f"Fewer than {variant.shots} of {variant.num_candidates} "
+                                "exemplar candidates differ from the example: the split has "
+                                "too few distinct examples. Raise candidates or lower shots."
+                            ),
+                        )
+                    )
+                with tf.control_dependencies([c for c in checks if c is not None]):
+                    return (
+                        query,
+                        targets[choice],
+                        choice,
+                        tf.gather_nd(candidate_inputs, cells),
+                        tf.gather_nd(candidate_targets, cells),
+                        tf.identity(chosen),
+                    )
+
+            return build
+
+        branches = [branch(v, offset) for v, offset in zip(variants, offsets)]
+        outputs = tf.switch_case(tf.cast(which, tf.int32), branches)
+        keys = ("inputs", "targets", TEMPLATE_INDEX)
+        keys += (EXEMPLAR_INPUTS, EXEMPLAR_TARGETS, EXEMPLAR_TEMPLATES)
+        return {**example, **dict(zip(keys, outputs)), FEW_SHOT_VARIANT: which}
+
+    indexed = dataset.enumerate()
+    if not num_candidates:  # Only inline patterns: no exemplar stream to read.
+        return indexed.map(lambda i, ex: attach((i, ex), None))
     candidates = (
         (dataset if exemplar_dataset is None else exemplar_dataset)
-        .map(render_all, num_parallel_calls=tf.data.AUTOTUNE)
+        .enumerate()
+        .map(render_candidate, num_parallel_calls=tf.data.AUTOTUNE)
         .shuffle(_EXEMPLAR_SHUFFLE_BUFFER, seed=shuffle_seed)
         .repeat()
         .batch(num_candidates)
     )
-
-    def attach(indexed, candidate_batch):
-        index, example = indexed
-        inputs, targets = render_all(example)
-        choice = index % len(templates)
-        query = inputs[choice]
-        candidate_inputs = candidate_batch[0][:, choice]
-        candidate_targets = candidate_batch[1][:, choice]
-        distinct = tf.not_equal(candidate_inputs, query)
-        exemplar_inputs = tf.boolean_mask(candidate_inputs, distinct)[:k]
-        exemplar_targets = tf.boolean_mask(candidate_targets, distinct)[:k]
-        tf.debugging.assert_equal(
-            tf.size(exemplar_inputs),
-            k,
-            message=(
-                f"Fewer than k={k} of {num_candidates} exemplar candidates differ from the "
-                "example: the split has too few distinct examples. Raise num_candidates or "
-                "lower k."
-            ),
-        )
-        exemplar_inputs.set_shape([k])
-        exemplar_targets.set_shape([k])
-        return {
-            **example,
-            "inputs": query,
-            "targets": targets[choice],
-            TEMPLATE_INDEX: choice,
-            EXEMPLAR_INPUTS: exemplar_inputs,
-            EXEMPLAR_TARGETS: exemplar_targets,
-        }
-
-    return tf.data.Dataset.zip(dataset.enumerate(), candidates).map(
-        attach, num_parallel_calls=tf.data.AUTOTUNE
-    )
+    return tf.data.Dataset.zip(indexed, candidates).map(attach, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def join_exemplars(
     dataset: tf.data.Dataset,
-    fewshot_format: FewShotFormat | Sequence[FewShotFormat] = FewShotFormat(),
+    variants: Sequence[FewShotVariant],
     max_input_tokens: int | None = None,
     vocabulary=None,
 ) -> tf.data.Dataset:
-    """Writes the exemplars and the query into one few-shot "inputs" string.
+    """Writes the exemplars and the query into one few-shot "inputs" string, with the
+    delimiters of the query's variant and each one's template.
 
-    Several formats: template t's examples use format t % len (per-template delimiters).
     With `max_input_tokens` (and the `vocabulary` that counts them), trailing exemplars are
-    dropped until the prompt fits; a query too long on its own keeps no exemplars.
+    dropped until the prompt fits. A query left with no exemplar (none fit, or none matched
+    its template) is dropped, not kept as a zero-shot prompt; inline patterns (shots=0) are
+    kept as rendered.
     """
-    formats = _as_tuple(
-        (fewshot_format,) if isinstance(fewshot_format, FewShotFormat) else fewshot_format,
-        FewShotFormat,
-        "FewShotFormat",
-    )
+    variants = _as_tuple(variants, FewShotVariant, "FewShotVariant")
     if max_input_tokens is not None and vocabulary is None:
         raise ValueError(
             f"max_input_tokens={max_input_tokens} needs the vocabulary that counts the tokens."
         )
-    table = {
-        field: tf.constant([getattr(f, field) for f in formats])
-        for field in ("input_prefix", "target_prefix", "example_separator")
-    }
-    query_suffixes = tf.constant([f.target_prefix.rstrip(" ") for f in formats])
+    plain_table = OptionsTable(PLAIN_OPTIONS)
+
+    def branch(variant, example):
+        def build():
+            if not variant.shots:
+                return example["inputs"], tf.constant(True)
+            formats = variant.formats
+            column = {
+                field: tf.constant([getattr(f, field) for f in formats])
+                for field in ("input_prefix", "target_prefix")
+            }
+            separators = [f.example_separator for f in formats]
+            if variant.separator is not None:
+                separators = [variant.separator] * len(formats)
+            which = tf.cast(example[TEMPLATE_INDEX], tf.int64) % len(formats)
+            each = tf.cast(example[EXEMPLAR_TEMPLATES], tf.int64) % len(formats)
+            shots = tf.strings.join(
+                [
+                    tf.gather(column["input_prefix"], each),
+                    example[EXEMPLAR_INPUTS],
+                    tf.gather(column["target_prefix"], each),
+                    example[EXEMPLAR_TARGETS],
+                    tf.gather(tf.constant(separators), each),
+                ]
+            )
+            headers = [
+                _render_parts(_parse(f.header), example, plain_table, plain_table.plain())
+                for f in formats
+            ]
+            header = tf.gather(tf.stack(headers), which)
+            query_suffixes = tf.constant([f.target_prefix.rstrip(" ") for f in formats])
+            query = tf.strings.join(
+                [
+                    tf.gather(column["input_prefix"], which),
+                    example["inputs"],
+                    tf.gather(query_suffixes, which),
+                ]
+            )
+
+            def prompt(j):
+                return tf.strings.join([header, tf.strings.reduce_join(shots[:j]), query])
+
+            count = tf.size(shots, tf.int64)
+            if max_input_tokens is None:
+                kept = count
+            else:
+                kept = _fitting_shots(
+                    shots, tf.strings.join([header, query]), prompt, max_input_tokens, vocabulary
+                )
+            return prompt(kept), kept > 0
+
+        return build
 
     def join(example):
-        which = tf.cast(example[TEMPLATE_INDEX], tf.int64) % len(formats)
-        input_prefix = tf.gather(table["input_prefix"], which)
-        shots = tf.strings.join(
-            [
-                input_prefix,
-                example[EXEMPLAR_INPUTS],
-                tf.gather(table["target_prefix"], which),
-                example[EXEMPLAR_TARGETS],
-                tf.gather(table["example_separator"], which),
-            ]
-        )
-        query = tf.strings.join([input_prefix, example["inputs"], tf.gather(query_suffixes, which)])
-        k = shots.shape[0]
-        prompts = tf.stack(
-            [tf.strings.join([tf.strings.reduce_join(shots[:j]), query]) for j in range(k + 1)]
-        )
-        if max_input_tokens is None:
-            inputs = prompts[-1]
-        else:
-            lengths = vocabulary.encode_tf(prompts).row_lengths()
-            fits = lengths <= max_input_tokens
-            inputs = prompts[tf.reduce_max(tf.where(fits, tf.range(k + 1, dtype=tf.int64), 0))]
+        which = tf.cast(example[FEW_SHOT_VARIANT], tf.int32)
+        inputs, keep = tf.switch_case(which, [branch(v, example) for v in variants])
         rest = {
             key: value
             for key, value in example.items()
-            if key not in (EXEMPLAR_INPUTS, EXEMPLAR_TARGETS)
+            if key not in (EXEMPLAR_INPUTS, EXEMPLAR_TARGETS, EXEMPLAR_TEMPLATES, FEW_SHOT_VARIANT)
         }
-        return {**rest, "inputs": inputs}
+        return {**rest, "inputs": inputs}, keep
 
-    return dataset.map(join, num_parallel_calls=tf.data.AUTOTUNE)
+    return (
+        dataset.map(join, num_parallel_calls=tf.data.AUTOTUNE)
+        .filter(lambda example, keep: keep)
+        .map(lambda example, keep: example)
+    )
+
+
+def _fitting_shots(shots, fixed, prompt, max_input_tokens: int, vocabulary) -> tf.Tensor:
+    """How many leading exemplars fit the budget. Usually all do: one encoding of the whole
+    prompt tells. Otherwise the count is estimated from each piece's tokens (FLAN counts
+    them so), then checked on the whole prompt, one exemplar at a time."""
+    count = tf.size(shots, tf.int64)
+
+    def fits(j):
+        return tf.size(vocabulary.encode_tf(prompt(j)), tf.int64) <= max_input_tokens
+
+    def search():
+        lengths = vocabulary.encode_tf(tf.concat([[fixed], shots], axis=0)).row_lengths()
+        room = max_input_tokens - lengths[0]
+        estimate = tf.reduce_sum(tf.cast(tf.cumsum(lengths[1:]) <= room, tf.int64))
+        (kept,) = tf.while_loop(
+            lambda j: tf.cond(j > 0, lambda: ~fits(j), lambda: False),
+            lambda j: (j - 1,),
+            (estimate,),
+        )
+        (kept,) = tf.while_loop(
+            lambda j: tf.cond(j < count - 1, lambda: fits(j + 1), lambda: False),
+            lambda j: (j + 1,),
+            (kept,),
+        )
+        return kept
+
+    return tf.cond(fits(count), lambda: count, search)
+
+
+def few_shot_variants(
+    dataset: tf.data.Dataset,
+    variants: Sequence[FewShotVariant],
+    options_format: OptionsFormat = PLAIN_OPTIONS,
+    shuffle_seed: int = 0,
+    max_input_tokens: int | None = None,
+    vocabulary=None,
+    exemplar_dataset: tf.data.Dataset | None = None,
+) -> tf.data.Dataset:
+    """Few-shot prompts, each example following one variant in turn: `add_exemplars`,
+    then `join_exemplars`."""
+    dataset = add_exemplars(dataset, variants, options_format, shuffle_seed, exemplar_dataset)
+    return join_exemplars(dataset, variants, max_input_tokens, vocabulary)
 
 
 def few_shot(
@@ -397,18 +476,26 @@ def few_shot(
     templates: Sequence[Template],
     k: int,
     fewshot_format: FewShotFormat | Sequence[FewShotFormat] = FewShotFormat(),
-    options_format: OptionsFormat | Sequence[OptionsFormat] = OptionsFormat(),
+    options_format: OptionsFormat = PLAIN_OPTIONS,
     num_candidates: int | None = None,
     shuffle_seed: int = 0,
     max_input_tokens: int | None = None,
     vocabulary=None,
     exemplar_dataset: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
-    """k-shot prompts: `add_exemplars`, then `join_exemplars`."""
-    dataset = add_exemplars(
-        dataset, templates, k, options_format, num_candidates, shuffle_seed, exemplar_dataset
+    """k-shot prompts, the exemplars in the query's template."""
+    if k < 1:
+        raise ValueError(f"few-shot needs k >= 1 exemplars; got k={k}.")
+    variant = FewShotVariant(templates, fewshot_format, k, candidates=num_candidates)
+    return few_shot_variants(
+        dataset,
+        [variant],
+        options_format,
+        shuffle_seed,
+        max_input_tokens,
+        vocabulary,
+        exemplar_dataset,
     )
-    return join_exemplars(dataset, fewshot_format, max_input_tokens, vocabulary)
 
 
 def _parse(pattern: str) -> tuple[tuple[str, bool], ...]:
@@ -436,7 +523,7 @@ def _parse(pattern: str) -> tuple[tuple[str, bool], ...]:
     return tuple(parts)
 
 
-def _render_parts(parts, features, options_table: _OptionsTable, choice) -> tf.Tensor:
+def _render_parts(parts, features, options_table: OptionsTable, choice) -> tf.Tensor:
     pieces = [""]
     for text, is_field in parts:
         if not is_field:
@@ -476,11 +563,11 @@ def _options(features) -> tf.Tensor:
     return options
 
 
-def _render_all(templates, example, options_table, format_choices):
-    """(inputs, targets): string vectors with one rendering per template, template t with
-    options format `format_choices[t]`."""
+def _render_all(templates, example, options_table, choice):
+    """(inputs, targets): string vectors with one rendering per template, options in the
+    table's `choice`."""
     inputs, targets = [], []
-    for template, choice in zip(templates, format_choices):
+    for template in templates:
         missing = template.fields - set(example)
         if missing:
             raise KeyError(
@@ -494,10 +581,6 @@ def _render_all(templates, example, options_table, format_choices):
             target = options_table.relabel(_options(example), target, choice)
         targets.append(target)
     return tf.stack(inputs), tf.stack(targets)
-
-
-def _formats(options_format) -> tuple[OptionsFormat, ...]:
-    return (options_format,) if isinstance(options_format, OptionsFormat) else options_format
 
 
 def _as_tuple(items, kind, name: str) -> tuple:

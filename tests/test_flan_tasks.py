@@ -1,21 +1,24 @@
 """The Flan tasks: registration over the real sources, every format's rendering (golden),
 few-shot exemplars and their token budget, metadata, determinism."""
 
+import json
+
 import gin
 import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from flan_testing import LENGTHS, texts
+from flan_testing import LENGTHS, NIV2_DIR, texts
 
 from tasks import templates
-from tasks.flan import muffin, registry, t0sf
+from tasks.flan import muffin, niv2, registry, sources, t0sf
 
 
 def test_registers_the_four_families_in_their_formats(flan_env):
     assert len(registry.REGISTERED["muffin"]) >= 20
-    assert len(registry.REGISTERED["t0sf"]) >= 20
-    assert sorted(registry.REGISTERED["cot"]) == sorted(flan_env.cot.DATASETS)
+    assert len(registry.REGISTERED["t0sf"]) >= 15  # xsum is Muffin's
+    inversions = [f"{dataset}_ii" for dataset in flan_env.cot.DATASETS]
+    assert sorted(registry.REGISTERED["cot"]) == sorted([*flan_env.cot.DATASETS, *inversions])
     assert sorted(registry.REGISTERED["niv2"]) == [
         "task001_capitals_answer_generation",
         "task002_plural_generation",
@@ -45,6 +48,8 @@ def test_every_tfds_task_reads_its_dataset_under_mock_data(flan_env):
         ]:
             example = next(iter(task.source.get_dataset(task.train_split)))
             fields = task.to_fields(example)
+            if not tf.size(fields.get(templates.OPTIONS_FIELD, [""])):
+                continue  # a label that is no option's index (mock hellaswag's): dropped
             for template in task.templates:
                 inputs, targets = template.render(fields)
                 assert inputs.numpy() and targets.dtype == tf.string, task.name
@@ -61,9 +66,8 @@ def test_tfds_task_through_seqio_under_mock_data(flan_env):
         )
     assert len(out) == 3
     for inputs, target in out:
-        header = inputs.rsplit("\n", 3)[-3]
-        assert header in {f.header for f in templates.RANDOM_OPTIONS_FORMATS}
-        assert target in ("yes", "no", "A", "B", "1", "2")
+        # The answer, or in a labelled list the marker before it.
+        assert target in ("yes", "no") or f"{target} yes" in inputs or f"{target} no" in inputs
 
 
 def _golden_task(family="muffin", task_templates=muffin.NLI[:2]):
@@ -141,9 +145,17 @@ def test_golden_prompts_of_each_format(flan_env, plain_options):
         "Does the premise entail the hypothesis?\nOutput:"
     )
     assert fs_target == "no"
+    # fs_opt example 0: the mixed-template variant, one exemplar (few_shot_k = 1) in its own
+    # template, then the task's separator and the query.
     fs_opt_inputs, _ = rendered["fs_opt"][0]
-    assert fs_opt_inputs.startswith("Q: Premise ") and fs_opt_inputs.endswith(
-        'Q: Premise 0.\n\nBased on the paragraph above, can we conclude that "Hypothesis 0."?\n\n'
+    separator = registry.mixed_separator(task, seed=0)
+    exemplar, query = fs_opt_inputs.rsplit(separator + "Q: Premise 0.", 1)
+    assert exemplar.startswith(("Q: Premise ", "Input: Premise: Premise "))
+    assert exemplar.endswith("OPTIONS:\n- yes\n- no\nA: yes") or exemplar.endswith(
+        "OPTIONS:\n- yes\n- no\nOutput: no"
+    )
+    assert query == (
+        '\n\nBased on the paragraph above, can we conclude that "Hypothesis 0."?\n\n'
         "OPTIONS:\n- yes\n- no\nA:"
     )
 
@@ -161,27 +173,34 @@ def test_golden_chain_of_thought_prompts(flan_env, plain_options):
         "Mia starts with 3 apples. 3 + 4 = 7. So the answer is 7.",
     )
     assert zero_shot[1][0] == (
-        "Answer the following question.\n"
-        "Mia has 3 apples and buys 4 more. How many apples does she have? (variant 1)\n"
-        "Let's think step by step."
+        "Mia has 3 apples and buys 4 more. How many apples does she have? (variant 1) "
+        "Reason it through before answering."
     )
-    ((few_shot, target),) = texts(
+    # Examples 0-4 take the mixed variant, 5-9 the matching one: example 5 has template 0,
+    # so its exemplars are the rows whose own template is 0 (rows 0 and 5 of the six, less
+    # itself), with Q:/A: delimiters.
+    few_shot, target = texts(
         seqio.get_mixture_or_task("cot_gsm8k_fs_cot").get_dataset(
             LENGTHS, split="train", shuffle=False
         ),
-        1,
+        6,
+    )[5]
+    *exemplars, query = few_shot.split("\n\n")
+    assert 1 <= len(exemplars) <= 10
+    for exemplar in exemplars:
+        assert (
+            exemplar.startswith("Q: Mia has 3 apples")
+            and "\nA: Let's think step by step. Mia starts with 3 apples." in exemplar
+        )
+        assert exemplar.endswith("So the answer is 7.")
+        assert "(variant" not in exemplar
+    assert query == (
+        "Q: Mia has 3 apples and buys 4 more. How many apples does she have? (variant 5)\nA:"
     )
-    exemplar, query = few_shot.split("\n\n")
-    assert (
-        exemplar.startswith("Q: Mia has 3 apples")
-        and "\nLet's think step by step.\nA: Mia starts with 3 apples." in exemplar
+    assert target == (
+        "Let's think step by step. Mia starts with 3 apples. 3 + 4 = 7. Variant 5 changes "
+        "nothing. So the answer is 7."
     )
-    assert exemplar.endswith("So the answer is 7.")
-    assert (
-        query == "Q: Mia has 3 apples and buys 4 more. How many apples does she have?\n"
-        "Let's think step by step.\nA:"
-    )
-    assert target == "Mia starts with 3 apples. 3 + 4 = 7. So the answer is 7."
 
 
 def _examples(name, limit=None):
@@ -207,11 +226,17 @@ def test_few_shot_exemplars_never_equal_their_example(flan_env):
     countries = ["France", "Japan", "Kenya", "Peru", "Norway", "Egypt"]
     for index, example in enumerate(_examples("niv2_task001_capitals_answer_generation_fs_noopt")):
         inputs = example["inputs_pretokenized"].decode()
-        assert inputs.count(f"{countries[index]}\n") == 1, inputs
-        assert sum(inputs.count(f"{c}\n") for c in countries) == 4  # 3 exemplars + the query
-    for index, example in enumerate(_examples("cot_qasc_fs_cot")):
-        if index:
-            assert example["inputs_pretokenized"].decode().count(f"(variant {index})") == 1
+        shown = sum(inputs.count(f"{c}\n") for c in countries)
+        if index >= len(niv2.INLINE_TEMPLATES):  # two other instances, then the query
+            assert inputs.count(f"{countries[index]}\n") == 1, inputs
+            assert shown == 3
+        else:  # the positive example (France, explained), then the query
+            assert "fixture" in inputs and shown == 2
+    for example in _examples("cot_qasc_fs_cot"):
+        target = example["targets_pretokenized"].decode()
+        if "Variant " in target:
+            variant = target.split("Variant ")[1].split(" ")[0]
+            assert example["inputs_pretokenized"].decode().count(f"(variant {variant})") == 1
 
 
 def test_few_shot_prompts_fit_the_token_budget(flan_env):
@@ -227,46 +252,112 @@ def test_few_shot_prompts_fit_the_token_budget(flan_env):
         pruned = _examples("cot_esnli_fs_cot")
     finally:
         gin.clear_config()
-    full = _examples("cot_esnli_fs_cot")
+    full = {ex["targets_pretokenized"]: ex for ex in _examples("cot_esnli_fs_cot")}
+    assert pruned
     pruned_shots = []
-    for short, long in zip(pruned, full):
+    for short in pruned:
         text = short["inputs_pretokenized"].decode()
+        long = full[short["targets_pretokenized"]]["inputs_pretokenized"].decode()
         assert len(vocabulary.encode(text)) <= budget
-        assert len(vocabulary.encode(long["inputs_pretokenized"].decode())) > budget
         shots = text.count('Premise: "A dog')  # once per exemplar and in the query
-        assert 1 <= shots < long["inputs_pretokenized"].decode().count('Premise: "A dog')
-        pruned_shots.append(shots - 1)
-        assert short["targets_pretokenized"] == long["targets_pretokenized"]
-    assert max(pruned_shots) >= 1  # the budget keeps the exemplars that fit, not none
+        assert 2 <= shots <= long.count('Premise: "A dog')  # a query keeps >= 1 exemplar
+        pruned_shots.append((shots, long.count('Premise: "A dog')))
+    assert any(shots < before for shots, before in pruned_shots)  # the budget pruned
 
 
-def test_randomized_options_vary_and_stay_deterministic(flan_env):
+def _golden_texts(fmt):
     task = _golden_task()
     try:
-        first = texts(
-            seqio.get_mixture_or_task(task.variant("zs_opt")).get_dataset(
-                LENGTHS, split="train", shuffle=False
-            )
-        )
-        again = texts(
-            seqio.get_mixture_or_task(task.variant("zs_opt")).get_dataset(
+        return task, texts(
+            seqio.get_mixture_or_task(task.variant(fmt)).get_dataset(
                 LENGTHS, split="train", shuffle=False
             )
         )
     finally:
         registry.unregister_family("muffin")
         muffin.register()
+
+
+def test_randomized_options_vary_and_stay_deterministic(flan_env):
+    _, first = _golden_texts("zs_opt")
+    _, again = _golden_texts("zs_opt")
     assert first == again
-    formats = {f.header: f for f in templates.RANDOM_OPTIONS_FORMATS}
-    used = set()
+    lists = set()
     for index, (inputs, target) in enumerate(first):
-        fmt = formats[inputs.split("\n")[-3]]
-        used.add(fmt)
         answer = ["yes", "no"][index % 2]
-        # Lettered or numbered lists answer with the label of the right option.
-        assert target == (fmt.labels[index % 2] if fmt.labels else answer)
-        assert inputs.endswith(fmt.bullet.format(*fmt.labels[1:2]) + "no")
-    assert len(used) >= 2
+        # A lettered or numbered list answers with the marker of the right option.
+        assert target == answer or f"{target} {answer}" in inputs
+        lists.add(inputs.split("?", 1)[1])
+    assert len(lists) >= 2
+
+
+def test_few_shot_lists_options_in_the_plain_form(flan_env):
+    """Randomized option lists are for zero-shot prompts only (FLAN's rule): every exemplar
+    and query of a few-shot prompt lists them as OPTIONS:/- ."""
+    _, few_shot = _golden_texts("fs_opt")
+    assert few_shot
+    for inputs, _ in few_shot:
+        blocks = inputs.count("Hypothesis ")  # once in each exemplar and the query
+        assert blocks >= 2 and inputs.count("OPTIONS:\n- yes\n- no") == blocks, inputs
+
+
+def test_mixed_variant_separator_is_one_per_task(flan_env):
+    tasks = list(registry.REGISTERED["muffin"].values())
+    separators = [registry.mixed_separator(task, seed=0) for task in tasks]
+    assert set(separators) == set(registry.MIXED_SEPARATORS)  # drawn per task
+    assert separators == [registry.mixed_separator(task, seed=0) for task in tasks]
+    assert separators != [registry.mixed_separator(task, seed=1) for task in tasks]
+
+
+def test_niv2_few_shot_rules(flan_env):
+    """Examples 0-3: the inline rule (definition, the positive example with its explanation,
+    the query); 4-7: the definition once, two other instances, the query."""
+    plurals = {"cat": "cats", "box": "boxes", "child": "children", "mouse": "mice"}
+    plurals |= {"city": "cities", "leaf": "leaves"}
+    out = [
+        (ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode())
+        for ex in _examples("niv2_task002_plural_generation_fs_noopt")
+    ]
+    definition = "Write the plural of the given English noun."
+    assert out[0] == (
+        f"{definition}\n\nExample input: cat\nExample output: cats\nWhy: fixture\n\n"
+        "Now this input: cat\nOutput:",
+        "cats",
+    )
+    assert out[1] == (
+        f"Task: {definition}\nHere is a solved example.\nInput: cat\nOutput: cats\n"
+        "Explanation: fixture\n\nInput: box\nOutput:",
+        "boxes",
+    )
+    for (inputs, target), header, prefixes, noun in [
+        (out[4], f"{definition}\n---\n", ("Example input: ", "\nExample output: "), "city"),
+        (out[5], f"Definition: {definition}\n\n", ("Input: ", "\nOutput: "), "leaf"),
+    ]:
+        assert inputs.startswith(header) and inputs.count(definition) == 1
+        *exemplars, query = inputs.removeprefix(header).split("\n\n")
+        assert query == prefixes[0] + noun + prefixes[1].rstrip(" ") and len(exemplars) == 2
+        for exemplar in exemplars:
+            shown, plural = exemplar.removeprefix(prefixes[0]).split(prefixes[1])
+            assert plurals[shown] == plural and shown != noun
+        assert target == plurals[noun]
+
+
+def test_niv2_task_without_positive_examples_uses_the_exemplar_rule(tmp_path):
+    original = json.load(open(f"{NIV2_DIR}/tasks/task002_plural_generation.json"))
+    del original["Positive Examples"]
+    path = tmp_path / "task900_no_positives.json"
+    path.write_text(json.dumps(original))
+    assert sources.niv2_positive_examples(str(path)) == ()
+    (variant,) = niv2.few_shot_variants(None, "fs_noopt", {}, path=str(path))
+    assert variant.shots == niv2.EXEMPLAR_SHOTS == 2
+
+
+def test_rendering_version_is_part_of_the_cache_fingerprint(flan_env):
+    from flan_jax import task_cache
+
+    task = seqio.get_mixture_or_task("niv2_task002_plural_generation_fs_noopt")
+    preprocessors = task_cache.fingerprint(task, LENGTHS)["preprocessors"]
+    assert any(f'"rendering": {registry.RENDERING_VERSION}' in p for p in preprocessors)
 
 
 def test_t0sf_tasks_are_prompted_dataset_variants():

@@ -3,7 +3,7 @@
 import pytest
 import tensorflow as tf
 
-from tasks import metrics, templates
+from tasks import metrics, options, templates
 from tasks.templates import Template
 
 
@@ -125,7 +125,8 @@ def test_few_shot_renders_exemplars_with_the_query_template():
 
 def test_add_exemplars_keeps_exemplars_as_vectors_for_later_steps():
     rows = [{"q": str(i), "a": str(i)} for i in range(5)]
-    dataset = templates.add_exemplars(_dataset(rows), [Template("{q}", "{a}")], k=2)
+    variant = templates.FewShotVariant([Template("{q}", "{a}")], shots=2)
+    dataset = templates.add_exemplars(_dataset(rows), [variant])
     for example in dataset.as_numpy_iterator():
         assert example[templates.EXEMPLAR_INPUTS].shape == (2,)
         assert example["inputs"] not in example[templates.EXEMPLAR_INPUTS]
@@ -134,7 +135,7 @@ def test_add_exemplars_keeps_exemplars_as_vectors_for_later_steps():
 def test_few_shot_fails_loudly_when_the_split_is_too_small():
     rows = [{"q": "same", "a": "same"}] * 4
     dataset = templates.few_shot(_dataset(rows), [Template("{q}", "{a}")], k=2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Raise num_candidates or lower k"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Raise candidates or lower shots"):
         _texts(dataset)
 
 
@@ -182,10 +183,10 @@ def test_labelled_options_rewrite_the_target_to_the_label():
         "q": "Sky?",
         "answer": "blue",
         "inputs": "Sky?\nPick one:\n(A) red\n(B) blue\n(C) green",
-        "targets": "B",
+        "targets": "(B)",  # the marker itself, as FLAN answers lettered options
     }
     (out,) = _texts(templates.apply_templates(_dataset(rows), [template], numbered))
-    assert (out["inputs"], out["targets"]) == ("Sky?\nAnswers:\n1. red\n2. blue\n3. green", "2")
+    assert (out["inputs"], out["targets"]) == ("Sky?\nAnswers:\n1. red\n2. blue\n3. green", "2.")
     # A template that does not list the options keeps the answer text.
     (out,) = _texts(
         templates.apply_templates(_dataset(rows), [Template("{q}", "{answer}")], lettered)
@@ -195,15 +196,55 @@ def test_labelled_options_rewrite_the_target_to_the_label():
         templates.OptionsFormat("H:", "- ", templates.LETTERS)
 
 
-def test_several_option_formats_are_drawn_per_example_from_the_seed():
+def test_random_options_are_reproducible_and_half_plain():
     template = Template("{q}\n{options_}", "{answer}")
-    rows = [{"q": str(i), "options": ["yes", "no"], "answer": "yes"} for i in range(40)]
-    formats = templates.RANDOM_OPTIONS_FORMATS
-    first = _texts(templates.apply_templates(_dataset(rows), [template], formats, seed=3))
-    assert first == _texts(templates.apply_templates(_dataset(rows), [template], formats, seed=3))
-    assert first != _texts(templates.apply_templates(_dataset(rows), [template], formats, seed=4))
-    headers = {out["inputs"].split("\n")[1] for out in first}
-    assert len(headers) >= 4 and headers <= {f.header for f in formats}
+    rows = [{"q": str(i), "options": ["yes", "no"], "answer": "yes"} for i in range(400)]
+    style = templates.RANDOM_OPTIONS_FORMATS
+    first = _texts(templates.apply_templates(_dataset(rows), [template], style, seed=3))
+    assert first == _texts(templates.apply_templates(_dataset(rows), [template], style, seed=3))
+    assert first != _texts(templates.apply_templates(_dataset(rows), [template], style, seed=4))
+    lists = [out["inputs"].split("\n", 1)[1] for out in first]
+    # FLAN's zero-shot-with-options submix: its deterministic and its randomized task alike.
+    plain = sum(text == "OPTIONS:\n- yes\n- no" for text in lists)
+    assert 150 <= plain <= 250
+    assert len(set(lists)) > 150  # headers x bullets x end strings
+    headers = set(style.headers)
+    labelled = 0
+    for text, out in zip(lists, first):
+        assert any(text.startswith(header) for header in headers)
+        assert text.endswith(("no", "no;", "no."))
+        if out["targets"] != "yes":  # a labelled list answers with the first marker
+            labelled += 1
+            assert out["targets"] + " yes" in text, (text, out["targets"])
+    assert labelled > 50
+
+
+def test_random_options_cover_flans_range():
+    style = templates.RANDOM_OPTIONS_FORMATS
+    assert len(style.headers) == 16 and {"", "OPTIONS:"} <= set(style.headers)
+    assert style.ends == ("", ";", ".")
+    assert style.bullets[0] == options.Bullet()  # the plain form first: "\n- "
+    befores = {bullet.before for bullet in style.bullets}
+    assert befores == {"\n", " ", "\n "}  # one option a line, or inline
+    label_sets = {bullet.labels for bullet in style.bullets if bullet.labels}
+    assert label_sets == {
+        options.LETTERS,
+        options.LOWER_LETTERS,
+        options.NUMBERS,
+        options.ROMAN,
+        options.LOWER_ROMAN,
+    }
+    assert options.ROMAN[:4] + options.ROMAN[-2:] == ("I", "II", "III", "IV", "XXV", "XXVI")
+    assert len(style.bullets) >= 90
+
+
+def test_an_options_format_has_flans_end_strings_and_inline_markers():
+    inline = templates.OptionsFormat("Choose:", "({}). ", options.LOWER_ROMAN, end=";", before=" ")
+    template = Template("{q} {options_}", "{answer}")
+    rows = [{"q": "Sky?", "options": ["red", "blue", "green"], "answer": "blue"}]
+    (out,) = _texts(templates.apply_templates(_dataset(rows), [template], inline))
+    assert out["inputs"] == "Sky? Choose: (i). red; (ii). blue; (iii). green;"
+    assert out["targets"] == "(ii)."
 
 
 def test_template_index_is_recorded_and_picks_the_few_shot_delimiters():
@@ -226,6 +267,7 @@ def test_exemplars_are_pruned_to_the_token_budget():
     vocabulary = demo.vocabulary()
     rows = [{"q": f"question number {i} is about apples and books", "a": str(i)} for i in range(12)]
     template = [Template("{q}", "{a}")]
+    template_variant = [templates.FewShotVariant(template, shots=4)]
     full = _texts(templates.few_shot(_dataset(rows), template, k=4))
     lengths = [len(vocabulary.encode(out["inputs"])) for out in full]
     budget = min(lengths) - 1
@@ -239,7 +281,7 @@ def test_exemplars_are_pruned_to_the_token_budget():
         assert long["inputs"].endswith(short["inputs"].split("\n\n")[-1])
         assert 1 <= short["inputs"].count("\nA: ") < 4  # trailing exemplars dropped, not all
     with pytest.raises(ValueError, match="needs the vocabulary"):
-        templates.join_exemplars(_dataset(rows), max_input_tokens=10)
+        templates.join_exemplars(_dataset(rows), template_variant, max_input_tokens=10)
 
 
 def test_exemplars_can_come_from_another_split():
@@ -253,3 +295,125 @@ def test_exemplars_can_come_from_another_split():
     for example in out:
         pairs, _ = _shots(example["inputs"])
         assert all(q.startswith("t") and a == "y" for q, a in pairs)
+
+
+_LETTERED = [Template(f"{letter} {{q}}", "{a}") for letter in "ABC"]
+
+
+def _blocks(inputs, separator):
+    """The exemplars' and the query's (letter, number) in a prompt of _LETTERED templates
+    with the default Q:/A: delimiters."""
+    *exemplars, query = inputs.split(separator)
+    assert query.startswith("Q: ") and query.endswith("\nA:"), inputs
+    shots = [tuple(block.removeprefix("Q: ").split("\nA: ")[0].split(" ")) for block in exemplars]
+    return shots, tuple(query.removeprefix("Q: ").removesuffix("\nA:").split(" "))
+
+
+def test_mixed_template_variant_renders_each_exemplar_in_its_own_template():
+    """FLAN's five-shot prompts: exemplar j in the template its place in the exemplar stream
+    gives (row r of the split: template r % 3), one separator for all."""
+    rows = [{"q": str(i), "a": str(i)} for i in range(30)]
+    variant = templates.FewShotVariant(
+        _LETTERED, shots=5, exemplar_templates=templates.OWN_TEMPLATE, separator="\n\n\n"
+    )
+    out = _texts(templates.few_shot_variants(_dataset(rows), [variant]))
+    assert len(out) == len(rows)
+    mixed = 0
+    for index, example in enumerate(out):
+        shots, query = _blocks(example["inputs"], "\n\n\n")
+        assert query == ("ABC"[index % 3], str(index))
+        assert len(shots) == 5 and str(index) not in {number for _, number in shots}
+        assert all(letter == "ABC"[int(number) % 3] for letter, number in shots)
+        mixed += len({letter for letter, _ in shots}) > 1
+    assert mixed > 20
+
+
+def test_matching_variant_keeps_up_to_k_exemplars_of_the_querys_template():
+    """FLAN's 0-to-10-shot prompts: of 25 drawn candidates only those whose own template is
+    the query's, at most 10."""
+    rows = [{"q": str(i), "a": str(i)} for i in range(60)]
+    variant = templates.FewShotVariant(
+        _LETTERED, shots=10, exemplar_templates=templates.MATCHING_TEMPLATE, candidates=25
+    )
+    out = _texts(templates.few_shot_variants(_dataset(rows), [variant]))
+    counts = []
+    for example in out:
+        shots, (letter, number) = _blocks(example["inputs"], "\n\n")
+        assert 1 <= len(shots) <= 10
+        assert all(s == letter and int(n) % 3 == "ABC".index(letter) for s, n in shots)
+        assert number not in {n for _, n in shots}
+        counts.append(len(shots))
+    assert len(set(counts)) >= 3  # the count varies with the draw (about 25 / 3 on average)
+    assert 5 <= sum(counts) / len(counts) <= 10
+
+
+def test_a_query_without_matching_exemplars_is_dropped():
+    """One exemplar row, at position 0 (template A): B and C queries have no exemplar of
+    their template and are dropped, not kept as zero-shot prompts."""
+    rows = [{"q": str(i), "a": str(i)} for i in range(9)]
+    variant = templates.FewShotVariant(
+        _LETTERED, shots=4, exemplar_templates=templates.MATCHING_TEMPLATE, candidates=4
+    )
+    out = _texts(
+        templates.few_shot_variants(
+            _dataset(rows), [variant], exemplar_dataset=_dataset([{"q": "x", "a": "y"}])
+        )
+    )
+    assert [example["inputs"] for example in out] == [
+        "Q: A x\nA: y\n\n" * 4 + f"Q: A {i}\nA:" for i in (0, 3, 6)
+    ]
+
+
+def test_a_query_whose_exemplars_do_not_fit_is_dropped():
+    from tasks import demo
+
+    vocabulary = demo.vocabulary()
+    short = [{"q": f"apples {i}", "a": str(i)} for i in range(6)]
+    long = [{"q": "books " * 40 + str(i), "a": str(i)} for i in range(6, 9)]
+    rows = short[:3] + long + short[3:]
+    template = [Template("{q}", "{a}")]
+    budget = max(len(vocabulary.encode(f"Q: {row['q']}\nA:")) for row in rows) + 2
+    out = _texts(
+        templates.few_shot(
+            _dataset(rows),
+            template,
+            k=2,
+            max_input_tokens=budget,
+            vocabulary=vocabulary,
+            exemplar_dataset=_dataset(short),
+        )
+    )
+    # Every long query fits alone but not with an exemplar: dropped. Short ones keep theirs.
+    assert [example["targets"] for example in out] == [row["a"] for row in short]
+    for example in out:
+        assert len(vocabulary.encode(example["inputs"])) <= budget
+        assert example["inputs"].count("\nA: ") >= 1
+
+
+def test_a_header_gives_the_definition_once_before_the_exemplars():
+    rows = [{"definition": "Double it.", "x": str(i), "y": str(2 * i)} for i in range(5)]
+    fmt = templates.FewShotFormat("In: ", "\nOut: ", "\n\n", header="Task: {definition}\n\n")
+    out = _texts(
+        templates.few_shot(_dataset(rows), [Template("{x}", "{y}")], k=2, fewshot_format=fmt)
+    )
+    for index, example in enumerate(out):
+        inputs = example["inputs"]
+        assert inputs.startswith("Task: Double it.\n\nIn: ")
+        assert inputs.count("Double it.") == 1
+        assert inputs.endswith(f"\n\nIn: {index}\nOut:")
+        exemplars = inputs.removeprefix("Task: Double it.\n\n").split("\n\n")[:-1]
+        assert len(exemplars) == 2
+        for exemplar in exemplars:
+            x, y = exemplar.removeprefix("In: ").split("\nOut: ")
+            assert int(y) == 2 * int(x) and x != str(index)
+
+
+def test_variants_take_turns_and_inline_patterns_keep_their_text():
+    rows = [{"q": str(i), "a": str(i)} for i in range(12)]
+    inline = templates.FewShotVariant([Template("Inline {q}", "{a}")], shots=0)
+    shots = templates.FewShotVariant([Template("{q}", "{a}")], shots=1)
+    out = _texts(templates.few_shot_variants(_dataset(rows), [inline, shots]))
+    assert [example["inputs"] for example in out[::2]] == [f"Inline {i}" for i in range(0, 12, 2)]
+    for index, example in enumerate(out[1::2]):
+        exemplar, query = example["inputs"].split("\n\n")
+        assert query == f"Q: {2 * index + 1}\nA:" and exemplar.startswith("Q: ")

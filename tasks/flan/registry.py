@@ -4,14 +4,23 @@ A `FlanTask` is a dataset with its Flan templates. `register` turns it into seqi
 one per format: zero-shot or few-shot (`zs`/`fs`), with answer options or without
 (`opt`/`noopt`, when a template lists options), or chain of thought (`cot`, the CoT
 datasets). Each example carries metadata: the task, the format and the template index.
-How prompts render (exemplar count, token budget, option styles) is read from gin when a
+How prompts render (exemplar counts, token budget, option styles) is read from gin when a
 dataset is built, so a run's gin file sets it for every task.
+
+FLAN's rendering rules: zero-shot prompts with options list them half in the plain
+`OPTIONS:` form and half in a header, bullet and end string drawn per example; few-shot
+prompts always use the plain form. Few-shot prompts with options (and CoT) alternate between
+FLAN's two variants: `few_shot_k` (5) exemplars each in its own template, joined by one
+separator chosen per task, and up to `matching_shots` (10) of `matching_candidates` (25)
+drawn exemplars, those sharing the query's template. Few-shot prompts without options use
+the second only. A query left without exemplars is dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from collections.abc import Callable, Sequence
 
 import gin
@@ -19,7 +28,7 @@ import seqio
 import tensorflow as tf
 
 from tasks import templates, vocab
-from tasks.templates import FewShotFormat, Template
+from tasks.templates import FewShotFormat, FewShotVariant, Template
 
 FAMILIES = ("muffin", "t0sf", "niv2", "cot")
 TASK_FEATURE = "task"
@@ -32,22 +41,35 @@ FEW_SHOT_FORMATS = (
     FewShotFormat("Question: ", "\nAnswer: "),
     FewShotFormat("Problem: ", "\n\nAnswer: ", "\n\n\n"),
 )
+# The mixed-template variant joins its exemplars with one of these, chosen per task.
+MIXED_SEPARATORS = ("\n", "\n\n", "\n\n\n")
+# Bump when a change here or in tasks.templates changes the rendered text: task caches made
+# before are then refused instead of mixed with new prompts.
+RENDERING_VERSION = 2
 
 
 def format_settings(
-    few_shot_k: int = 3,
+    few_shot_k: int = 5,
+    matching_shots: int = 10,
+    matching_candidates: int = 25,
     max_input_tokens: int | None = 1920,
     randomize_options: bool = True,
     seed: int = 0,
 ) -> dict:
     """How Flan prompts render; bind in gin (`registry.format_settings.max_input_tokens`).
 
+    few_shot_k: exemplars of the mixed-template few-shot variant (FLAN: 5).
+    matching_shots, matching_candidates: the other variant keeps at most this many of that
+    many drawn exemplars, those in the query's template (FLAN: 0 to 10 of 25).
     max_input_tokens: few-shot prompts drop trailing exemplars until they fit (1920 leaves
-    room in the paper's 2048-token inputs); None: no pruning.
-    randomize_options: option lists in randomized headers and bullets (else `OPTIONS:`/`- `).
+    room in the paper's 2048-token inputs), and are dropped if none fits; None: no pruning.
+    randomize_options: zero-shot option lists half in randomized headers, bullets and end
+    strings (else all `OPTIONS:`/`- `).
     """
     return dict(
         few_shot_k=few_shot_k,
+        matching_shots=matching_shots,
+        matching_candidates=matching_candidates,
         max_input_tokens=max_input_tokens,
         randomize_options=randomize_options,
         seed=seed,
@@ -65,7 +87,10 @@ def current_settings() -> dict:
 @dataclasses.dataclass(frozen=True)
 class FlanTask:
     """One dataset of the collection: its source, how raw examples become template fields,
-    and its templates (those with `{options_}` also give the no-options variant)."""
+    and its templates (those with `{options_}` also give the no-options variant).
+
+    few_shot_variants(task, fmt, settings) gives the variants of its few-shot prompts
+    (default: `flan_few_shot_variants`, FLAN's rule over the task's templates)."""
 
     name: str
     family: str
@@ -73,6 +98,7 @@ class FlanTask:
     templates: tuple[Template, ...]
     to_fields: Callable[[dict], dict] | None = None
     train_split: str = "train"
+    few_shot_variants: Callable[[FlanTask, str, dict], tuple[FewShotVariant, ...]] | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -157,24 +183,53 @@ def _fields(dataset: tf.data.Dataset, task: FlanTask) -> tf.data.Dataset:
     return dataset
 
 
+def flan_few_shot_variants(task: FlanTask, fmt: str, settings: dict) -> tuple[FewShotVariant, ...]:
+    """FLAN's few-shot variants: with options (and for CoT) the mixed-template five-shot
+    prompts and the matching-template 0-to-10-shot ones in turn; without options only the
+    latter (FLAN's fs_noopt submix holds only its x_shot tasks)."""
+    chosen = task.templates_for(fmt)
+    matching = FewShotVariant(
+        chosen,
+        FEW_SHOT_FORMATS,
+        shots=settings["matching_shots"],
+        exemplar_templates=templates.MATCHING_TEMPLATE,
+        candidates=settings["matching_candidates"],
+    )
+    if fmt == "fs_noopt":
+        return (matching,)
+    mixed = FewShotVariant(
+        chosen,
+        FEW_SHOT_FORMATS,
+        shots=settings["few_shot_k"],
+        exemplar_templates=templates.OWN_TEMPLATE,
+        separator=mixed_separator(task, settings["seed"]),
+    )
+    return (mixed, matching)
+
+
+def mixed_separator(task: FlanTask, seed: int) -> str:
+    """The task's separator between mixed-template exemplars: one per task, as FLAN draws
+    it when registering a task, here a function of (seed, task) so it is reproducible."""
+    key = f"{seed}/{task.family}/{task.name}".encode()
+    return MIXED_SEPARATORS[zlib.crc32(key) % len(MIXED_SEPARATORS)]
+
+
 def _render(dataset: tf.data.Dataset, task: FlanTask, fmt: str) -> tf.data.Dataset:
     settings = current_settings()
-    chosen = task.templates_for(fmt)
-    options = (
-        templates.RANDOM_OPTIONS_FORMATS
-        if settings["randomize_options"]
-        else templates.OptionsFormat()
-    )
     if fmt.startswith("zs"):
+        options = (
+            templates.RANDOM_OPTIONS_FORMATS
+            if settings["randomize_options"]
+            else templates.OptionsFormat()
+        )
+        chosen = task.templates_for(fmt)
         dataset = templates.apply_templates(dataset, chosen, options, seed=settings["seed"])
     else:
+        variants = (task.few_shot_variants or flan_few_shot_variants)(task, fmt, settings)
         exemplars = _fields(task.source.get_dataset(task.train_split, shuffle=False), task)
-        dataset = templates.few_shot(
+        dataset = templates.few_shot_variants(
             dataset,
-            chosen,
-            k=settings["few_shot_k"],
-            fewshot_format=FEW_SHOT_FORMATS,
-            options_format=options,
+            variants,
             shuffle_seed=settings["seed"],
             max_input_tokens=settings["max_input_tokens"],
             vocabulary=vocab.flan_vocabulary() if settings["max_input_tokens"] else None,
@@ -187,7 +242,12 @@ def _render(dataset: tf.data.Dataset, task: FlanTask, fmt: str) -> tf.data.Datas
     return dataset.map(tag, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-_render.cache_fingerprint = current_settings  # read at run time: part of a task cache's identity
+def _fingerprint() -> dict:
+    """What `_render` reads at run time: part of a task cache's identity."""
+    return {"rendering": RENDERING_VERSION, **current_settings()}
+
+
+_render.cache_fingerprint = _fingerprint
 
 
 def templates_from_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[Template, ...]:
