@@ -83,16 +83,16 @@ def test_few_shot_prompts_use_their_own_patterns_the_first_the_eval_suites(flan_
     for dataset in cot.DATASETS:
         task = registry.REGISTERED["cot"][dataset]
         assert set(task.templates_for("fs_cot")).isdisjoint(task.templates_for("zs_cot"))
-    rendered = _texts("cot_gsm8k_fs_cot", 2)
-    inputs, target = rendered[0]
-    # BBH's and MMLU's CoT exemplar form ("Q: ...\nA: Let's think step by step. ... So the
-    # answer is X."); the query carries no instruction, only the exemplar's delimiter.
-    assert target == f"Let's think step by step. {RATIONALE} So the answer is 7."
+    rendered = _texts("cot_gsm8k_fs_cot", 6)
+    # Example 5 takes the matching-template variant with template 0: its exemplars (row 0)
+    # are in BBH's and MMLU's CoT exemplar form ("Q: ...\nA: Let's think step by step. ...
+    # So the answer is X."); the query carries no instruction, only the exemplar's delimiter.
+    inputs, target = rendered[5]
+    assert target == f"Let's think step by step. {_rationale(5)} So the answer is 7."
     assert metrics.cot_answer(target) == "7"
-    exemplar = inputs[: inputs.rindex(QUESTION)]  # and the query's input delimiter
-    assert "Let's think step by step. Mia starts with 3 apples." in exemplar
-    assert "changes nothing. So the answer is 7." in exemplar
-    assert re.fullmatch(r"\n\w+:", inputs[len(exemplar) + len(QUESTION) :]), inputs
+    exemplar = inputs[: inputs.rindex(_question(5))]  # and the query's input delimiter
+    assert "Let's think step by step. Mia starts with 3 apples. 3 + 4 = 7. So the" in exemplar
+    assert re.fullmatch(r"\n\w+:", inputs[len(exemplar) + len(_question(5)) :]), inputs
     assert rendered[1][1] == f"{_rationale(1)}\nThe answer is 7."
 
 

@@ -130,7 +130,7 @@ def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(
         f"NIV2_DIR = '{NIV2_DIR}'\n"
         f"COT_DIR = '{COT_DIR}'\n"
         "COT_RATIO = 0.2\n"
-        "FEW_SHOT_MAX_INPUT_TOKENS = 60\n"
+        "FEW_SHOT_MAX_INPUT_TOKENS = 200\n"
     )
     # One CoT dataset keeps the run small; gin's import runs the user module afresh.
     all_cot = dict(registry.REGISTERED["cot"])

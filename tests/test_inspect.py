@@ -90,11 +90,12 @@ def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(
     assert text.startswith("flan2022_b_cot0.2: ")
     rows = _rows(text)
     cot = {name: row for name, row in rows.items() if name.startswith("cot_")}
-    assert len(cot) == 18 and sum(float(r[0]) for r in cot.values()) == pytest.approx(0.2, abs=1e-3)
+    assert len(cot) == 36 and sum(float(r[0]) for r in cot.values()) == pytest.approx(0.2, abs=1e-3)
     assert rows["cot_gsm8k_zs_cot"][1:3] == ["100000", "6"]
     assert rows["niv2_task001_capitals_answer_generation_zs_noopt"][1:3] == ["5000", "6"]
     assert rows["muffin_rte_zs_opt"][1:3] == ["30000", "?"]  # no TFDS data here: rate from the cap
-    assert rows["t0sf_xsum_title_zs_noopt"][1] == "20000"
+    assert rows["t0sf_wiki_bio_who_zs_noopt"][1] == "20000"
+    assert rows["muffin_xsum_zs_noopt"][1] == "30000"  # xsum is Muffin's
     assert "TFDS dataset 'glue/rte:2.0.0' (split 'train') is not prepared" in text
     assert "point TFDS_DATA_DIR at its data_dir" in text
     assert "--- prompt 1: " in text

@@ -207,6 +207,20 @@ def niv2_definition(path: str) -> str:
     raise ValueError(f'{path}:{where}: "Definition" must be a non-empty string or list of strings.')
 
 
+@functools.cache
+def niv2_positive_examples(path: str) -> tuple[dict[str, str], ...]:
+    """A task file's "Positive Examples" as {"input", "output", "explanation"} strings
+    (those with an input and an output; none when the file has no such field)."""
+    for key, value, _ in _niv2_fields(_JsonStream(path)):
+        if key == "Positive Examples" and isinstance(value, list):
+            fields = ("input", "output", "explanation")
+            examples = [
+                e for e in value if isinstance(e, dict) and e.get("input") and e.get("output")
+            ]
+            return tuple({f: str(e.get(f, "")).strip() for f in fields} for e in examples)
+    return ()
+
+
 def niv2_instances(path: str) -> Iterator[dict[str, str]]:
     """A task file's instances as {"input", "output"} (the first of its outputs), in file
     order, read one at a time: a task file is never held in memory."""
