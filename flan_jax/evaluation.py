@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 
 from flan_jax import data, partitioning, predict, trainer
 from tasks.metrics import CHOICES
@@ -91,6 +90,9 @@ class PredictionEvaluator:
         show_progress: bool = False,
     ):
         partitioner.check_batch_size(batch_size)
+        model.check_feature_lengths(
+            task_feature_lengths, f"feature lengths of {mixture_or_task_name}"
+        )
         data.get_mixture_or_task(mixture_or_task_name)
         if num_samples > 1 and temperature <= 0:
             raise ValueError(
@@ -134,7 +136,7 @@ class PredictionEvaluator:
             in_shardings=(params_shardings, self._batch_sharding),
             out_shardings=partitioner.replicated_sharding(),
         )
-        self._converter = data.feature_converter(model, pack=False)
+        self._model = model
         self._lengths = dict(task_feature_lengths)
         self._progress: Progress | None = None
         self._batch_index = 0
@@ -174,16 +176,12 @@ class PredictionEvaluator:
             for example in examples
             for choice in example[CHOICES]
         ]
-        spec = tf.TensorSpec([None], tf.int32)
-        ds = tf.data.Dataset.from_generator(
-            lambda: iter(rows), output_signature={"inputs": spec, "targets": spec}
-        )
         # Row index where each example's choices end.
         ends = np.cumsum([len(example[CHOICES]) for example in examples])
         scores, done = [], 0
-        for batch in self._converter(ds, self._lengths).batch(self.batch_size).as_numpy_iterator():
-            n = len(next(iter(batch.values())))
-            placed = data.place(data.pad_rows(batch, self.batch_size), self._batch_sharding)
+        for batch in data.model_batches(self._model, rows, self._lengths, self.batch_size):
+            n = min(self.batch_size, len(rows) - len(scores))
+            placed = data.place(batch, self._batch_sharding)
             scores.extend(np.asarray(self._score(params, placed))[:n])
             if self._progress is not None:
                 now = int(np.searchsorted(ends, len(scores), side="right"))

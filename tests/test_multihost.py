@@ -1,18 +1,20 @@
 """Two processes on 127.0.0.1 (2 CPU devices each) train exactly what one 4-device process
-does, and evaluate to the same report as one process."""
+does, and evaluate and infer what one process does."""
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
 import gin
+import pytest
 from decoder_testing import save_checkpoint
 from eval_testing import SUBTASKS, write_benchmarks
 from train_testing import REPO, device_env, free_port, logged_losses, train_command
 
 import tasks.eval
-from flan_jax import evaluate
+from flan_jax import evaluate, infer
 
 
 def test_two_processes_train_the_same_losses_as_one(tmp_path):
@@ -79,15 +81,44 @@ def test_two_processes_evaluate_to_the_same_report_as_one(tmp_path, monkeypatch)
         gin.clear_config()
         tasks.eval.register_suites()
 
-    address = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "flan_jax.evaluate", *bindings]
-    command += [f"--gin.OUTPUT_DIR='{tmp_path / 'two'}'", f"--coordinator_address={address}"]
+    run_two_processes(
+        ["flan_jax.evaluate", *bindings, f"--gin.OUTPUT_DIR='{tmp_path / 'two'}'"], data
+    )
+    for name in ("results.json", os.path.join("predictions", "mgsm.jsonl")):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_two_processes_infer_what_one_does(tmp_path):
+    """Sampled predictions and target scores of a decoder-only checkpoint: each host places its
+    rows of the same global batches, process 0 writes the output."""
+    checkpoint = save_checkpoint(tmp_path / "palm")
+    texts = [f"Is {n} greater than {2 * n - 9}?" for n in range(9)]  # 2 batches of 8 rows
+    examples = [{"inputs": text, "targets": text.split()[1]} for text in texts] + [{"inputs": "no"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    flags = ["--checkpoint", checkpoint.path, "--input", str(tmp_path / "in.jsonl")]
+    flags += ["--batch_size", "8", "--max_input_length", "32", "--max_decode_length", "8"]
+    flags += ["--temperature", "0.7", "--num_decodes", "2"]
+    infer.main([*flags, "--output", str(tmp_path / "one.jsonl")])  # one process, 8 devices
+    run_two_processes(["flan_jax.infer", *flags, "--output", str(tmp_path / "two.jsonl")])
+    read = lambda name: [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]  # noqa: E731
+    one, two = read("one.jsonl"), read("two.jsonl")
+    assert [r["prediction"] for r in two] == [r["prediction"] for r in one]
+    scores = lambda results: [r["score"] for r in results if "score" in r]  # noqa: E731
+    assert len(scores(one)) == 9
+    assert scores(two) == pytest.approx(scores(one), rel=1e-5)
+
+
+def run_two_processes(module_and_args: list[str], env: dict | None = None) -> None:
+    """`python -m MODULE ARGS` as processes 0 and 1 on 127.0.0.1, 2 CPU devices each; their
+    output goes to files (a process blocked on a full pipe would stall the other)."""
+    command = [sys.executable, "-m", *module_and_args]
+    command += [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
     outputs = [tempfile.TemporaryFile("w+") for _ in range(2)]
     procs = [
         subprocess.Popen(
-            command + ["--num_processes=2", f"--process_id={i}"],
+            command + [f"--process_id={i}"],
             cwd=REPO,
-            env={**device_env(2), **data},
+            env={**device_env(2), **(env or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -98,5 +129,3 @@ def test_two_processes_evaluate_to_the_same_report_as_one(tmp_path, monkeypatch)
         proc.wait(timeout=600)
         output.seek(0)
         assert proc.returncode == 0, output.read()[-3000:]
-    for name in ("results.json", os.path.join("predictions", "mgsm.jsonl")):
-        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
