@@ -85,6 +85,8 @@ def infer(
     does. Every batch is padded to batch_size rows and fixed lengths, so each function
     compiles once.
     """
+    lengths = {"inputs": max_input_length, "targets": settings.max_decode_length}
+    model.check_feature_lengths(lengths, "--max_input_length / --max_decode_length")
     partitioner.check_batch_size(batch_size)
     params_shardings = jax.tree.map(lambda x: x.sharding, params)
     predict_fn = predict.predict_function(model, partitioner, params_shardings, settings)
@@ -93,7 +95,6 @@ def infer(
         in_shardings=(params_shardings, partitioner.batch_sharding()),
         out_shardings=partitioner.replicated_sharding(),
     )
-    lengths = {"inputs": max_input_length, "targets": settings.max_decode_length}
     tokenized, trimmed = [], 0
     for example in examples:
         row = {}

@@ -9,7 +9,7 @@ import sentencepiece as spm
 from decoder_testing import Reference, save_checkpoint
 from hf_testing import TEXT
 
-from flan_jax import infer, model_loader, partitioning
+from flan_jax import infer, model_loader, partitioning, predict
 
 torch = pytest.importorskip("torch")
 
@@ -123,6 +123,15 @@ def test_infer_on_a_decoder_only_checkpoint_matches_full_forward_passes(
         expected.append(result)
     assert len(set(lengths)) > 1, "outputs that end at different lengths"
     check(results, expected)
+
+
+def test_lengths_past_a_decoders_context_are_refused():
+    model, _ = model_loader.model_from_gin_file("models/palm/tiny.gin")
+    settings = predict.DecodeSettings(max_decode_length=64)
+    with pytest.raises(ValueError, match="--max_input_length / --max_decode_length: inputs=2000"):
+        infer.infer(
+            [], model, None, None, None, batch_size=8, max_input_length=2000, settings=settings
+        )
 
 
 @pytest.mark.parametrize(
