@@ -67,7 +67,9 @@ class Worker:
             self._proc.wait()
             self._log.seek(0)
             tail = self._log.read()[-4000:]
-            raise WorkerError(f"{self.name} exited with {self._proc.returncode}:\n{tail}")
+            code = self._proc.returncode
+            why = " (SIGKILL: most likely the kernel's out-of-memory killer)" if code == -9 else ""
+            raise WorkerError(f"{self.name} exited with {code}{why}:\n{tail}")
         return json.loads(line)
 
     def run(self) -> dict:

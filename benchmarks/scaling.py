@@ -66,20 +66,29 @@ def measure(repetitions: int, peak_gflops: float, quick: bool = False) -> dict:
 
     def point(size, inputs):
         key = (size, inputs)
-        if key not in points:
+        if key in points:
+            return points[key]
+        try:
             seconds, spread, info = step_time(size, BATCH_SIZE, inputs, inputs // 4, repetitions)
+        except _common.WorkerError as error:  # e.g. killed for memory (-9): a row that says so
+            points[key] = {"size": size, "inputs": inputs, "failed": str(error).splitlines()[0]}
+        else:
             points[key] = {"size": size, "inputs": inputs, "seconds": seconds, "range": spread,
                            "compile_s": info["compile_and_first_step_s"],
                            "mfu": info["step_flops"] / seconds / (peak_gflops * 1e9)}  # fmt: skip
         return points[key]
 
-    by_length = [point("small", n) for n in lengths]
-    by_size = [point(size, 512) for size in sizes]
+    measured = lambda ps: [p for p in ps if "failed" not in p]  # noqa: E731
+    by_length = measured([point("small", n) for n in lengths])
+    by_size = measured([point(size, 512) for size in sizes])
     _plot(by_length, by_size)
     rows = [
         (p["size"], f"{p['inputs']} / {p['inputs'] // 4}", f"{p['seconds']:.3f}", p["range"],
          f"{BATCH_SIZE * p['inputs'] * 5 / 4 / p['seconds']:.0f}", f"{100 * p['mfu']:.1f}%",
          f"{p['compile_s']:.0f}")
+        if "failed" not in p
+        else (p["size"], f"{p['inputs']} / {p['inputs'] // 4}", f"**{p['failed']}**", "", "", "",
+              "")
         for p in points.values()
     ]  # fmt: skip
     markdown = f"""flan_jax train step (fp32, batch {BATCH_SIZE}, Adafactor), T5 v1.1 sizes from
