@@ -2,9 +2,11 @@
 in constant time, exactly, on any number of processes; a checkpoint without one (streaming,
 older runs) replays the batches with a note; a run never resumes the other input path."""
 
+import glob
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixture)
@@ -12,6 +14,7 @@ from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixtur
     kill_at_step,
     logged_losses,
     run_from_repo_root,
+    start_processes,
     train_in_process,
     train_processes,
 )
@@ -94,6 +97,41 @@ def test_two_process_run_resumes_on_one(cache_dir, straight, tmp_path):
     (out,) = train_processes(tmp_path, STEPS, *cached(cache_dir))
     assert "input: position after step 4 " + RESTORED in out, out[-3000:]
     assert_close(logged_losses(tmp_path), straight[1], range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_two_processes_killed_during_an_async_save_resume_from_the_newest_committed_step(
+    cache_dir, straight, tmp_path
+):
+    """SIGKILL of both processes while a checkpoint is being written (Orbax's temporary step
+    directory exists, after at least one committed step); the restart on two processes
+    resumes from the newest committed step and logs the uninterrupted run's losses."""
+    bindings = [*cached(cache_dir), "--gin.CHECKPOINT_EVERY=1"]
+    started = start_processes(tmp_path, STEPS, *bindings, processes=2)
+    checkpoints_dir = tmp_path / "checkpoints"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p, _ in started):
+        committed = [n for n in _listing(checkpoints_dir) if n.isdigit()]
+        if committed and glob.glob(str(checkpoints_dir / "*.orbax-checkpoint-tmp*")):
+            break
+        time.sleep(0.005)
+    for proc, _ in started:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert all(p.returncode == -9 for p, _ in started), "a process ended before the kill"
+    newest = max(int(n) for n in _listing(checkpoints_dir) if n.isdigit())
+    assert newest < STEPS
+
+    outputs = train_processes(tmp_path, STEPS, *bindings, processes=2)
+    assert all(f"resuming from checkpoint step {newest}" in out for out in outputs), outputs[0]
+    assert_close(logged_losses(tmp_path), straight[1], range(1, STEPS + 1))
+
+
+def _listing(directory) -> list[str]:
+    try:
+        return [p.name for p in directory.iterdir()]
+    except FileNotFoundError:
+        return []
 
 
 def test_streaming_run_refuses_a_cached_runs_checkpoint(straight, tmp_path):

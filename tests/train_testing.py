@@ -51,17 +51,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_processes(model_dir, steps, *bindings, processes=1, devices=4, timeout=900) -> list[str]:
-    """Trains in `processes` processes on 127.0.0.1 (jax.distributed), `devices` CPU devices in
-    all; returns each process's output, after checking that all exited 0. Outputs go to files:
-    a process blocked on a full pipe would stall the others at their next collective."""
+def start_processes(model_dir, steps, *bindings, processes=1, devices=4):
+    """Starts training in `processes` processes on 127.0.0.1 (jax.distributed), `devices` CPU
+    devices in all; returns [(process, output file)]. Outputs go to files: a process blocked
+    on a full pipe would stall the others at their next collective."""
     command = train_command(model_dir, steps, *bindings)
     if processes > 1:
         address = f"127.0.0.1:{free_port()}"
         command += [f"--coordinator_address={address}", f"--num_processes={processes}"]
-    outputs = [tempfile.TemporaryFile("w+") for _ in range(processes)]
-    procs = [
-        subprocess.Popen(
+    started = []
+    for i in range(processes):
+        output = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(
             command + ([f"--process_id={i}"] if processes > 1 else []),
             cwd=REPO,
             env=device_env(devices // processes),
@@ -69,10 +70,17 @@ def train_processes(model_dir, steps, *bindings, processes=1, devices=4, timeout
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for i, output in enumerate(outputs)
-    ]
+        started.append((proc, output))
+    return started
+
+
+def train_processes(model_dir, steps, *bindings, processes=1, devices=4, timeout=900) -> list[str]:
+    """Trains as `start_processes` starts it; returns each process's output, after checking
+    that all exited 0."""
     texts = []
-    for proc, output in zip(procs, outputs):
+    for proc, output in start_processes(
+        model_dir, steps, *bindings, processes=processes, devices=devices
+    ):
         proc.wait(timeout=timeout)
         output.seek(0)
         texts.append(output.read())
