@@ -169,6 +169,7 @@ def test_evaluate_reads_a_gs_checkpoint_and_writes_its_report_to_gs(runs, gcs, t
     assert_no_local_gs_folder()
 
 
+@pytest.mark.slow  # 100-200 s here: two fresh processes / gcsfs retrying the dead server
 def test_two_processes_train_one_run_on_gs(runs, gcs, tmp_path):
     """Two processes on 127.0.0.1 (2 CPU devices each) write one run into the bucket, with
     the losses of the one-process run."""
@@ -191,6 +192,7 @@ def sharded_state(scale: float, rows: int):
     return {"kernel": jax.device_put(kernel, sharding)}
 
 
+@pytest.mark.slow  # 100-200 s here: two fresh processes / gcsfs retrying the dead server
 def test_storage_stopping_mid_save_names_the_step_and_keeps_the_earlier_steps(gcs, monkeypatch):
     """The server is killed while step 2 (64 MiB) uploads: the error names the step and the
     bucket path; once the server is back (its filesystem backend kept the objects), step 1
