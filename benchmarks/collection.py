@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -189,21 +190,25 @@ def grain_cache_dir(released_dir: str) -> str:
 
 
 def fixtures_cache_dir() -> str:
-    """The fixture mixture cached by the cache command's own per-task writer."""
+    """The fixture mixture cached by the cache command's own per-task writer, in a directory
+    named by the tasks' cache fingerprints: a change of rendering or tokenization builds a
+    new one instead of meeting the old one's refusal."""
+    import seqio
+
+    from flan_jax import cache_tasks, task_cache
+
+    _import_mixture(FIXTURES)
+    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(FIXTURES))
+    prints = json.dumps([task_cache.fingerprint(t, LENGTHS) for t in tasks], sort_keys=True)
+    key = hashlib.sha256(prints.encode()).hexdigest()[:12]
 
     def build(directory):
-        import seqio
-
-        from flan_jax import cache_tasks
-
-        _import_mixture(FIXTURES)
-        for task in seqio.get_subtasks(seqio.get_mixture_or_task(FIXTURES)):
+        for task in tasks:
             raw = task.source.get_dataset(split="train", shuffle=False)
             cache_tasks.write_task(task, raw, cache_dir=directory, task_feature_lengths=LENGTHS)
 
-    return _once(
-        os.path.join(BENCH_DIR, "flan_fixtures-cache-{inputs}x{targets}".format(**LENGTHS)), build
-    )
+    name = "flan_fixtures-cache-{inputs}x{targets}".format(**LENGTHS) + f"-{key}"
+    return _once(os.path.join(BENCH_DIR, name), build)
 
 
 # ---- worker sides -----------------------------------------------------------------------------
