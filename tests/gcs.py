@@ -54,6 +54,7 @@ def environment(url: str) -> dict[str, str]:
     return {
         "TENSORSTORE_GCS_HTTP_URL": url,
         "STORAGE_EMULATOR_HOST": url,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,  # ArrayRecord's GCS reader (google-cloud-cpp)
         "FSSPEC_GCS_TOKEN": "anon",
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         "NO_GCE_CHECK": "true",
