@@ -165,7 +165,9 @@ def _scale_by_factored_rms(decay_rate: float, min_dim_size_to_factor: int):
             dims = _factored(grad.shape, stacked, min_dim_size_to_factor)
             if dims is None:
                 v = (decay * v + (1.0 - decay) * grad_sqr).astype(v.dtype)
-                return _Moments(grad * v**-0.5, v_row, v_col, v)
+                # Fresh (1,) placeholders, as optax's: passing the old ones through would keep
+                # them live arguments of the train step (each a padded tile on a TPU).
+                return _Moments(grad * v**-0.5, jnp.zeros_like(v_row), jnp.zeros_like(v_col), v)
             d1, d0 = dims
             state_dtype = v_row.dtype  # the parameter's, as optax keeps it
             v_row = decay * v_row + (1.0 - decay) * jnp.mean(grad_sqr, axis=d0)
@@ -173,7 +175,8 @@ def _scale_by_factored_rms(decay_rate: float, min_dim_size_to_factor: int):
             v_row, v_col = v_row.astype(state_dtype), v_col.astype(state_dtype)
             row_mean = jnp.mean(v_row, axis=d1 - 1 if d1 > d0 else d1, keepdims=True)
             row_factor = jnp.expand_dims((v_row / row_mean) ** -0.5, d0)
-            return _Moments(grad * row_factor * jnp.expand_dims(v_col**-0.5, d1), v_row, v_col, v)
+            update = grad * row_factor * jnp.expand_dims(v_col**-0.5, d1)
+            return _Moments(update, v_row, v_col, jnp.zeros_like(v))
 
         out = jax.tree.map(leaf, grads, state.v_row, state.v_col, state.v, _stacked(grads))
         updates = jax.tree.map(lambda m: m.update, out)

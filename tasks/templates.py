@@ -294,28 +294,16 @@ def add_exemplars(
                 picked = tf.where(keep)[: variant.shots, 0]
                 chosen = tf.gather(chosen, picked)
                 cells = tf.stack([picked, offset + chosen], axis=1)
-                checks = []
-                if variant.exemplar_templates != MATCHING_TEMPLATE:
-                    checks.append(
-                        tf.debugging.assert_equal(
-                            tf.size(picked),
-                            variant.shots,
-                            message=(
-                                f"Fewer than {variant.shots} of {variant.num_candidates} "
-                                "exemplar candidates differ from the example: the split has "
-                                "too few distinct examples. Raise candidates or lower shots."
-                            ),
-                        )
-                    )
-                with tf.control_dependencies([c for c in checks if c is not None]):
-                    return (
-                        query,
-                        targets[choice],
-                        choice,
-                        tf.gather_nd(candidate_inputs, cells),
-                        tf.gather_nd(candidate_targets, cells),
-                        tf.identity(chosen),
-                    )
+                # A split with fewer distinct examples gives fewer exemplars; a query left
+                # with none is dropped (join_exemplars), not a zero-shot prompt or an error.
+                return (
+                    query,
+                    targets[choice],
+                    choice,
+                    tf.gather_nd(candidate_inputs, cells),
+                    tf.gather_nd(candidate_targets, cells),
+                    tf.identity(chosen),
+                )
 
             return build
 

@@ -81,8 +81,9 @@ def test_multi_slice_mesh_puts_each_slice_on_its_own_replica_row():
     assert report.mesh_shape == {"replica": 2, "data": 2, "model": 2} and report.num_chips == 8
     single = aot.check_fit(TINY_PALM, "v4:2x2x1", bindings=["MODEL_PARALLEL_SIZE=2"], decode=False)
     # Parameters are copied per slice, the batch is split over both: half the rows per chip
-    # (6 int32 features of 128 tokens: 4 rows on one slice's chips, 2 rows on two slices').
-    assert single.train.argument - report.train.argument == 6 * (4 - 2) * 128 * 4
+    # (5 int32 features of 128 tokens: 4 rows on one slice's chips, 2 rows on two slices';
+    # the causal decoder does not read the sixth, decoder_causal_attention, and jit drops it).
+    assert single.train.argument - report.train.argument == 5 * (4 - 2) * 128 * 4
 
 
 def test_a_config_that_does_not_fit_exits_non_zero_naming_the_shortfall(capsys):

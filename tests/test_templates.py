@@ -106,6 +106,21 @@ def test_few_shot_has_k_delimited_exemplars_and_never_the_example_itself():
     assert out == _texts(templates.few_shot(_dataset(rows), [template], k=3))
 
 
+def test_a_split_with_few_distinct_examples_repeats_them_or_drops_the_query():
+    # 3 distinct examples, k=5: exemplars other than the query, repeated; a split of one
+    # distinct example has none for any query, which is dropped (before: an error in tf.data
+    # that stopped training; a task left with no examples is still refused at start-up).
+    rows = [{"q": f"question {i % 3}", "a": f"answer {i % 3}"} for i in range(9)]
+    out = _texts(templates.few_shot(_dataset(rows), [Template("{q}?", "{a}")], k=5))
+    assert len(out) == len(rows)
+    for row, example in zip(rows, out):
+        pairs, query = _shots(example["inputs"])
+        assert query == row["q"] + "?" and 1 <= len(pairs) <= 5
+        assert all(exemplar != query for exemplar, _ in pairs)
+    single = [{"q": "same", "a": "same"}] * 4
+    assert _texts(templates.few_shot(_dataset(single), [Template("{q}", "{a}")], k=2)) == []
+
+
 def test_few_shot_renders_exemplars_with_the_query_template():
     cycle = [Template("A {q}", "{a}"), Template("B {q}", "{a}")]
     rows = [{"q": str(i), "a": str(i)} for i in range(10)]
@@ -130,13 +145,6 @@ def test_add_exemplars_keeps_exemplars_as_vectors_for_later_steps():
     for example in dataset.as_numpy_iterator():
         assert example[templates.EXEMPLAR_INPUTS].shape == (2,)
         assert example["inputs"] not in example[templates.EXEMPLAR_INPUTS]
-
-
-def test_few_shot_fails_loudly_when_the_split_is_too_small():
-    rows = [{"q": "same", "a": "same"}] * 4
-    dataset = templates.few_shot(_dataset(rows), [Template("{q}", "{a}")], k=2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Raise candidates or lower shots"):
-        _texts(dataset)
 
 
 @pytest.mark.parametrize(

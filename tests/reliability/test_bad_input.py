@@ -181,8 +181,9 @@ def test_a_data_stream_that_runs_dry_stops_with_the_step(empty_task, tmp_path):
     # Without the start-up check, the loop itself notices that no batch ever came.
     with pytest.raises(
         RuntimeError,
-        match=r"the data of 'reliability_empty_task' ran out after 0 "
-        r"of 3 steps; the training split is empty or smaller than one batch of 8",
+        # Steps are numbered as the checkpoints are (from INITIAL_CHECKPOINT_PATH's step).
+        match=r"the data of 'reliability_empty_task' ran out after step 0 "
+        r"of 3; the training split is empty or smaller than one batch of 8",
     ):
         train_in_process(
             tmp_path,
