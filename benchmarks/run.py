@@ -54,8 +54,9 @@ def _git_commit() -> str:
     """HEAD, marked when tracked files differ from it (the figures are then not HEAD's)."""
     git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True,
                                        cwd=_common.REPO_ROOT).stdout.strip()  # fmt: skip
+    outputs = ("BENCHMARKS.md", "BENCHMARKS.json", "scaling.png")  # what the run writes
     changed = [line for line in git("status", "--porcelain").splitlines()
-               if not line.endswith("BENCHMARKS.md")]  # fmt: skip
+               if not line.endswith(outputs)]  # fmt: skip
     return (git("rev-parse", "--short", "HEAD") or "unknown") + (
         " + uncommitted changes" if changed else ""
     )
