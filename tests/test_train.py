@@ -96,6 +96,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     assert os.listdir(tmp_path / "checkpoints") == [saved.group(1)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_restart_reproduces_every_loss(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run = dict(check=True, cwd=REPO, capture_output=True, env=device_env(4))
