@@ -10,7 +10,7 @@ import numpy as np
 from benchmarks import _common
 
 SHAPE = {"batch_size": 8, "inputs_length": 512, "new_tokens": 128}
-TARGET_RATIO = 2.0
+TARGET_RATIO = 2.01  # issue #15
 
 
 def _inputs(batch_size, inputs_length, new_tokens):

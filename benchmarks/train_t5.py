@@ -9,7 +9,7 @@ import time
 from benchmarks import _common
 
 SHAPE = {"batch_size": 8, "inputs_length": 512, "targets_length": 128}
-TARGET_RATIO = 1.5
+TARGET_RATIO = 1.7  # issue #15
 TARGET_MFU = 0.5
 # T5X's Adafactor in transformers' terms: lr 1e-3 constant, parameter-scaled updates,
 # second-moment decay t^-0.8, update clipping 1.0, no momentum, no weight decay.
