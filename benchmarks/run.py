@@ -66,8 +66,9 @@ def _summary(results: dict) -> str:
     rows = []
     if "train" in results:
         t = results["train"]
+        target = train_t5.TARGET_RATIO
         rows.append(("training tokens/s, flan_jax / transformers", f"{t['ratio']:.2f}x",
-                     f">= {train_t5.TARGET_RATIO}x", _common.verdict(t["ratio"], train_t5.TARGET_RATIO)))  # fmt: skip
+                     f">= {target}x", _common.verdict(t["ratio"], target)))  # fmt: skip
         for side, s in t["sides"].items():
             target = f">= {100 * train_t5.TARGET_MFU:.0f}%" if side == "flan_jax" else "-"
             met = _common.verdict(s["mfu"], train_t5.TARGET_MFU) if side == "flan_jax" else "-"
