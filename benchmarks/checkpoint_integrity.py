@@ -3,7 +3,7 @@
 against flan_jax's Checkpointer (chunk CRC32Cs + integrity record), and what the previous
 scheme (SHA-256 of every file after a save and before a restore) would add.
 
-  python -m benchmarks.checkpoint_integrity [--scale 1.0] [--repetitions 3] [--dir DIR] [--json]
+  python -m benchmarks.checkpoint_integrity [--scale 1.0] [--repetitions 5] [--dir DIR] [--json]
 
 --scale shrinks every layer's width (0.5: a quarter of the parameters) where memory forbids
 the full ~780M. Runs on 8 fake CPU devices, kernels sharded 8 ways on their model axis.
@@ -108,8 +108,8 @@ class OrbaxAlone:
 
 
 class OrbaxZarr3(OrbaxAlone):
-    """Orbax with the array format flan_jax now writes (zarr v3), but no chunk CRC32C: the
-    difference to flan_jax is the checksumming alone."""
+    """Orbax's own zarr v3 (its zstd level 3), without flan_jax's chunk CRC32C and zstd
+    level: what flan_jax's wrapper of the write spec changes."""
 
     def __init__(self, model_dir):
         super().__init__(
@@ -171,6 +171,14 @@ def sha256_every_file(step_dir: str) -> float:
     return time.perf_counter() - start
 
 
+def _bytes_under(directory: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+
+
 def integrity_work(step_dir: str) -> tuple[float, float]:
     """Seconds flan_jax's own checking takes, apart from Orbax and TensorStore: writing
     the integrity record (primary host, at save) and checking it (every process, at
@@ -194,7 +202,7 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
     sides = {"orbax": OrbaxAlone, "orbax_zarr3": OrbaxZarr3, "flan_jax": FlanJax}
     times = {side: {"save": [], "restore": []} for side in sides}
-    hashing, checks = [], []
+    hashing, checks, sizes = [], [], {}
     root = tempfile.mkdtemp(dir=directory)
     try:
         for repetition in range(repetitions + 1):  # the first is a warm-up
@@ -202,17 +210,21 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
                 model_dir = os.path.join(root, side)
                 shutil.rmtree(model_dir, ignore_errors=True)
                 checkpointer = cls(model_dir)
+                os.sync()  # no earlier writes still being flushed into this timing
                 start = time.perf_counter()
                 checkpointer.save(1, state, {"step": 1})
                 saved = time.perf_counter()
+                os.sync()
+                restore_start = time.perf_counter()
                 restored = checkpointer.restore(target, 1)
                 jax.block_until_ready(restored)
                 done = time.perf_counter()
                 checkpointer.close()
+                step_dir = os.path.join(model_dir, "checkpoints", "1")
                 if repetition:
                     times[side]["save"].append(saved - start)
-                    times[side]["restore"].append(done - saved)
-                step_dir = os.path.join(model_dir, "checkpoints", "1")
+                    times[side]["restore"].append(done - restore_start)
+                    sizes[side] = _bytes_under(step_dir)
                 if side == "orbax" and repetition:
                     hashing.append(sha256_every_file(step_dir))
                 if side == "flan_jax" and repetition:
@@ -225,6 +237,8 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
         "params": params,
         "bytes": size,
         "medians": medians,
+        "ranges": {s: {op: [min(v), max(v)] for op, v in ops.items()} for s, ops in times.items()},
+        "on_disk": sizes,
         "overhead": {
             f"{base}_{op}": medians["flan_jax"][op] / medians[base][op] - 1
             for base in ("orbax", "orbax_zarr3")
@@ -271,28 +285,32 @@ def markdown(result: dict) -> str:
     m, gib = result["medians"], result["bytes"] / 2**30
     rows = [
         f"Train state: {result['params'] / 1e6:.0f}M parameters + Adafactor factored moments, "
-        f"float32, {gib:.2f} GiB; local disk (page cache warm), 8 CPU devices, median.",
+        f"float32, {gib:.2f} GiB; local disk (page cache warm; `sync` before each timed save "
+        "and restore, so no side's timing absorbs another's write-back), 8 CPU devices; "
+        f"median (min-max) of {result.get('repetitions', '?')} repetitions.",
         "",
-        "| | save s | restore s |",
-        "|---|---|---|",
-        f"| Orbax alone (zarr v2, as before) | {m['orbax']['save']:.2f} | "
-        f"{m['orbax']['restore']:.2f} |",
-        f"| Orbax, zarr v3 without chunk CRC32C | {m['orbax_zarr3']['save']:.2f} | "
-        f"{m['orbax_zarr3']['restore']:.2f} |",
-        f"| flan_jax (zarr v3 + chunk CRC32C + integrity record) | {m['flan_jax']['save']:.2f} | "
-        f"{m['flan_jax']['restore']:.2f} |",
+        "| | save s | restore s | on disk GiB |",
+        "|---|---|---|---|",
     ]
+    labels = {"orbax": "Orbax alone (zarr v2, zstd 1, as before)",
+              "orbax_zarr3": "Orbax, zarr v3 (its zstd 3), without chunk CRC32C",
+              "flan_jax": f"flan_jax (zarr v3, zstd {checkpoints.ZSTD_LEVEL}, chunk CRC32C, "
+                          "integrity record)"}  # fmt: skip
+    for side, label in labels.items():
+        cells = [f"{m[side][op]:.2f} ({result['ranges'][side][op][0]:.2f}-"
+                 f"{result['ranges'][side][op][1]:.2f})" for op in ("save", "restore")]  # fmt: skip
+        rows.append(f"| {label} | {' | '.join(cells)} | {result['on_disk'][side] / 2**30:.3f} |")
     for base, label in (("orbax", "Orbax alone"), ("orbax_zarr3", "Orbax zarr v3")):
         o = result["overhead"]
         rows.append(
             f"| overhead vs {label} (target <= {100 * TARGET_OVERHEAD:.0f}%) | "
-            f"{100 * o[f'{base}_save']:+.1f}% | {100 * o[f'{base}_restore']:+.1f}% |"
+            f"{100 * o[f'{base}_save']:+.1f}% | {100 * o[f'{base}_restore']:+.1f}% | |"
         )
     rows += [
         f"| of which flan_jax's own checks (record write / record check) | "
-        f"{result['record_s']:.3f} | {result['verify_s']:.3f} |",
+        f"{result['record_s']:.3f} | {result['verify_s']:.3f} | |",
         f"| previous scheme's SHA-256 re-read, added to each | +{result['sha256_s']:.2f} | "
-        f"+{result['sha256_s']:.2f} |",
+        f"+{result['sha256_s']:.2f} | |",
     ]
     rows += ["", "Restore on 2 processes (each holding half of a 4 MiB kernel): bytes read "
              "(/proc/self/io rchar) against the chunk bytes the process owns.", "",
@@ -306,11 +324,12 @@ def markdown(result: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where to write (default: $TMPDIR)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     result = measure(args.scale, args.repetitions, args.dir)
+    result["repetitions"] = args.repetitions
     result["two_process"] = two_process_reads(args.dir)
     result["markdown"] = markdown(result)
     print("RESULT " + json.dumps(result) if args.json else result["markdown"])

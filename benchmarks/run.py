@@ -102,7 +102,7 @@ def _integrity(quick: bool) -> dict:
     which must be set before jax is imported."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.checkpoint_integrity", "--json",
-         "--scale", "0.25" if quick else "1.0", "--repetitions", "1" if quick else "3"],
+         "--scale", "0.25" if quick else "1.0", "--repetitions", "1" if quick else "5"],
         capture_output=True, text=True, env={**os.environ, **_common.CPU_ENV},
         cwd=_common.REPO_ROOT,
     )  # fmt: skip

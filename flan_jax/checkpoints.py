@@ -55,12 +55,16 @@ INTEGRITY = "flan_jax_integrity.json"
 _OCDBT_DATA_DIR = "d"  # TensorStore OCDBT's data files; chunk and node CRC32Cs cover them
 # TensorStore's status codes for bytes that are missing, short or fail their checksum.
 _DATA_ERRORS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
+# Chunk compression: Orbax's zarr v2 level (fast; float weights barely compress).
+ZSTD_LEVEL = 1
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OUT_OF_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 def _with_chunk_checksums(build):
-    """Wraps Orbax's array write spec builder: zarr v3 chunks also get the crc32c codec."""
+    """Wraps Orbax's array write spec builder: zarr v3 chunks also get the crc32c codec,
+    and are compressed at ZSTD_LEVEL, the level of Orbax's zarr v2 format, where its zarr v3
+    builder picks 3 (BENCHMARKS.md section 7 compares the two)."""
 
     @functools.wraps(build)
     def build_with_chunk_checksums(*args, **kwargs):
@@ -71,6 +75,9 @@ def _with_chunk_checksums(build):
         codecs = tspec.get("metadata", {}).get("codecs") or [{}]
         if tspec.get("driver") == "zarr3" and codecs[0].get("name") == "sharding_indexed":
             chunk_codecs = codecs[0]["configuration"]["codecs"]
+            for codec in chunk_codecs:
+                if codec.get("name") == "zstd":
+                    codec["configuration"] = {"level": ZSTD_LEVEL}
             if {"name": "crc32c"} not in chunk_codecs:
                 chunk_codecs.append({"name": "crc32c"})
         return spec

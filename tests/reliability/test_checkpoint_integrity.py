@@ -97,7 +97,10 @@ def test_every_chunk_carries_a_crc32c_and_the_record_covers_the_small_files(save
     zarr = json.loads(kvstore.read(b"kernel/zarr.json").result().value)
     (sharding,) = zarr["codecs"]
     assert sharding["name"] == "sharding_indexed"
-    assert {"name": "crc32c"} in sharding["configuration"]["codecs"]  # each chunk
+    chunk_codecs = sharding["configuration"]["codecs"]
+    assert chunk_codecs[-1] == {"name": "crc32c"}  # each chunk, over its compressed bytes
+    (zstd,) = (c for c in chunk_codecs if c["name"] == "zstd")
+    assert zstd["configuration"]["level"] == checkpoints.ZSTD_LEVEL
     assert {"name": "crc32c"} in sharding["configuration"]["index_codecs"]
     record = json.loads((state_dir / checkpoints.INTEGRITY).read_text())
     on_disk = {
