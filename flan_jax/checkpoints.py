@@ -55,6 +55,9 @@ INTEGRITY = "flan_jax_integrity.json"
 _OCDBT_DATA_DIR = "d"  # TensorStore OCDBT's data files; chunk and node CRC32Cs cover them
 # TensorStore's status codes for bytes that are missing, short or fail their checksum.
 _DATA_ERRORS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
+# TensorStore checks a chunk's CRC32C at the end of its stream, after zstd has read it: a
+# flipped byte in a compressed frame's header fails in zstd first (FAILED_PRECONDITION).
+_DECOMPRESSION_FAILED = "ZSTD_decompressStream() failed"
 # Chunk compression: Orbax's zarr v2 level (fast; float weights barely compress).
 ZSTD_LEVEL = 1
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -500,12 +503,14 @@ def _agree_on(error: Exception | None, step: int, step_dir: epath.Path) -> None:
 
 
 def _data_error(error: BaseException | None) -> str | None:
-    """TensorStore's message for missing, short or checksum-failing bytes, if that is
-    what `error` (or an error it was raised from) is."""
+    """TensorStore's message for missing, short, checksum-failing or undecodable bytes, if
+    that is what `error` (or an error it was raised from) is."""
     while error is not None:
         if isinstance(error, json.JSONDecodeError):
             return f"unreadable JSON ({error})"
-        if isinstance(error, ValueError) and str(error).startswith(_DATA_ERRORS):
+        if isinstance(error, ValueError) and (
+            str(error).startswith(_DATA_ERRORS) or _DECOMPRESSION_FAILED in str(error)
+        ):
             return f"bytes missing, short or changed since it was saved ({error})"
         error = error.__cause__ or error.__context__
     return None

@@ -160,6 +160,25 @@ def test_flipped_byte_in_a_chunk_fails_its_checksum_naming_the_array_chunk(saved
     )
 
 
+def test_flipped_byte_in_a_compressed_chunk_header_is_refused_as_corrupt(saved_anywhere):
+    """TensorStore checks a chunk's CRC32C at the end of its stream: a flip in the zstd
+    frame's header fails in zstd first, and is the same corruption (seen as a rare
+    two-process failure: the middle byte of a data file can be a frame's first)."""
+    saved = saved_anywhere
+    path = data_files(saved / "2")[0]
+    contents = bytearray(path.read_bytes())
+    frame = contents.find(b"\x28\xb5\x2f\xfd")  # zstd's magic number
+    assert frame >= 0
+    contents[frame] ^= 0x01
+    path.write_bytes(bytes(contents))
+    with pytest.raises(checkpoints.CorruptCheckpointError) as caught:
+        restore(saved)
+    assert re.fullmatch(rf"{re.escape(str(saved))}/2/state/kernel/c/\d+/0", str(caught.value.path))
+    assert "ZSTD_decompressStream() failed" in str(caught.value)
+    state, data_state = restore(saved, fallback=True)
+    assert data_state["step"] == 1
+
+
 @pytest.mark.parametrize("name", ["_METADATA", checkpoints.INTEGRITY])
 def test_flipped_byte_or_deleted_metadata_file_is_refused(saved_anywhere, name):
     saved = saved_anywhere
