@@ -24,6 +24,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+import ctypes  # noqa: E402
+import gc  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -171,6 +173,15 @@ def sha256_every_file(step_dir: str) -> float:
     return time.perf_counter() - start
 
 
+def _release_freed_memory() -> None:
+    """Hands freed heap back to the OS between repetitions (untimed): each restore
+    allocates a whole state, and glibc's per-thread arenas otherwise keep the freed ones
+    (RSS grew past 24 GiB over 18 full-size restores and the run was killed)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _bytes_under(directory: str) -> int:
     return sum(
         os.path.getsize(os.path.join(root, name))
@@ -230,6 +241,7 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
                 if side == "flan_jax" and repetition:
                     checks.append(integrity_work(step_dir))
                 del restored
+                _release_freed_memory()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     medians = {s: {op: statistics.median(v) for op, v in ops.items()} for s, ops in times.items()}
