@@ -38,6 +38,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
+from etils import epath  # noqa: E402
 from orbax.checkpoint._src.serialization import tensorstore_utils  # noqa: E402
 
 from flan_jax import checkpoints  # noqa: E402
@@ -182,14 +183,6 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _bytes_under(directory: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(root, name))
-        for root, _, names in os.walk(directory)
-        for name in names
-    )
-
-
 def integrity_work(step_dir: str) -> tuple[float, float]:
     """Seconds flan_jax's own checking takes, apart from Orbax and TensorStore: writing
     the integrity record (primary host, at save) and checking it (every process, at
@@ -235,7 +228,7 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
                 if repetition:
                     times[side]["save"].append(saved - start)
                     times[side]["restore"].append(done - restore_start)
-                    sizes[side] = _bytes_under(step_dir)
+                    sizes[side] = sum(checkpoints._files_under(epath.Path(step_dir)).values())
                 if side == "orbax" and repetition:
                     hashing.append(sha256_every_file(step_dir))
                 if side == "flan_jax" and repetition:

@@ -3,10 +3,11 @@
 from etils import epath
 
 
-def flip_a_byte(path) -> None:
+def flip_a_byte(path, at: int | None = None) -> None:
+    """Flips the lowest bit of the byte at offset `at` (the middle one by default)."""
     path = epath.Path(path)
     contents = bytearray(path.read_bytes())
-    contents[len(contents) // 2] ^= 0x01
+    contents[len(contents) // 2 if at is None else at] ^= 0x01
     path.write_bytes(bytes(contents))
 
 

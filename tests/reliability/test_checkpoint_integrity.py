@@ -166,11 +166,9 @@ def test_flipped_byte_in_a_compressed_chunk_header_is_refused_as_corrupt(saved_a
     two-process failure: the middle byte of a data file can be a frame's first)."""
     saved = saved_anywhere
     path = data_files(saved / "2")[0]
-    contents = bytearray(path.read_bytes())
-    frame = contents.find(b"\x28\xb5\x2f\xfd")  # zstd's magic number
+    frame = path.read_bytes().find(b"\x28\xb5\x2f\xfd")  # zstd's magic number
     assert frame >= 0
-    contents[frame] ^= 0x01
-    path.write_bytes(bytes(contents))
+    flip_a_byte(path, at=frame)
     with pytest.raises(checkpoints.CorruptCheckpointError) as caught:
         restore(saved)
     assert re.fullmatch(rf"{re.escape(str(saved))}/2/state/kernel/c/\d+/0", str(caught.value.path))
