@@ -16,8 +16,8 @@ BATCH_SIZE = 8
 BATCHES_PER_RUN = 16
 TARGET_EFFICIENCY = 0.95
 # What the trainer's consumption is measured at: T5-small, batch 1, the paper's lengths.
-# (T5-base's step at 2048/512 needs about 16 GiB under glibc's default malloc and more than
-# this machine's 24 GiB under the entry points' tuned malloc: its heap never shrinks.) A
+# (T5-base's step at 2048/512 needs about 16 GiB of this machine's 24 GiB; under the one-arena
+# malloc the entry points set before 2026-12-03 it outgrew them.) A
 # smaller consumer eats rows faster, so the headroom it gives is the conservative one.
 CONSUMER = {"size": "small", "batch_size": 1}
 QUICK_CONSUMER = {"size": "tiny", "batch_size": 1}

@@ -117,7 +117,7 @@ exported with `flan_jax.interop.hf_t5.params_to_hf`) and train on the same batch
 
 - flan_jax: `Trainer.train_step` (one `jax.jit` program, state donated), `optim.adafactor(1e-3)`
   (T5X defaults), z-loss 1e-4; XLA CPU, one device, all cores; malloc as its entry points set
-  it (`flan_jax.allocator.configure()`: one glibc arena, no mmap'd chunks, no trimming).
+  it (`flan_jax.allocator.configure()`: glibc's mappings backed by transparent huge pages).
 - transformers {their_info["versions"]["transformers"]} / torch {their_info["versions"]["torch"]}:
   `T5ForConditionalGeneration` in eager mode (attention implementation
   `{their_info["attn_implementation"]}`), `loss.backward()`,
