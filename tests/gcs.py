@@ -168,6 +168,13 @@ def download(directory: epath.Path, local: str) -> str:
     return local
 
 
+def upload(local: str, directory: epath.Path) -> epath.Path:
+    """Copies the files under `local` to gs:// `directory`; returns `directory`."""
+    for source in files_under(local):
+        (directory / os.path.relpath(source, local)).write_bytes(source.read_bytes())
+    return directory
+
+
 def files_under(directory) -> list[epath.Path]:
     """Every file under `directory`, local or gs://, sorted. (epath's rglob refuses gs://,
     and its walk yields the directories without their gs://.)"""

@@ -1,7 +1,8 @@
 """Every kind of path on gs://, against a fake GCS server on 127.0.0.1 (tests/gcs.py): a
 training run's checkpoints, TensorBoard events and config.gin in the bucket and its resume
 from there; evaluate and infer from a gs:// checkpoint to gs:// outputs; two processes
-training into one gs:// run; the server stopped in the middle of a save; the task cache.
+training into one gs:// run; the server stopped in the middle of a save; the task cache; the
+raw Flan sources and the benchmarks' files.
 Each test also checks that no local `gs:` folder appeared (what `os.path.abspath` makes of
 a gs:// URL). The checkpoint fault table on gs:// is in
 tests/reliability/test_checkpoint_integrity.py."""
@@ -18,7 +19,8 @@ import pytest
 import seqio
 import tensorflow as tf
 from eval_testing import write_benchmarks
-from gcs import assert_no_local_gs_folder, download
+from flan_testing import COT_DIR, NIV2_DIR, texts
+from gcs import assert_no_local_gs_folder, download, upload
 from orbax.checkpoint._src.serialization import tensorstore_utils
 from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixture)
     REPO,
@@ -31,6 +33,8 @@ from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixtur
 import tasks.eval
 from flan_jax import checkpoints, evaluate, infer, input_pipeline, task_cache
 from tasks import demo
+from tasks.eval import bbh, mgsm, mmlu, readers, tydiqa
+from tasks.flan import cot, niv2, sources
 
 QUICK = ["--gin.LENGTH_CHECK_EXAMPLES=0", "--gin.EVAL_EVERY=None"]
 
@@ -266,4 +270,66 @@ def test_task_cache_is_written_to_and_read_from_gs(gcs):
         got = task_cache.decode(cached.source[index])
         for name in ("inputs", "targets"):
             np.testing.assert_array_equal(got[name], expected[index][name])
+    assert_no_local_gs_folder()
+
+
+def test_niv2_and_cot_files_on_gs_render_the_same_examples_as_on_local_disk(gcs, flan_env):
+    """FLAN_JAX_NIV2_DIR and FLAN_JAX_COT_DIR may be gs:// directories: the task listing, the
+    streamed instances and the rendered training examples match the local files'."""
+    niv2_gs = upload(NIV2_DIR, gcs.path("natural-instructions"))
+    cot_gs = upload(COT_DIR, gcs.path("cot_data"))
+    local_files, gs_files = sources.niv2_task_files(NIV2_DIR), sources.niv2_task_files(str(niv2_gs))
+    assert list(gs_files) == list(local_files) and gs_files
+    for name, path in local_files.items():
+        assert sources.niv2_definition(gs_files[name]) == sources.niv2_definition(path)
+        assert list(sources.niv2_instances(gs_files[name])) == list(sources.niv2_instances(path))
+    for dataset in cot.DATASETS:
+        local_rows = sources.read_cot_tsv(sources.cot_path(COT_DIR, dataset))
+        assert sources.read_cot_tsv(sources.cot_path(str(cot_gs), dataset)) == local_rows
+
+    def rendered(niv2_dir, cot_dir):
+        cot.use_directory(cot_dir)
+        picked = [
+            sorted(names)[:: max(1, len(names) // 3)]
+            for names in (niv2.register(niv2_dir), cot.register())
+        ]
+        return {name: texts(_train_split(name), limit=4) for name in sum(picked, [])}
+
+    try:
+        local = rendered(NIV2_DIR, COT_DIR)
+        assert len(local) >= 6 and all(local.values())
+        assert rendered(str(niv2_gs), str(cot_gs)) == local
+    finally:
+        niv2.register(NIV2_DIR)
+        cot.use_directory(None)
+    assert_no_local_gs_folder()
+
+
+def _train_split(name):
+    task = seqio.get_mixture_or_task(name)
+    return task.get_dataset(sequence_length=None, split="train", shuffle=False, num_epochs=1)
+
+
+def test_benchmark_files_on_gs_give_the_same_examples_as_on_local_disk(gcs, tmp_path):
+    """Each benchmark's data directory may be on gs://."""
+    local = write_benchmarks(tmp_path)
+    on_gs = {env: str(upload(d, gcs.path(os.path.basename(d)))) for env, d in local.items()}
+    env = tasks.eval.DATA_DIR_ENVS
+
+    def read_all(dirs):
+        return {
+            "mmlu": [
+                mmlu.examples("anatomy", c, split, dirs[env["mmlu"]])
+                for c in (False, True)
+                for split in ("validation", "test")
+            ],
+            "bbh": [bbh.examples("navigate", c, dirs[env["bbh"]]) for c in (False, True)],
+            "tydiqa": tydiqa.examples("swahili", dirs[env["tydiqa"]]),
+            "mgsm": [mgsm.examples(language, dirs[env["mgsm"]]) for language in ("de", "zh")],
+        }
+
+    assert read_all(on_gs) == read_all(local)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(env["mgsm"], on_gs[env["mgsm"]])
+        assert readers.data_dir(env["mgsm"], "MGSM") == on_gs[env["mgsm"]]
     assert_no_local_gs_folder()

@@ -52,7 +52,7 @@ def read_prompts(path: str) -> tuple[str, str]:
     Each exemplar must hold "\\nA: " and "So the answer is"; one that does not is reported
     with the line it starts on.
     """
-    with open(readers.require_file(path, "BBH prompt file"), encoding="utf-8") as f:
+    with readers.open_text(path, "BBH prompt file") as f:
         lines = f.read().splitlines()
     if HEADER_SEPARATOR not in lines:
         raise ValueError(

@@ -37,7 +37,7 @@ _HEADER = re.compile(r"^([^:：\n]*[:：]\s*)")
 @functools.cache
 def read_exemplars(path: str) -> dict[str, list[dict]]:
     """{lang: [{"q", "a"}, ...]} from exemplars.py; errors name path:line."""
-    with open(readers.require_file(path, "MGSM exemplars"), encoding="utf-8") as f:
+    with readers.open_text(path, "MGSM exemplars") as f:
         source = f.read()
     try:
         module = ast.parse(source, path)

@@ -15,13 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 import seqio
 import tensorflow as tf
+from etils import epath
+
+from tasks import files
 
 Example = dict[str, str | list[str]]
 
 
 def data_dir(env_var: str, benchmark: str) -> str:
-    """$`env_var` (`python -m flan_jax.evaluate` sets it from gin); an error naming it when it
-    is unset or not a directory."""
+    """$`env_var` (`python -m flan_jax.evaluate` sets it from gin), local or gs://; an error
+    naming it when it is unset or not a directory."""
     path = os.environ.get(env_var)
     if not path:
         raise FileNotFoundError(
@@ -29,21 +32,22 @@ def data_dir(env_var: str, benchmark: str) -> str:
             f"(or pass --gin.{benchmark.upper()}_DIR to flan_jax.evaluate); the layout is in "
             "README.md, 'Evaluating on the paper's benchmarks'."
         )
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():
         raise FileNotFoundError(f"{benchmark}: data directory {env_var}={path!r} does not exist.")
     return path
 
 
-def require_file(path: str, what: str) -> str:
-    if not os.path.isfile(path):
+def open_text(path: str, what: str, newline: str | None = None):
+    """The UTF-8 file `path` (local or gs://), or FileNotFoundError naming `what`."""
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"{what}: {path} not found.")
-    return path
+    return files.open_text(path, newline=newline)
 
 
 def read_csv(path: str, num_fields: int) -> list[list[str]]:
     """Rows of a headerless CSV that must each have `num_fields` fields."""
     rows = []
-    with open(require_file(path, "CSV file"), encoding="utf-8", newline="") as f:
+    with open_text(path, "CSV file", newline="") as f:
         for number, row in enumerate(csv.reader(f), 1):
             rows.append(_check_fields(row, num_fields, "comma", f"{path}:{number}"))
     return rows
@@ -52,7 +56,7 @@ def read_csv(path: str, num_fields: int) -> list[list[str]]:
 def read_tsv(path: str, num_fields: int) -> list[list[str]]:
     """Rows of a headerless TSV, split on tabs only (questions hold quotes and commas)."""
     rows = []
-    with open(require_file(path, "TSV file"), encoding="utf-8") as f:
+    with open_text(path, "TSV file") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line:
@@ -71,7 +75,7 @@ def _check_fields(row: list[str], num_fields: int, separator: str, where: str) -
 
 
 def read_json(path: str, what: str = "JSON file"):
-    with open(require_file(path, what), encoding="utf-8") as f:
+    with open_text(path, what) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:

@@ -1,5 +1,5 @@
 """Data sources of the Flan collection: TFDS datasets, natural-instructions task JSON files,
-and the chain-of-thought TSV files.
+and the chain-of-thought TSV files, local or on gs:// (tasks.files).
 
 Registration never reads data: a source checks its files when a dataset is built, so every
 task registers on a machine without the data, and one whose data is missing fails at use
@@ -19,6 +19,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
+
+from tasks import files
 
 NIV2_DIR_ENV = "FLAN_JAX_NIV2_DIR"
 COT_DIR_ENV = "FLAN_JAX_COT_DIR"
@@ -104,7 +107,7 @@ def read_cot_tsv(path: str) -> tuple[dict[str, str], ...]:
     """Rows of a FLAN cot_data TSV: `question<TAB>answer<TAB>rationale`, no header, newlines
     inside fields written as a literal backslash-n."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with files.open_text(path) as f:
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\n").rstrip("\r")
             if not line.strip():
@@ -136,7 +139,7 @@ def cot_source(dataset: str, directory: Callable[[], str | None]) -> LazyCountSo
                 "COT_DIR) to the directory of FLAN's cot_data/*.tsv files."
             )
         found = cot_path(where, dataset)
-        if not os.path.exists(found):
+        if not epath.Path(found).exists():
             raise ValueError(
                 f"CoT dataset {dataset!r}: {found} does not exist; put {dataset}_train.tsv "
                 f"(question<TAB>answer<TAB>rationale) in {where} or point {COT_DIR_ENV} elsewhere."
@@ -162,17 +165,17 @@ def cot_source(dataset: str, directory: Callable[[], str | None]) -> LazyCountSo
 def niv2_task_files(directory: str) -> dict[str, str]:
     """name -> path of each task file in a natural-instructions checkout (its `tasks/` folder,
     or the folder itself), minus the MMLU-derived tasks."""
-    folder = os.path.join(directory, "tasks")
-    folder = folder if os.path.isdir(folder) else directory
-    if not os.path.isdir(folder):
+    folder = epath.Path(directory) / "tasks"
+    folder = folder if folder.is_dir() else folder.parent
+    if not folder.is_dir():
         raise ValueError(
             f"{NIV2_DIR_ENV}={directory} is not a directory; point it at a checkout of "
             "github.com/allenai/natural-instructions (holding tasks/taskNNN_*.json)."
         )
     files = {}
-    for name in sorted(os.listdir(folder)):
+    for name in sorted(child.name for child in folder.iterdir()):
         if re.fullmatch(r"task\d+_\w+\.json", name):
-            path = os.path.join(folder, name)
+            path = str(folder / name)
             if not is_mmlu_task(path):
                 files[name.removesuffix(".json")] = path
     if not files:
@@ -187,7 +190,7 @@ def is_mmlu_task(path: str) -> bool:
     """Whether a NIV2 task derives from MMLU: its file name or its "Source" names MMLU."""
     if _MMLU_PATTERN.search(os.path.basename(path)):
         return True
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with files.open_text(path, errors="replace") as f:
         found = _NIV2_SOURCE_PATTERN.search(f.read(_NIV2_HEAD_BYTES))
     return bool(found and _MMLU_PATTERN.search(found.group(1)))
 
@@ -430,7 +433,7 @@ class _JsonStream:
         if self._eof:
             return False
         try:
-            with open(self.path, "rb") as f:
+            with epath.Path(self.path).open("rb") as f:
                 f.seek(self._offset)
                 size = max(_NIV2_READ_BYTES, len(self._text) - self._pos)
                 data = f.read(size if self._end < 0 else min(size, self._end - self._offset))
