@@ -172,18 +172,18 @@ def niv2_task_files(directory: str) -> dict[str, str]:
             f"{NIV2_DIR_ENV}={directory} is not a directory; point it at a checkout of "
             "github.com/allenai/natural-instructions (holding tasks/taskNNN_*.json)."
         )
-    files = {}
+    found = {}
     for name in sorted(child.name for child in folder.iterdir()):
         if re.fullmatch(r"task\d+_\w+\.json", name):
             path = str(folder / name)
             if not is_mmlu_task(path):
-                files[name.removesuffix(".json")] = path
-    if not files:
+                found[name.removesuffix(".json")] = path
+    if not found:
         raise ValueError(
             f"No taskNNN_*.json files in {folder}; point {NIV2_DIR_ENV} at a natural-instructions "
             "checkout."
         )
-    return files
+    return found
 
 
 def is_mmlu_task(path: str) -> bool:
