@@ -6,6 +6,7 @@ set -euo pipefail
 
 declare -A FLAGS=()
 GIN_BINDINGS=()
+ENV_VARS=()
 DRY_RUN=0
 
 die() {
@@ -13,7 +14,8 @@ die() {
   exit 2
 }
 
-# parse_flags "VALUE_FLAGS" "BOOLEAN_FLAGS" "$@": --flag=value or --flag value; --gin repeats.
+# parse_flags "VALUE_FLAGS" "BOOLEAN_FLAGS" "$@": --flag=value or --flag value; --gin and
+# --env repeat (into GIN_BINDINGS and ENV_VARS).
 parse_flags() {
   local value_flags=" $1 " boolean_flags=" $2 dry_run " key value
   shift 2
@@ -35,7 +37,11 @@ parse_flags() {
         value=$1
         shift
       fi
-      if [[ $key == gin ]]; then GIN_BINDINGS+=("$value"); else FLAGS[$key]=$value; fi
+      case $key in
+        gin) GIN_BINDINGS+=("$value") ;;
+        env) ENV_VARS+=("$value") ;;
+        *) FLAGS[$key]=$value ;;
+      esac
     else
       die "unknown flag --${key//_/-} (see --help)"
     fi
@@ -58,12 +64,21 @@ validate() {
   fi
 }
 
-# The flags every script shares: which TPU, where, in which project.
+# The flags every script shares: which TPU, where, in which project. Zones are REGION-LETTER
+# (us-central2-b, europe-west4-a) or, in Google Cloud's AI zones, REGION-aiNLETTER
+# (us-south1-ai1b).
 validate_node_flags() {
   require name zone
   validate name '^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$' 'a TPU name (lowercase letters, digits, -)'
-  validate zone '^[a-z]+-[a-z]+[0-9]+-[a-z]$' 'a zone such as us-central2-b'
+  validate zone '^[a-z]+-[a-z]+[0-9]+-([a-z]|ai[0-9]+[a-z]?)$' \
+    'a zone such as us-central2-b, europe-west4-a or us-south1-ai1b'
   validate project '^[a-z][-a-z0-9]{4,28}[a-z0-9]$' 'a project id'
+}
+
+# --num-slices: slices in one queued resource, joined over the data-center network.
+validate_num_slices() {
+  FLAGS[num_slices]=${FLAGS[num_slices]:-1}
+  validate num_slices '^[1-9][0-9]{0,2}$' 'a number of slices (1 or more)'
 }
 
 # gcloud's --zone and --project words for the shared flags.
@@ -86,6 +101,13 @@ quote() {
   done
 }
 
+# steps STEP...: one remote shell command that runs the steps in order.
+steps() {
+  local joined
+  joined=$(printf '%s; ' "$@")
+  printf '%s' "${joined%; }"
+}
+
 # run COMMAND...: prints it quoted; runs it unless --dry-run.
 run() {
   quote "$@"
@@ -95,11 +117,15 @@ run() {
   "$@"
 }
 
-# ssh_workers WORKER REMOTE_COMMAND: one command on one worker (a number) or on all of them.
+# ssh_workers NODE WORKER REMOTE_COMMAND: one command on the given node(s) (slices: a number
+# or all) and worker(s) of the queued resource. --internal-ip reaches workers that have no
+# external address, from a machine in the same VPC network.
 ssh_workers() {
   location_flags
-  run gcloud compute tpus tpu-vm ssh "${FLAGS[name]}" "${LOCATION[@]}" "--worker=$1" \
-    "--command=$2"
+  local command=(gcloud compute tpus queued-resources ssh "${FLAGS[name]}" "${LOCATION[@]}"
+    "--node=$1" "--worker=$2")
+  if [[ -n ${FLAGS[internal_ip]:-} ]]; then command+=(--internal-ip); fi
+  run "${command[@]}" "--command=$3"
 }
 
 # shellcheck disable=SC2034  # read by the scripts that source this file

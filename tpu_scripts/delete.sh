@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Deletes the queued resource and its TPU slice (billing stops; the workers' disks are lost).
+# Deletes the queued resource and its TPU slices (billing stops; the workers' disks are lost).
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
