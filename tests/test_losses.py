@@ -141,8 +141,9 @@ def test_loss_fn_returns_sums_that_split_over_microbatches(model_params_batch):
         loss_fn(params, {k: v[s] for k, v in batch.items()}, None)[1]
         for s in (slice(0, 2), slice(2, 4))
     ]
-    for name in ("loss", "cross_entropy", "z_loss", "num_tokens", "num_correct"):
+    for name in aux:  # loss, cross_entropy, z_loss, num_tokens, num_correct, weighted_loss, ...
         np.testing.assert_allclose(aux[name], halves[0][name] + halves[1][name], rtol=1e-5)
+    assert len(aux) == 7
     np.testing.assert_allclose(loss, aux["loss"])
     np.testing.assert_allclose(aux["loss"], aux["cross_entropy"] + aux["z_loss"], rtol=1e-6)
     assert aux["num_tokens"] == 21
