@@ -143,6 +143,7 @@ class RunConfig:
     batch_size: int
     task_feature_lengths: Mapping[str, int]
     num_microbatches: int
+    loss_normalizing_factor: Any
     bindings: tuple[str, ...]
 
 
@@ -174,6 +175,7 @@ def load_run(
             batch_size=_train_argument("batch_size"),
             task_feature_lengths=dict(_train_argument("task_feature_lengths")),
             num_microbatches=_train_argument("num_microbatches"),
+            loss_normalizing_factor=_train_argument("loss_normalizing_factor"),
             bindings=tuple(bindings),
         )
 
@@ -316,6 +318,7 @@ def check_fit(
         partitioner,
         learning_rate_fn=run.learning_rate_fn,
         num_microbatches=run.num_microbatches,
+        loss_normalizing_factor=run.loss_normalizing_factor,
     )
     batch_sharding = partitioner.batch_sharding()
     batch = abstract_batch(run.model, run.task_feature_lengths, run.batch_size, batch_sharding)

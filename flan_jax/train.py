@@ -55,6 +55,7 @@ def train(
     partitioner: partitioning.Partitioner,
     optimizer_fn: Callable[[optax.Schedule], optax.GradientTransformation] = optim.adafactor,
     num_microbatches: int = 1,
+    loss_normalizing_factor: None | float | str = "NUM_REAL_TARGET_TOKENS",
     seed: int = 0,
     initial_checkpoint_path: str | None = None,
     initial_checkpoint_restore: str = "train_state",
@@ -97,6 +98,7 @@ def train(
     corrupt. `length_check_examples` examples of each task are checked for truncation.
     `cache_dir` holds the cached tasks to train on (None: stream them through seqio);
     `input_workers` is the number of Grain worker processes reading it.
+    `loss_normalizing_factor` divides the summed loss as T5X's does (`Trainer`).
     """
     if initial_checkpoint_restore not in RESTORE_CHOICES:
         raise ValueError(
@@ -128,6 +130,7 @@ def train(
         partitioner,
         learning_rate_fn=learning_rate_fn,
         num_microbatches=num_microbatches,
+        loss_normalizing_factor=loss_normalizing_factor,
         seed=seed,
         skip_nonfinite=nonfinite_hook.skip,
     )

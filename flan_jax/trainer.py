@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from flan_jax import partitioning
+from flan_jax import losses, partitioning
 
 Batch = Mapping[str, jax.Array]
 
@@ -39,8 +39,12 @@ def normalize_sums(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 class Trainer:
     """Owns the model, the optimizer and the partitioner; builds the jitted steps once.
 
-    The loss is a sum over target tokens divided by the token count of the whole global
-    batch, so splitting a batch into microbatches changes nothing but memory.
+    The loss is a weighted sum over target tokens divided by `loss_normalizing_factor`'s
+    divisor for the whole global batch (`losses.normalizing_divisor`), so splitting a batch
+    into microbatches changes nothing but memory, whatever the factor. (T5X divides each
+    microbatch's loss by its own divisor and adds the gradients, so with NUM_REAL_TARGET_TOKENS
+    or AVERAGE_PER_SEQUENCE its microbatched gradient is about num_microbatches times the
+    full batch's and weighs microbatches alike; here it is always the full batch's.)
     """
 
     def __init__(
@@ -53,12 +57,15 @@ class Trainer:
         num_microbatches: int = 1,
         seed: int = 0,
         skip_nonfinite: bool = False,
+        loss_normalizing_factor: None | float | str = losses.NUM_REAL_TARGET_TOKENS,
     ):
         """`skip_nonfinite`: a step whose loss, gradients or update is NaN or infinite leaves
         params and optimizer state as they were (the step counter still advances, as the
-        batch is consumed). Either way the step reports `finite` (1.0 or 0.0)."""
+        batch is consumed). Either way the step reports `finite` (1.0 or 0.0).
+        `loss_normalizing_factor`: T5X's choices (`losses.check_loss_normalizing_factor`)."""
         if num_microbatches < 1:
             raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
+        self.loss_normalizing_factor = losses.check_loss_normalizing_factor(loss_normalizing_factor)
         self.model = model
         self.optimizer = optimizer
         self.partitioner = partitioner
@@ -139,7 +146,11 @@ class Trainer:
 
     def _accumulate_gradients(self, params, batch, dropout_rng):
         """Sums of loss metrics and of gradients over microbatches, in float32."""
-        grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+
+        def loss_fn(params, batch, dropout_rng):
+            return self.model.loss_fn(params, batch, dropout_rng, self.loss_normalizing_factor)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         n = self.num_microbatches
         batch_size = next(iter(batch.values())).shape[0]
         if batch_size % n:
@@ -160,11 +171,17 @@ class Trainer:
     def _train_step(self, state: TrainState, batch: Batch):
         dropout_rng = jax.random.fold_in(self._dropout_key, state.step)
         sums, grads = self._accumulate_gradients(state.params, batch, dropout_rng)
-        num_tokens = jnp.maximum(sums["num_tokens"], 1.0)
-        grads = jax.tree.map(lambda g, p: (g / num_tokens).astype(p.dtype), grads, state.params)
+        divisor = losses.normalizing_divisor(
+            self.loss_normalizing_factor,
+            loss_weight_sum=sums["loss_weight_sum"],
+            num_target_positions=batch["decoder_target_tokens"].size,
+        )
+        grads = jax.tree.map(lambda g, p: (g / divisor).astype(p.dtype), grads, state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = normalize_sums(sums)
+        # What the gradients are of (T5X's `loss` metric); "loss" stays per real target token.
+        metrics["normalized_loss"] = sums["weighted_loss"] / divisor
         metrics["grad_norm"] = optax.tree.norm(grads)
         finite = (
             jnp.isfinite(metrics["loss"])

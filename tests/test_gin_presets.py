@@ -7,7 +7,7 @@ import gin
 import jax
 import pytest
 
-from flan_jax import cli
+from flan_jax import aot, cli
 from flan_jax.models import base
 
 # Parameter counts of the google/flan-t5-* checkpoints.
@@ -46,6 +46,7 @@ def test_flan_t5_presets(size, parse_preset):
     steps, params = FLAN_T5[size]
     assert (macro("TRAIN_STEPS"), macro("BATCH_SIZE"), macro("LEARNING_RATE")) == (steps, 64, 5e-4)
     assert macro("DROPOUT_RATE") == 0.05 and macro("LEARNING_RATE_DECAY") == "constant"
+    assert macro("LOSS_NORMALIZING_FACTOR") == "NUM_REAL_TARGET_TOKENS"
     model = gin.get_configurable(base.EncoderDecoderModel)()
     assert model.config.dropout_rate == 0.05
     assert param_count(model) == params
@@ -60,3 +61,21 @@ def test_flan_palm_presets(size, parse_preset):
     assert sum(macro("TASK_FEATURE_LENGTHS").values()) == 2048
     model = gin.get_configurable(base.DecoderOnlyModel)()
     assert model.config.dropout_rate == dropout
+
+
+@pytest.mark.parametrize(
+    "binding, want",
+    [
+        ((), "NUM_REAL_TARGET_TOKENS"),
+        (("LOSS_NORMALIZING_FACTOR=None",), None),
+        (("LOSS_NORMALIZING_FACTOR=233472",), 233472),
+        (("LOSS_NORMALIZING_FACTOR='AVERAGE_PER_SEQUENCE'",), "AVERAGE_PER_SEQUENCE"),
+    ],
+)
+def test_loss_normalizing_factor_reaches_the_train_step(binding, want):
+    run = aot.load_run(
+        ["--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/finetune.gin"],
+        jax.devices(),
+        ["TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", *binding],
+    )
+    assert run.loss_normalizing_factor == want

@@ -1,12 +1,15 @@
-"""Cross-entropy with z-loss and label smoothing, and the model loss built on it."""
+"""Cross-entropy with z-loss and label smoothing, the loss-normalizing factor, and the model
+loss built on them."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from loss_testing import FACTORS, TARGET_LENGTHS, packed_batch, t5x_weights_and_factor
 
-from flan_jax.losses import cross_entropy_with_z_loss, label_smoothing_constant
+from flan_jax import losses
+from flan_jax.losses import label_smoothing_constant
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import T5Config
 
@@ -29,6 +32,11 @@ def _numpy_reference(logits, targets, weights, z_loss, label_smoothing):
         (cross_entropy * weights).sum(),
         (z_term * weights).sum(),
     )
+
+
+def cross_entropy_with_z_loss(logits, targets, weights, *, z_loss=0.0, label_smoothing=0.0):
+    per_token = losses.token_losses(logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+    return losses.weighted_sums(*per_token, weights)
 
 
 @pytest.mark.parametrize(
@@ -133,8 +141,9 @@ def test_loss_fn_returns_sums_that_split_over_microbatches(model_params_batch):
         loss_fn(params, {k: v[s] for k, v in batch.items()}, None)[1]
         for s in (slice(0, 2), slice(2, 4))
     ]
-    for name in ("loss", "cross_entropy", "z_loss", "num_tokens", "num_correct"):
+    for name in aux:  # loss, cross_entropy, z_loss, num_tokens, num_correct, weighted_loss, ...
         np.testing.assert_allclose(aux[name], halves[0][name] + halves[1][name], rtol=1e-5)
+    assert len(aux) == 7
     np.testing.assert_allclose(loss, aux["loss"])
     np.testing.assert_allclose(aux["loss"], aux["cross_entropy"] + aux["z_loss"], rtol=1e-6)
     assert aux["num_tokens"] == 21
@@ -161,3 +170,69 @@ def test_dropout_only_with_an_rng(model_params_batch):
     other = loss_fn(params, batch, jax.random.key(2))[0]
     assert first == again
     assert first != deterministic and first != other
+
+
+# --- LOSS_NORMALIZING_FACTOR: T5X's weights and divisors on a packed batch ---
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("packed", [True, False])
+def test_weights_and_divisor_are_t5xs(factor, packed):
+    batch = packed_batch(vocab_size=30)
+    if not packed:  # each row one sequence, as T5X normalizes unpacked batches
+        batch = {k: v for k, v in batch.items() if not k.endswith(("_segment_ids", "_positions"))}
+    want_weights, want_factor = t5x_weights_and_factor(factor, batch)
+    factor = losses.check_loss_normalizing_factor(factor)
+    weights = losses.loss_weights(
+        factor, jnp.asarray(batch["decoder_loss_weights"]), batch.get("decoder_segment_ids")
+    )
+    np.testing.assert_allclose(weights, want_weights, rtol=1e-6)
+    divisor = losses.normalizing_divisor(
+        factor,
+        loss_weight_sum=jnp.sum(weights),
+        num_target_positions=batch["decoder_target_tokens"].size,
+    )
+    np.testing.assert_allclose(divisor, 1.0 if want_factor is None else want_factor, rtol=1e-6)
+
+
+def test_average_per_sequence_counts_the_sequences_with_weight():
+    batch = packed_batch(vocab_size=30)
+    weights = losses.per_sequence_weights(
+        jnp.asarray(batch["decoder_loss_weights"]), jnp.asarray(batch["decoder_segment_ids"])
+    )
+    # 17 packed examples, one of them with no loss weight.
+    assert sum(map(len, TARGET_LENGTHS)) == 17
+    np.testing.assert_allclose(jnp.sum(weights), 16.0, rtol=1e-6)
+    assert float(jnp.sum(weights[2])) == pytest.approx(2.0)
+
+
+def test_a_batch_without_weight_divides_by_one():
+    for factor in ("NUM_REAL_TARGET_TOKENS", "AVERAGE_PER_SEQUENCE"):
+        divisor = losses.normalizing_divisor(
+            factor, loss_weight_sum=jnp.float32(0), num_target_positions=8
+        )
+        assert float(divisor) == 1.0
+
+
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        (None, None),
+        (233472, 233472.0),
+        (0.5, 0.5),
+        ("NUM_REAL_TARGET_TOKENS", "NUM_REAL_TARGET_TOKENS"),
+        ("average_per_sequence", "AVERAGE_PER_SEQUENCE"),  # T5X upper-cases its strings
+    ],
+)
+def test_accepted_loss_normalizing_factors(value, want):
+    assert losses.check_loss_normalizing_factor(value) == want
+
+
+@pytest.mark.parametrize("value", ["NUM_TOKENS", -1, 0, float("nan"), float("inf"), True, [1]])
+def test_other_loss_normalizing_factors_are_refused_by_name(value):
+    with pytest.raises(ValueError) as error:
+        losses.check_loss_normalizing_factor(value)
+    message = str(error.value)
+    assert f"LOSS_NORMALIZING_FACTOR={value!r}" in message
+    for choice in ("None", "positive number", *losses.SPECIAL_FACTORS):
+        assert choice in message

@@ -145,18 +145,29 @@ def run_from_repo_root(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def make_trainer(config, mesh_shape=(8, 1), num_microbatches=1, learning_rate=1e-2, num_slices=1):
+def make_trainer(
+    config,
+    mesh_shape=(8, 1),
+    num_microbatches=1,
+    learning_rate=1e-2,
+    num_slices=1,
+    model=None,
+    optimizer=None,
+    loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+):
+    """A T5 trainer on 8 CPU devices; Adafactor unless `optimizer` is given."""
     partitioner = partitioning.Partitioner(
         partitioning.create_mesh(mesh_shape=mesh_shape, num_slices=num_slices),
         partitioning.logical_axis_rules(),
     )
     schedule = optim.learning_rate_schedule(learning_rate)
     return Trainer(
-        base.EncoderDecoderModel(config),
-        optim.adafactor(schedule, min_dim_size_to_factor=16),
+        model or base.EncoderDecoderModel(config),
+        optimizer or optim.adafactor(schedule, min_dim_size_to_factor=16),
         partitioner,
         learning_rate_fn=schedule,
         num_microbatches=num_microbatches,
+        loss_normalizing_factor=loss_normalizing_factor,
     )
 
 

@@ -68,27 +68,44 @@ class BaseModel(abc.ABC):
             return batch["decoder_loss_weights"].astype(jnp.float32)
         return (batch["decoder_target_tokens"] != PAD_ID).astype(jnp.float32)
 
-    def loss_fn(self, params, batch: Mapping[str, jax.Array], dropout_rng: jax.Array | None):
-        """Summed (not averaged) loss over target tokens and a dict of summed metrics.
+    def loss_fn(
+        self,
+        params,
+        batch: Mapping[str, jax.Array],
+        dropout_rng: jax.Array | None,
+        loss_normalizing_factor: None | float | str = losses.NUM_REAL_TARGET_TOKENS,
+    ):
+        """Weighted loss sum to differentiate, and a dict of sums over the batch's tokens.
 
-        "cross_entropy" includes label smoothing; "loss" = "cross_entropy" + "z_loss".
-        Dropout is on iff dropout_rng is given.
+        The first output weighs tokens as `loss_normalizing_factor` asks
+        (`losses.loss_weights`; per sequence for AVERAGE_PER_SEQUENCE, else by the loss
+        weights) and is also aux "weighted_loss", with "loss_weight_sum" the sum of those
+        weights; the caller divides it by `losses.normalizing_divisor`. The other sums weigh
+        every real target token alike, for per-token metrics: "cross_entropy" includes label
+        smoothing; "loss" = "cross_entropy" + "z_loss". Dropout is on iff dropout_rng is given.
         """
         logits = self._logits(params, batch, dropout_rng)
         targets = batch["decoder_target_tokens"]
         weights = self._weights(batch)
-        loss, cross_entropy, z_loss = losses.cross_entropy_with_z_loss(
-            logits, targets, weights, z_loss=self.z_loss, label_smoothing=self.label_smoothing
+        cross_entropy, z_term = losses.token_losses(
+            logits, targets, z_loss=self.z_loss, label_smoothing=self.label_smoothing
         )
+        loss, cross_entropy_sum, z_loss_sum = losses.weighted_sums(cross_entropy, z_term, weights)
+        objective_weights = losses.loss_weights(
+            loss_normalizing_factor, weights, batch.get("decoder_segment_ids")
+        )
+        weighted_loss, _, _ = losses.weighted_sums(cross_entropy, z_term, objective_weights)
         correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
         aux = {
             "loss": loss,
-            "cross_entropy": cross_entropy,
-            "z_loss": z_loss,
+            "cross_entropy": cross_entropy_sum,
+            "z_loss": z_loss_sum,
             "num_tokens": jnp.sum(weights),
             "num_correct": jnp.sum(correct * weights),
+            "weighted_loss": weighted_loss,
+            "loss_weight_sum": jnp.sum(objective_weights),
         }
-        return loss, aux
+        return weighted_loss, aux
 
     def score_batch(self, params, batch: Mapping[str, jax.Array]) -> jax.Array:
         """[B] sum of log p(target token), for ranking answer options (unpacked batches)."""
