@@ -272,3 +272,14 @@ def test_no_gin_file_binds_a_macro_that_a_suites_constant_would_shadow():
     assert "SUITES" in macros  # the files were read
     shadowed = {name.rsplit(".", 1)[-1] for name in suites.GIN_CONSTANTS} & macros
     assert not shadowed, f"gin constants {shadowed} would replace the gin files' macros"
+
+
+def test_readme_lists_every_bbh_subtasks_chance_rate():
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(readme) as f:
+        rows = dict(re.findall(r"^\| ([a-z_]+) \| [^|]+ \| (\d+\.\d\d) \|$", f.read(), re.M))
+    assert set(bbh.TASKS) <= set(rows)
+    binary = ("boolean_expressions", "sports_understanding", "web_of_lies", "navigate", "snarks")
+    assert {task: rows[task] for task in binary} == dict.fromkeys(binary, "50.00")
+    free_form = ("dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting")
+    assert {task: rows[task] for task in free_form} == dict.fromkeys(free_form, "0.00")
