@@ -24,7 +24,6 @@ there, to show what fits beside the answers in a decoder's context.
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import math
@@ -33,6 +32,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import seqio
+from etils import epath
 
 from tasks import metrics, vocab
 from tasks.eval import bbh, mgsm, mmlu, readers, tydiqa
@@ -57,6 +57,10 @@ def token_lengths(texts: Iterable[str], vocabulary: seqio.Vocabulary) -> list[in
     return [len(vocabulary.encode(text)) + 1 for text in texts]
 
 
+def _is_file(path: str) -> bool:
+    return epath.Path(path).is_file()  # local or gs://
+
+
 def cot_reasonings(prompt: str) -> list[str]:
     """The reasoning of each "Q: ...\\nA: Let's think step by step. ..." exemplar of a CoT
     prompt: what a model writes after a query that ends with the trigger."""
@@ -74,19 +78,20 @@ def _bbh(directory: str) -> dict[str, dict[str, list[str]]]:
     found: dict[str, dict[str, list[str]]] = {}
     for task in bbh.TASKS:
         prompt_path = os.path.join(directory, "cot-prompts", f"{task}.txt")
-        if os.path.isfile(prompt_path):
+        if _is_file(prompt_path):
             cot, _ = bbh.read_prompts(prompt_path)
             found.setdefault("bbh_cot/exemplars", {})[task] = cot_reasonings(cot)
         examples_path = os.path.join(directory, "bbh", f"{task}.json")
-        if os.path.isfile(examples_path):
+        if _is_file(examples_path):
             targets = [e["target"] for e in bbh.read_examples(examples_path)]
             found.setdefault("bbh_direct/answers", {})[task] = targets
-        if os.path.isfile(prompt_path) and os.path.isfile(examples_path):
+        if _is_file(prompt_path) and _is_file(examples_path):
             for mode, cot_mode in (("direct", False), ("cot", True)):
                 inputs = [e["inputs"] for e in bbh.examples(task, cot_mode, directory)]
                 found.setdefault(f"bbh_{mode}/prompts", {})[task] = inputs
-        pattern = os.path.join(directory, BBH_REFERENCE_OUTPUTS, f"{task}_few_shot_*[0-9].json")
-        for path in glob.glob(pattern):
+        reference = epath.Path(directory) / BBH_REFERENCE_OUTPUTS
+        paths = reference.glob(f"{task}_few_shot_*.json") if reference.is_dir() else []
+        for path in map(os.fspath, paths):
             outputs = readers.field(readers.read_json(path), "outputs", list, path)
             texts = [readers.field(o, "prediction", str, path) for o in outputs]
             complete = [text for text in texts if metrics.COT_ANSWER_PREFIX in text]
@@ -96,7 +101,7 @@ def _bbh(directory: str) -> dict[str, dict[str, list[str]]]:
 
 def _mmlu(directory: str) -> dict[str, dict[str, list[str]]]:
     path = os.path.join(directory, mmlu.COT_PROMPTS_FILE)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         return {}
     prompts = readers.read_json(path, "MMLU chain-of-thought prompts")
     return {
@@ -110,7 +115,7 @@ def _mmlu(directory: str) -> dict[str, dict[str, list[str]]]:
 
 def _mgsm(directory: str) -> dict[str, dict[str, list[str]]]:
     path = os.path.join(directory, mgsm.EXEMPLARS_FILE)
-    if not os.path.isfile(path):
+    if not _is_file(path):
         return {}
     answers = {}
     for language, shots in mgsm.read_exemplars(path).items():
@@ -122,7 +127,7 @@ def _mgsm(directory: str) -> dict[str, dict[str, list[str]]]:
     languages = [
         language
         for language in answers
-        if os.path.isfile(os.path.join(directory, f"mgsm_{language}.tsv"))
+        if _is_file(os.path.join(directory, f"mgsm_{language}.tsv"))
     ]
     if languages:
         found["mgsm/prompts"] = {
@@ -134,7 +139,7 @@ def _mgsm(directory: str) -> dict[str, dict[str, list[str]]]:
 
 def _tydiqa(directory: str) -> dict[str, dict[str, list[str]]]:
     paths = [os.path.join(directory, name) for name in tydiqa.SPLIT_FILES.values()]
-    if not all(os.path.isfile(path) for path in paths):
+    if not all(_is_file(path) for path in paths):
         return {}
     present = set(tydiqa.read_questions(paths[0])) & set(tydiqa.read_questions(paths[1]))
     examples = {
@@ -214,9 +219,7 @@ def main(argv=None) -> None:
     print(format_table(measured))
     if args.json:
         record = {"vocabulary_pieces_sha256": pieces_fingerprint(vocabulary), "lengths": measured}
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
+        epath.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
