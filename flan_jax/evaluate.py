@@ -117,9 +117,12 @@ def evaluate(
             },
             "num_beams": num_beams,
         }
-        written = report.write_report(str(output_dir), label, results, details)
+        truncated = evaluator.truncated()
+        written = report.write_report(str(output_dir), label, results, details, truncated=truncated)
         written["predictions"] = report.write_predictions(str(output_dir), evaluator.predictions())
         print(report.markdown_table(label, report.summarize(results)), flush=True)
+        for note in report.truncation_notes(truncated):
+            print(note, flush=True)
         print(f"wrote {', '.join(written.values())}", flush=True)
     return results
 

@@ -141,6 +141,7 @@ class PredictionEvaluator:
         self._progress: Progress | None = None
         self._batch_index = 0
         self._outputs = {}
+        self._truncated: dict[str, dict[str, int]] = {}
 
     @property
     def task_names(self) -> list[str]:
@@ -157,6 +158,7 @@ class PredictionEvaluator:
             self._batch_index += 1
             if self.num_samples > 1:
                 predictions = np.stack([self._vote(task, samples) for samples in predictions[:n]])
+            self._count_truncated(task, predictions[:n])
             outputs.extend(zip(indices.tolist(), predictions[:n].tolist()))
             if self._progress is not None:
                 self._progress.update(n)
@@ -192,6 +194,23 @@ class PredictionEvaluator:
             for index, example_scores in enumerate(np.split(np.asarray(scores), ends[:-1]))
         ]
 
+    def _count_truncated(self, task: seqio.Task, predictions: np.ndarray) -> None:
+        """Counts the scored predictions [n, length] that reached the decode length without
+        EOS: a chain of thought cut there has no answer."""
+        eos_id = task.output_features["targets"].vocabulary.eos_id
+        counts = self._truncated.setdefault(
+            task.name,
+            {"truncated": 0, "predictions": 0, "decode_length": self._lengths["targets"]},
+        )
+        counts["truncated"] += int(np.sum(~np.any(predictions == eos_id, axis=-1)))
+        counts["predictions"] += len(predictions)
+
+    def truncated(self) -> dict[str, dict[str, int]]:
+        """The last evaluation's {task: {"truncated", "predictions", "decode_length"}} for
+        every generated task: how many of its scored predictions reached `decode_length`
+        tokens without EOS (rank-classified tasks generate nothing and are not listed)."""
+        return {name: dict(counts) for name, counts in self._truncated.items()}
+
     @staticmethod
     def _vote(task: seqio.Task, samples: np.ndarray) -> np.ndarray:
         """The tokens of the sample self-consistency keeps among [num_samples, length]."""
@@ -203,6 +222,7 @@ class PredictionEvaluator:
     def evaluate(self, params, step: int | None = None) -> TaskMetrics:
         """{task name: {metric name: value}} for every task with metrics."""
         self._batch_index = 0  # The same samples every time for the same params.
+        self._truncated = {}
         if self._show_progress:
             self._progress = Progress(self.name, self.num_eval_examples)
         metrics, self._outputs = self._evaluator.evaluate(
@@ -302,6 +322,10 @@ class SuiteEvaluator:
     def predictions(self) -> dict[str, dict[str, list[dict[str, str]]]]:
         """{suite: PredictionEvaluator.predictions()} of the last evaluation."""
         return {suite: evaluator.predictions() for suite, evaluator in self._evaluators.items()}
+
+    def truncated(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{suite: PredictionEvaluator.truncated()} of the last evaluation."""
+        return {suite: evaluator.truncated() for suite, evaluator in self._evaluators.items()}
 
 
 class TeacherForcedEvaluator:

@@ -125,6 +125,8 @@ class SuiteEval(Hook):
             self.writer.scalars(name, step.number, values)
             headline = values.get("score", values.get("normalized_average"))
             print(f"  {name}: {headline:.1f}", flush=True)
+        for note in report.truncation_notes(self.evaluator.truncated()):
+            print(f"  {note}", flush=True)
 
 
 class PredictionEval(Hook):

@@ -125,6 +125,23 @@ def markdown_table(label: str, summary: Mapping) -> str:
     return "\n".join(lines)
 
 
+# {suite: {task: {"truncated", "predictions", "decode_length"}}}, as SuiteEvaluator.truncated().
+Truncation = Mapping[str, Mapping[str, Mapping[str, int]]]
+
+
+def truncation_notes(truncated: Truncation) -> list[str]:
+    """One line per task with predictions that reached their decode length without EOS (a
+    chain of thought cut there has no answer and scores as wrong); none when no task has."""
+    return [
+        f"{task}: {c['truncated']} of {c['predictions']} predictions reached the "
+        f"{c['decode_length']}-token decode length without EOS (raise "
+        f"SUITE_FEATURE_LENGTHS['{suite}']['targets'] if they were still reasoning)"
+        for suite, by_task in truncated.items()
+        for task, c in by_task.items()
+        if c["truncated"]
+    ]
+
+
 def plot_chart(path: str, label: str, summary: Mapping) -> None:
     """Grouped bars per column: the paper's Flan-T5 sizes, then this model (a `summarize`
     result)."""
@@ -166,16 +183,23 @@ def write_report(
     results: Mapping[str, TaskMetrics],
     details: Mapping | None = None,
     chance_rates: Mapping[str, float] | None = None,
+    truncated: Truncation | None = None,
 ) -> dict[str, str]:
     """results.json, results.md and results.png in output_dir; returns their paths.
-    `chance_rates` as for `summarize`."""
+    `chance_rates` as for `summarize`; `truncated` (per task, the predictions cut at the decode
+    length) goes into results.json and, where not zero, under the table."""
     directory = epath.Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, chance_rates)
-    record = {"model": label, **summary, "tasks": results, **(details or {})}
+    record = {"model": label, **summary, "tasks": results, "truncated": truncated or {}}
+    record.update(details or {})
+    table = markdown_table(label, summary)
+    notes = truncation_notes(truncated or {})
+    if notes:
+        table += "\n\n" + "\n".join(f"- {note}" for note in notes)
     paths = {name: os.fspath(directory / f"results.{name}") for name in ("json", "md", "png")}
     epath.Path(paths["json"]).write_text(json.dumps(record, indent=2))
-    epath.Path(paths["md"]).write_text(markdown_table(label, summary) + "\n")
+    epath.Path(paths["md"]).write_text(table + "\n")
     plot_chart(paths["png"], label, summary)
     return paths
 

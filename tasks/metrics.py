@@ -108,8 +108,9 @@ def first_line(output_or_target, example=None, is_target=False) -> str:
 
 
 # Digits grouped by three after one separator: "1,000" (English, Chinese, ...), "1.000" (German,
-# Spanish), "1 000" (French and Russian, also with a no-break or narrow no-break space).
-_GROUPED = r"\d{1,3}(?P<sep>[,. \u00a0\u202f])\d{3}(?:(?P=sep)\d{3})*(?!\d)"
+# Spanish), "1 000" (French and Russian, also with a no-break or narrow no-break space). The
+# leading group never starts with 0: "0.125" and "0,125" are fractions.
+_GROUPED = r"[1-9]\d{0,2}(?P<sep>[,. \u00a0\u202f])\d{3}(?:(?P=sep)\d{3})*(?!\d)"
 # A number: grouped or plain digits, then a decimal part after the other separator ("3.5",
 # "3,5", "1.000,5"); or a bare decimal (".5"). "1.000" is one thousand, "3.5" three and a half.
 _NUMBER = re.compile(

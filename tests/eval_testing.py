@@ -36,7 +36,7 @@ def _mmlu(root):
 
 
 # More BBH tasks in the real inputs' formats: options listed as "(A) ..." or "- Yes", or none
-# (free-form answers).
+# (a closed set of answers, or free-form ones).
 BBH_MORE = {
     "logical_deduction_three_objects": [
         {
@@ -62,6 +62,13 @@ BBH_MORE = {
             "input": "I have a chair, two tables, and a lamp. How many objects do I have?",
             "target": "4",
         }
+    ],
+    "web_of_lies": [
+        {
+            "input": f"Question: Ann tells the truth. Bob says Ann {says}. Does Bob tell it?",
+            "target": target,
+        }
+        for says, target in [("lies", "No"), ("tells the truth", "Yes")] * 2
     ],
 }
 

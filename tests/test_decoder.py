@@ -213,7 +213,7 @@ def test_palm_presets_fit_the_2048_token_context(size):
         assert sum(suite_lengths.values()) == 2048, suite
     # evaluate.gin's own lengths (for T5) are refused for PaLM, naming both lengths.
     _, t5_suites = _preset_lengths(f"models/palm/{size}.gin", "eval/evaluate.gin")
-    with pytest.raises(ValueError, match="mmlu_cot: inputs=2048 \\+ targets=256 = 2304"):
+    with pytest.raises(ValueError, match="mmlu_cot: inputs=2048 \\+ targets=768 = 2816"):
         model.check_feature_lengths(t5_suites["mmlu_cot"], "mmlu_cot")
 
 

@@ -23,8 +23,13 @@ def test_mmlu_direct_prompt_has_five_dev_shots_and_ends_with_the_query(benchmark
     direct = mmlu.examples("anatomy", False, "test", str(benchmarks["mmlu"]))
     assert [e["targets"] for e in direct] == ["B", "C"]
     prompt = direct[1]["inputs"]
+    # Two spaces before the subject, as hendrycks/test's format_subject makes it.
     assert prompt.startswith(
-        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+        "The following are multiple choice questions (with answers) about  anatomy.\n\n"
+    )
+    query = {"question": "Q?", "options": ["a", "b", "c", "d"], "answer": "A"}
+    assert mmlu.direct_prompt("abstract_algebra", [], query).startswith(
+        "The following are multiple choice questions (with answers) about  abstract algebra."
     )
     assert prompt.count("\nAnswer: ") == 5 and "Dev question 5?" not in prompt  # 5 of 6 dev rows
     assert prompt.endswith(

@@ -82,6 +82,11 @@ def test_direct_answer_is_the_first_line_without_a_closing_period():
         ("Die Antwort lautet 3.5.", "3.5"),
         ("Die Antwort lautet 3,5.", "3.5"),
         ("The answer is 3.14159", "3.14159"),
+        # A leading 0 is never a thousands group: a fraction, in either notation.
+        ("The answer is 0.125.", "0.125"),
+        ("Die Antwort lautet 0,125.", "0.125"),
+        ("The change is -0.5 dollars. The answer is -0.75.", "-0.75"),
+        ("1,000.5 - 1,000 = 0.5", "0.5"),
     ],
 )
 def test_final_number(output, number):

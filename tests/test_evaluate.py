@@ -15,7 +15,7 @@ from matplotlib import image
 from train_testing import REPO, train_in_process
 
 import tasks.eval
-from flan_jax import evaluate
+from flan_jax import evaluate, report
 from flan_jax.interop import hf_t5
 from tasks import demo, vocab
 
@@ -80,9 +80,21 @@ def test_checkpoint_and_hf_dir_evaluate_to_the_same_report(setup, monkeypatch):
     assert record["tasks"]["tydiqa"] == {"tydiqa_swahili": {"exact_match": tydiqa_score}}
     assert record["self_consistency"] == {"suites": ["mgsm"], "num_samples": 3, "temperature": 0.7}
     assert isinstance(record["normalized_average"], float)
+    # Every generated task's predictions cut at the 12-token decode length are counted; MMLU
+    # direct generates nothing.
+    assert record["truncated"].keys() == set(tasks.eval.SUITES)
+    assert record["truncated"]["mmlu_direct"] == {}
+    for suite in set(tasks.eval.SUITES) - {"mmlu_direct"}:
+        assert record["truncated"][suite].keys() == record["tasks"][suite].keys(), suite
+    cut = record["truncated"]["mgsm"]["mgsm_de"]
+    assert cut["predictions"] == 2 and cut["decode_length"] == 12
+    assert 0 <= cut["truncated"] <= 2
     table = (out / "results.md").read_text()
-    assert table.splitlines()[-1].startswith("| **tiny** | ") and table.count("(paper)") == 6
-    assert table.splitlines()[-1] in result.stdout
+    notes = report.truncation_notes(record["truncated"])
+    assert all(f"- {note}" in table and note in result.stdout for note in notes)
+    assert table.count("(paper)") == 6
+    row = next(line for line in table.splitlines() if line.startswith("| **tiny** | "))
+    assert row in result.stdout
     assert image.imread(out / "results.png").ndim == 3
     predictions = (out / "predictions" / "mgsm.jsonl").read_text().splitlines()
     lines = [json.loads(line) for line in predictions]

@@ -12,7 +12,7 @@ import tasks.eval
 from flan_jax import evaluation, predict
 from tasks.metrics import NUM_QUESTIONS
 
-MMLU_HEADER = "The following are multiple choice questions (with answers) about anatomy.\n\n"
+MMLU_HEADER = "The following are multiple choice questions (with answers) about  anatomy.\n\n"
 
 
 def test_teacher_forced_metrics_do_not_depend_on_batching(tiny_config):
@@ -185,3 +185,27 @@ def test_mmlu_direct_drops_whole_exemplars_until_the_prompt_fits(mmlu_direct):
     assert prompt.count("\nAnswer: ") == 3 and "Dev question 2?" in prompt
     assert "Dev question 3?" not in prompt
     assert prompt.endswith("A. two\nB. three\nC. four\nD. five\nAnswer:")
+
+
+def test_predictions_that_reach_the_decode_length_without_eos_are_counted(tiny_config):
+    """Per task, the scored predictions with no EOS in their decode length: here the model's
+    output is replaced by rows that end (EOS) or run to the end, alternately."""
+    trainer = make_trainer(dataclasses.replace(tiny_config, vocab_size=512))
+    evaluator = evaluation.PredictionEvaluator(
+        "demo_sort",
+        {"inputs": 32, "targets": 6},
+        trainer.model,
+        trainer.partitioner,
+        trainer.params_shardings,
+        batch_size=8,
+        num_examples=5,
+    )
+    rows = np.full((8, 6), 7, np.int32)
+    rows[::2, 3], rows[::2, 4:] = 1, 0  # rows 0, 2, 4, 6 end with EOS; 1, 3, 5, 7 are cut
+    rows[1, 5] = 1  # EOS as the last token still ends the answer
+    evaluator._predict = lambda params, batch, index: rows
+    evaluator.evaluate(params=None)
+    # Of the 5 examples only row 3 is cut: row 1's EOS is its last token; 5 and 7 are padding.
+    assert evaluator.truncated() == {
+        "demo_sort": {"truncated": 1, "predictions": 5, "decode_length": 6}
+    }

@@ -70,6 +70,26 @@ def test_tfds_task_through_seqio_under_mock_data(flan_env):
         assert target in ("yes", "no") or f"{target} yes" in inputs or f"{target} no" in inputs
 
 
+def test_winogrande_splits_the_sentence_at_its_blank_as_flan_does(flan_env):
+    """FLAN's winogrande: the context is the sentence up to "_", and each option carries the
+    rest of the sentence, so the prompt never shows the blank."""
+    task = registry.REGISTERED["muffin"]["winogrande"]
+    raw = {
+        "sentence": tf.constant("The trophy doesn't fit into the suitcase because the _ is big."),
+        "option1": tf.constant("trophy"),
+        "option2": tf.constant("suitcase"),
+        "label": tf.constant(0, tf.int64),
+    }
+    fields = task.to_fields(raw)
+    assert fields["context"].numpy() == b"The trophy doesn't fit into the suitcase because the "
+    assert fields["options"].numpy().tolist() == [b"trophy is big.", b"suitcase is big."]
+    assert fields["answer"].numpy() == b"trophy is big."
+    for template in task.templates:
+        inputs, targets = (text.numpy().decode() for text in template.render(fields))
+        assert "_" not in inputs and "- suitcase is big." in inputs
+        assert targets == "trophy is big."
+
+
 def _golden_task(family="muffin", task_templates=muffin.NLI[:2]):
     rows = [
         {

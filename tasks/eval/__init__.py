@@ -47,10 +47,10 @@ def register_suites(
 
 
 def chance_rate(task: str) -> float:
-    """The score (percent) of a uniform random guess among a suite task's answer options, from
-    its data: 25 for MMLU, 100 / the options a BBH input lists (0 for free-form BBH tasks), 0
-    for TyDiQA and MGSM, whose answers are free text. The normalized average is measured
-    against it."""
+    """The score (percent) of a uniform random guess among a suite task's answers, from its
+    data: 25 for MMLU; for BBH 100 / the options an input lists, else / the task's closed set of
+    gold answers (50 for True/False or yes/no), else 0 (free-form); 0 for TyDiQA and MGSM,
+    whose answers are free text. The normalized average is measured against it."""
     for suite in SUITES:
         if task.startswith(f"{suite}_"):
             return BENCHMARKS[suite.split("_")[0]].chance_rate(task.removeprefix(f"{suite}_"))

@@ -13,6 +13,7 @@ answer-only prompts do. Answers are compared exactly after extraction.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import os
@@ -114,12 +115,37 @@ def num_options(text: str) -> int:
     return len(list(itertools.takewhile(_OPTION.match, lines[start:])))
 
 
+# Gold answers form a closed set (the task's answer space) when each distinct one recurs, as
+# the answer of at least this share of the task's examples: True/False, yes/no; not counts,
+# sums or sorted word lists, whose rare or unique values show the space is open.
+CLOSED_SET_SHARE = 0.1
+
+
+def closed_answers(targets: Sequence[str]) -> set[str]:
+    """The task's answer space read from its gold answers: the distinct ones when there are at
+    least two and each is the answer of two examples or more and of CLOSED_SET_SHARE of them,
+    else empty (free-form answers)."""
+    counts = collections.Counter(targets)
+    least = max(2.0, CLOSED_SET_SHARE * len(targets))
+    if len(counts) < 2 or min(counts.values()) < least:
+        return set()
+    return set(counts)
+
+
 def chance_rate(task: str) -> float:
-    """The mean over the task's examples of 100 / the number of options its input lists (0
-    where it lists none: free-form answers)."""
+    """The score (percent) of a uniform random guess, averaged over the task's examples: 100 /
+    the options its input lists, or for an input that lists fewer than two, 100 / the size of
+    the task's closed answer space (`closed_answers`: 50 for True/False, yes/no), or 0 for
+    free-form answers."""
     path = os.path.join(readers.data_dir(DATA_DIR_ENV, "BBH"), "bbh", f"{task}.json")
-    counts = [num_options(example["input"]) for example in read_examples(path)]
-    return sum(100.0 / n for n in counts if n) / len(counts)
+    examples = read_examples(path)
+    answers = closed_answers([example["target"] for example in examples])
+    fallback = 100.0 / len(answers) if answers else 0.0
+    rates = []
+    for example in examples:
+        listed = num_options(example["input"])
+        rates.append(100.0 / listed if listed >= 2 else fallback)
+    return sum(rates) / len(rates)
 
 
 def register(vocabulary: seqio.Vocabulary, keep: Sequence[str] | None = None) -> None:

@@ -77,7 +77,9 @@ def direct_prompt(subject: str, shots: list[dict], query: dict) -> str:
         options = "".join(f"\n{letter}. {o}" for letter, o in zip(LETTERS, question["options"]))
         return f"{question['question']}{options}\nAnswer:"
 
-    topic = subject.replace("_", " ")
+    # evaluate.py's format_subject puts a space before each word, after the format string's
+    # own: "about  abstract algebra."
+    topic = "".join(f" {word}" for word in subject.split("_"))
     header = f"The following are multiple choice questions (with answers) about {topic}.\n\n"
     exemplars = "".join(f"{block(shot)} {shot['answer']}\n\n" for shot in shots)
     return header + exemplars + block(query)

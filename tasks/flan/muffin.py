@@ -127,6 +127,15 @@ def _sentiment140(example):
     }
 
 
+def _winogrande(example):
+    """FLAN's reading: the sentence up to its blank is the context, and each option is a name
+    followed by the rest of the sentence ("... because the" / "trophy is too large.")."""
+    split = tf.strings.split(example["sentence"], "_", maxsplit=1)
+    context, rest = tf.unstack(tf.concat([split, ["", ""]], 0)[:2])
+    options = tf.stack([example["option1"] + rest, example["option2"] + rest])
+    return {"context": context, **fields.answered(options, tf.cast(example["label"], tf.int64))}
+
+
 def _openbookqa(example):
     question = example["question"]
     options = tf.stack([question[f"choice_{letter}"] for letter in "ABCD"])
@@ -162,7 +171,7 @@ _TASKS = [
     ("arc_easy", "ai2_arc/ARC-Easy:1.0.0", fields.choices({"question": "question"}, _arc_options, _arc_answer), MULTIPLE_CHOICE),
     ("openbookqa", "openbookqa:0.1.0", _openbookqa, MULTIPLE_CHOICE),
     ("piqa", "piqa:1.0.0", fields.choices({"question": "goal"}, _pair_options("sol1", "sol2"), _label_answer("label")), MULTIPLE_CHOICE),
-    ("winogrande", "winogrande:1.2.0", fields.choices({"question": "sentence"}, _pair_options("option1", "option2"), _label_answer("label")), MULTIPLE_CHOICE),
+    ("winogrande", "winogrande:1.2.0", _winogrande, COMPLETION),
     ("hellaswag", "hellaswag:1.1.0", fields.choices({"context": "context"}, lambda ex: ex["endings"], _label_answer("label")), COMPLETION),
     ("copa", "super_glue/copa:1.0.2", fields.choices({"premise": "premise", "question": "question"}, _pair_options("choice1", "choice2"), _label_answer("label")), CAUSE_EFFECT),
     ("boolq", "super_glue/boolq:1.0.2", fields.labelled({"passage": "passage", "question": "question"}, "label", ("no", "yes")), READING_YES_NO),

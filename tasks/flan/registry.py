@@ -45,7 +45,7 @@ FEW_SHOT_FORMATS = (
 MIXED_SEPARATORS = ("\n", "\n\n", "\n\n\n")
 # Bump when a change here or in tasks.templates changes the rendered text: task caches made
 # before are then refused instead of mixed with new prompts.
-RENDERING_VERSION = 2
+RENDERING_VERSION = 3
 
 
 def format_settings(
