@@ -4,6 +4,7 @@ checkpoint and exit 0, and the resumed run logs the losses of a run never interr
 process stopping alone would enter the save while the other enters the next step, and the
 two would wait on each other's collectives: the test's timeout catches that hang."""
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from train_testing import REPO, device_env, free_port, logged_losses, train_command
 
 WRAPPER = os.path.join(os.path.dirname(__file__), "sigterm_after_step.py")
+WORKER = os.path.join(os.path.dirname(__file__), "two_process_stops.py")
 STEPS = 7
 BINDINGS = (
     "--gin.CHECKPOINT_EVERY=100",  # no periodic save: the checkpoints are the stops and the end
@@ -29,22 +31,32 @@ def two_processes(model_dir, cache_dir, sigterm_after=(None, None)) -> list[str]
     command = [sys.executable, WRAPPER, *train_command(model_dir, STEPS, *BINDINGS)[3:]]
     command += [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
     env = {
-        **device_env(2),
-        "PYTHONPATH": REPO,
         # The restarts load the compiled steps instead of compiling them again.
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
+    return run_both(
+        [command + [f"--process_id={i}"] for i in range(2)],
+        [
+            env if step is None else {**env, "SIGTERM_AFTER_STEP": str(step)}
+            for step in sigterm_after
+        ],
+        timeout=600,
+    )
+
+
+def run_both(commands, envs, timeout) -> list[str]:
+    """Runs the two processes' commands, 2 CPU devices each; returns their outputs once both
+    exited 0, fails if one is still running after `timeout` seconds (a hang)."""
     procs = []
     try:
-        for i, step in enumerate(sigterm_after):
+        for command, env in zip(commands, envs):
             output = tempfile.TemporaryFile("w+")  # a full pipe would stall the other process
-            signal_env = {} if step is None else {"SIGTERM_AFTER_STEP": str(step)}
             proc = subprocess.Popen(
-                command + [f"--process_id={i}"],
+                command,
                 cwd=REPO,
-                env={**env, **signal_env},
+                env={**device_env(2), "PYTHONPATH": REPO, **env},
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -53,9 +65,9 @@ def two_processes(model_dir, cache_dir, sigterm_after=(None, None)) -> list[str]
         outputs = []
         for proc, output in procs:
             try:
-                proc.wait(timeout=600)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                pytest.fail(f"process {len(outputs)} still running after 600 s: a hang")
+                pytest.fail(f"process {len(outputs)} still running after {timeout} s: a hang")
             output.seek(0)
             outputs.append(output.read())
             assert proc.returncode == 0, outputs[-1][-3000:]
@@ -104,3 +116,26 @@ def test_a_notice_on_one_or_both_processes_stops_both_after_the_same_step(tmp_pa
     straight = logged_losses(tmp_path / "straight")
     assert sorted(straight) == list(range(1, STEPS + 1))
     assert logged_losses(model_dir) == straight
+
+
+@pytest.mark.parametrize(
+    "scenario, raised, saved",
+    [
+        # Process 1 alone is told: the flags combined after step 2 are read after step 3.
+        ("sigterm", None, [3]),
+        # Only process 1's rows of batch 3 are NaN; `finite` is computed over the global
+        # batch and replicated, so both read 0 for step 3 and raise without saving.
+        ("nonfinite", "NonFiniteLossError", []),
+    ],
+)
+def test_a_stop_raised_on_one_process_stops_both_after_the_same_step(
+    tmp_path, scenario, raised, saved
+):
+    address = f"127.0.0.1:{free_port()}"
+    outputs = run_both(
+        [[sys.executable, WORKER, str(tmp_path), address, str(i), scenario] for i in range(2)],
+        [{}, {}],
+        timeout=300,
+    )
+    results = [json.loads(re.search(r"^RESULT (.*)$", out, re.M).group(1)) for out in outputs]
+    assert results == [{"stopped_after": 3, "raised": raised, "saved": saved}] * 2, outputs
