@@ -6,6 +6,10 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from flan_jax import checkpoints, evaluation, report, summaries
 from flan_jax.train_loop import Hook, Step
 
@@ -156,23 +160,55 @@ class PredictionEval(Hook):
 
 
 class Preemption(Hook):
-    """Turns SIGTERM (a TPU preemption notice) into a stop after the current step, which the
-    Checkpoint hook then saves. The handler is in place from `begin` to `end`: a SIGTERM
-    during the final evaluation ends the process as usual."""
+    """Turns SIGTERM (a TPU preemption notice) into a stop that every process takes after the
+    same step, which the Checkpoint hook then saves. The handler is in place from `begin` to
+    `end`: a SIGTERM during the final evaluation ends the process as usual.
+
+    A notice reaches the hosts of a slice at different moments (`stop.sh` reaches them over
+    ssh one by one, a maintenance event need not reach every host in the same step), and a
+    host that stopped alone would enter the checkpoint save while the others enter the next
+    step, each waiting on a collective the other never joins. So with several processes
+    each step's local flags are combined into one replicated value (`any_process`), read
+    after the next step: every process reads the same value after the same step and stops
+    there, one step after the notice, without waiting for the device. A single process
+    stops after the step its signal arrived in.
+
+    Other stop reasons need no agreement: the non-finite check reads the step's `finite`
+    metric, which is replicated, and every process reads the same global batches, so the
+    input runs out at the same step on each.
+
+    JAX's own preemption notifier, which `multihost_utils.reached_preemption_sync_point` (and
+    Orbax's `reached_preemption`) reads, is set up by `jax.distributed.initialize` on every
+    platform as a C++ `std::signal(SIGTERM, ...)` handler in public jaxlib builds, Cloud
+    TPU's included. This Python handler replaces it for good: Python reports SIG_DFL as the
+    previous handler and puts that back at `end`. So that sync point never fires in a
+    flan_jax run, and nothing here relies on it.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._any_process = None  # set in `begin` when the run has several processes
+        self._pending = None  # the combined flags of the previous step, not read yet
 
     def begin(self, step: Step) -> None:
+        if jax.process_count() > 1:
+            self._any_process = AnyProcess()
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        print("SIGTERM received: saving a checkpoint and exiting.", flush=True)
+        print(
+            f"process {jax.process_index()}: SIGTERM received: saving a checkpoint and exiting.",
+            flush=True,
+        )
         self.requested = True
 
     def after_step(self, step: Step) -> None:
-        if self.requested:
+        if self._any_process is None:
+            agreed = self.requested
+        else:
+            agreed, self._pending = self._pending, self._any_process(self.requested)
+        if agreed is not None and bool(agreed):
             step.stop = "SIGTERM"
 
     def end(self, step: Step) -> None:
@@ -182,6 +218,28 @@ class Preemption(Hook):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class AnyProcess:
+    """Whether any process passed True, as a replicated scalar on every process: a max over
+    one flag per device, jitted over all the run's devices. Returns without waiting for the
+    device; the two possible inputs are placed once."""
+
+    def __init__(self):
+        devices = jax.devices()
+        mesh = jax.sharding.Mesh(np.array(devices), ("flags",))
+        self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("flags"))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._max = jax.jit(jnp.max, out_shardings=replicated)
+        self._shape = (len(devices),)
+        self._flags: dict[bool, jax.Array] = {}
+
+    def __call__(self, flag: bool) -> jax.Array:
+        if flag not in self._flags:
+            self._flags[flag] = jax.make_array_from_callback(
+                self._shape, self._sharding, lambda index: np.full(1, flag, np.int32)
+            )
+        return self._max(self._flags[flag])
 
 
 class Checkpoint(Hook):

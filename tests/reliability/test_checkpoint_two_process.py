@@ -50,7 +50,8 @@ def test_two_processes_read_their_own_shards_and_fall_back_together(tmp_path):
         assert result["refused"] is not None, result
         assert result["fell_back_to"] == 1
         assert result["steps_left"][0] == "1" and result["steps_left"][1].startswith("2.corrupt-")
-    # Process 1 read the bad chunk and names it; process 0 refuses because process 1 did.
+    # Process 1 read the bad chunk and names it (its first in the file: c/2 or c/3, as the
+    # writes landed); process 0 refuses because process 1 did.
     assert re.search(
         r"checkpoint step 2 is corrupt: .*/state/kernel/c/[23]/0: .*Digest", results[1]["refused"]
     )

@@ -9,7 +9,7 @@ import sys
 
 import jax
 import numpy as np
-from damage import flip_a_byte
+from damage import flip_chunk_checksum
 from jax.experimental import multihost_utils
 
 from flan_jax import checkpoints
@@ -53,9 +53,7 @@ def main(model_dir, address, process_id):
     if process_id == 0:  # a chunk that process 1 wrote, and only process 1 reads back
         theirs = os.path.join(state_dir, "ocdbt.process_1", "d")
         largest = max((os.path.join(theirs, n) for n in os.listdir(theirs)), key=os.path.getsize)
-        # A quarter in: inside the first of its two ~0.5 MB chunks, away from the frame
-        # headers, shard index and b-tree nodes around the middle and the ends.
-        flip_a_byte(largest, at=os.path.getsize(largest) // 4)
+        flip_chunk_checksum(largest)  # the checksum of its first chunk: a digest mismatch
     multihost_utils.sync_global_devices("corrupted")
 
     try:
