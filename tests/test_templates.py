@@ -396,7 +396,8 @@ def test_a_query_without_exemplars_is_dropped():
         )
     )
     assert [example["inputs"] for example in out] == [
-        f"Q: {letter} 0\nA: 0\n\n" * 4 + f"Q: {letter} {i}\nA:" for letter, i in (("B", 1), ("C", 2))
+        f"Q: {letter} 0\nA: 0\n\n" * 4 + f"Q: {letter} {i}\nA:"
+        for letter, i in (("B", 1), ("C", 2))
     ]
 
 
