@@ -43,7 +43,7 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
-from flan_jax import cli, paths, task_cache
+from flan_jax import cli, paths, preflight, task_cache
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,11 @@ def run(
     beam_args: Sequence[str] = (),
 ) -> dict:
     """Caches every subtask of the mixture not yet complete; returns what it did
-    ({'cached': {task: examples}, 'skipped': [...], 'failed': {task: error}})."""
-    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+    ({'cached': {task: examples}, 'skipped': [...], 'failed': {task: error}}). Its data, its
+    vocabularies and `cache_dir` are read once first (`flan_jax.preflight`): one of them
+    unreadable stops it, naming what and how to fix it, before Beam starts or anything is
+    written."""
+    tasks = preflight.check_inputs(mixture_or_task_name, cache_dir)
     removed = task_cache.remove_leftovers(cache_dir)
     if removed:
         log.info("removed %d leftovers of earlier runs from %s/.tmp", removed, cache_dir)
@@ -376,14 +379,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not config["cache_dir"]:
         parser.error("CACHE_DIR is not set: pass --gin.CACHE_DIR=\"'DIR'\" (a path or gs://)")
     config["cache_dir"] = os.fspath(paths.path(config["cache_dir"], "CACHE_DIR"))
-    result = run(
-        config.pop("mixture_or_task_name"),
-        config.pop("task_feature_lengths"),
-        config.pop("cache_dir"),
-        **config,
-        gin_args=gin_args,
-        beam_args=beam_args,
-    )
+    try:
+        result = run(
+            config.pop("mixture_or_task_name"),
+            config.pop("task_feature_lengths"),
+            config.pop("cache_dir"),
+            **config,
+            gin_args=gin_args,
+            beam_args=beam_args,
+        )
+    except preflight.InputsUnreadable as e:
+        sys.exit(str(e))
     examples = sum(result["cached"].values())
     print(
         f"cached {len(result['cached'])} tasks ({examples} examples); skipped "

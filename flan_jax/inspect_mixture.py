@@ -1,14 +1,15 @@
 """What a mixture feeds the model: `python -m flan_jax.inspect_mixture MIXTURE`.
 
 Prints each task's rate, cap, example count, share of examples and of tokens, and the
-epochs it gets over a run of --steps x --batch_size, then renders --num_prompts prompts.
+epochs it gets over a run of --steps x --batch_size, the mean number of exemplars in the
+few-shot prompts of each family, then renders --num_prompts prompts.
 Token counts come from the first --sample_examples examples of each task. A task whose
 data is missing is listed with the reason and the variable to set; its rate still shows
 (a Flan task of unknown size counts as its cap).
 
   python -m flan_jax.inspect_mixture flan_demo --steps 1500 --batch_size 32
-  python -m flan_jax.inspect_mixture flan2022_b --steps 14000 --batch_size 64 --num_prompts 3
-  python -m flan_jax.inspect_mixture --gin_file=gin/mixtures/flan2022.gin --gin.COT_RATIO=0.1
+  python -m flan_jax.inspect_mixture flan2022_handbuilt_b --steps 14000 --num_prompts 3
+  python -m flan_jax.inspect_mixture --gin_file=mixtures/flan2022_handbuilt.gin --gin.COT_RATIO=0.1
   python -m flan_jax.inspect_mixture --gin_file=my_run.gin  # the run's mixture and modules
 """
 
@@ -152,6 +153,13 @@ def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=
             f"{100 * share:7.2f}% {tok_share} {tok:>11} {epochs}",
             file=out,
         )
+    exemplars = exemplars_per_family(samples)
+    if exemplars:
+        print(
+            "mean exemplars per few-shot prompt (sampled): "
+            + ", ".join(f"{f} {mean:.2f} ({n} prompts)" for f, (mean, n) in exemplars.items()),
+            file=out,
+        )
     for note in notes:
         print(f"note: {note}", file=out)
     if missing:
@@ -160,6 +168,22 @@ def inspect(name, steps, batch_size, lengths, num_prompts, sample_examples, out=
             tasks = [t for t, r in missing.items() if r == reason]
             print(f"  {len(tasks)} tasks, e.g. {tasks[0]}: {reason}", file=out)
     render(rows, samples, num_prompts, out)
+
+
+def exemplars_per_family(samples: dict[str, list[dict]]) -> dict[str, tuple[float, int]]:
+    """family -> (mean exemplars, prompts) over the sampled few-shot prompts that say how
+    many they hold (those rendered here; the released collection's come rendered)."""
+    from tasks import templates
+    from tasks.flan import mixtures
+
+    counts: dict[str, list[int]] = {}
+    for task_name, examples in samples.items():
+        held = [
+            int(ex[templates.NUM_EXEMPLARS]) for ex in examples if templates.NUM_EXEMPLARS in ex
+        ]
+        if held:
+            counts.setdefault(mixtures.family_of(task_name) or "other", []).extend(held)
+    return {f: (float(np.mean(c)), len(c)) for f, c in sorted(counts.items())}
 
 
 def render(rows, samples, num_prompts, out) -> None:

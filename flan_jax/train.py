@@ -37,6 +37,7 @@ from flan_jax import (
     optim,
     partitioning,
     paths,
+    preflight,
     summaries,
     train_loop,
 )
@@ -112,6 +113,8 @@ def train(
         initial_checkpoint_path = os.fspath(
             paths.path(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
         )
+    # Data, vocabularies and CACHE_DIR read once, before anything is written or compiled.
+    preflight.check_inputs(mixture_or_task_name, cache_dir)
     _write_config(model_dir)
     partitioner.check_batch_size(batch_size)
     _print_devices(partitioner)
@@ -415,6 +418,8 @@ def main(argv=None) -> None:
     # The run files bind every argument of `flan_jax.train.train` (dynamic registration).
     try:
         gin.get_configurable(train)()
+    except preflight.InputsUnreadable as e:
+        raise SystemExit(str(e)) from None
     except checkpoints.CheckpointWriteError as e:
         # One write, so Orbax's background threads, still failing, cannot split the message.
         raise SystemExit(f"CheckpointWriteError: {e}") from None

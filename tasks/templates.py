@@ -13,8 +13,8 @@ so a field's value is never read as a pattern or a regex.
 Answer options render in one `OptionsFormat`, or in a `RandomOptions` style drawn per example
 (header, bullet and end string independently, as FLAN's zero-shot prompts do); a labelled list
 rewrites the target to the answer's marker, like "(B)". Few-shot prompts follow
-`FewShotVariant`s: how many exemplars, and in which templates (the query's, each exemplar's
-own, or only those matching the query's). Exemplars stay string vectors until
+`FewShotVariant`s: how many exemplars (a fixed number, or FLAN's random count), and in which
+templates (the query's or each exemplar's own). Exemplars stay string vectors until
 `join_exemplars`, which writes them with the delimiters, drops the last ones until the prompt
 fits a token budget, and drops a query that keeps none. Every preprocessor passes the
 example's other features through and adds `template_index`, so per-example metadata rides
@@ -52,6 +52,8 @@ EXEMPLAR_TEMPLATES = "exemplar_templates"
 FEW_SHOT_VARIANT = "few_shot_variant"
 # Per-example metadata: which template of the cycle rendered the example.
 TEMPLATE_INDEX = "template_index"
+# Per-example metadata of a few-shot prompt: how many exemplars it holds.
+NUM_EXEMPLARS = "num_exemplars"
 
 # Exemplar candidates are shuffled through a buffer of this many examples.
 _EXEMPLAR_SHUFFLE_BUFFER = 10_000
@@ -179,8 +181,7 @@ def apply_templates(
 # Which templates a few-shot prompt's exemplars are rendered with.
 QUERY_TEMPLATE = "query"  # the query's
 OWN_TEMPLATE = "own"  # each exemplar its own: FLAN's mixed-template prompts
-MATCHING_TEMPLATE = "matching"  # only exemplars whose own template is the query's
-_EXEMPLAR_TEMPLATES = (QUERY_TEMPLATE, OWN_TEMPLATE, MATCHING_TEMPLATE)
+_EXEMPLAR_TEMPLATES = (QUERY_TEMPLATE, OWN_TEMPLATE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,14 +190,17 @@ class FewShotVariant:
 
     templates: render the query (cycled, as `apply_templates` does) and the exemplars.
     formats: delimiters; an exemplar or query of template t uses formats[t % len].
-    shots: exemplars per prompt (with MATCHING_TEMPLATE: at most). 0: the query's template
-        is the whole prompt (an inline pattern, like NIV2's positive example).
+    shots: exemplars per prompt (with `keep_rate`: at most). 0: the query's template is the
+        whole prompt (an inline pattern, like NIV2's positive example).
     exemplar_templates: QUERY_TEMPLATE, every exemplar in the query's template;
         OWN_TEMPLATE, each in the template its position in the exemplar stream gives (FLAN's
-        five-shot mixed-template prompts); MATCHING_TEMPLATE, of the candidates only those
-        whose own template is the query's (FLAN's 0-to-10-shot prompts).
+        five-shot mixed-template prompts).
     candidates: exemplars drawn per query (default 2 * shots); those equal to the query are
         skipped, so an example never serves as its own exemplar.
+    keep_rate: each candidate is kept with this probability, drawn per query from (seed,
+        position), so the count is Binomial(candidates, keep_rate) whatever the number of
+        templates. FLAN's 0-to-10-shot prompts: 25 candidates, each with a random one of the
+        task's ten templates, those matching the query's kept (1 in 10, 2.5 on average).
     separator: between exemplars, whatever the template (None: each format's own).
     """
 
@@ -206,6 +210,7 @@ class FewShotVariant:
     exemplar_templates: str = QUERY_TEMPLATE
     candidates: int | None = None
     separator: str | None = None
+    keep_rate: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "templates", _as_tuple(self.templates, Template, "Template"))
@@ -222,6 +227,10 @@ class FewShotVariant:
             raise ValueError(
                 f"candidates={self.candidates} is below shots={self.shots}; draw at least "
                 "as many candidates (default 2 * shots)."
+            )
+        if self.keep_rate is not None and not 0.0 < self.keep_rate <= 1.0:
+            raise ValueError(
+                f"keep_rate={self.keep_rate} must be in (0, 1]; FLAN keeps 1 candidate in 10 (0.1)."
             )
 
     @property
@@ -289,9 +298,10 @@ def add_exemplars(
                     chosen = own
                 else:
                     chosen = tf.fill(tf.shape(own), choice)
-                if variant.exemplar_templates == MATCHING_TEMPLATE:
-                    keep &= tf.equal(own, choice)
-                picked = tf.where(keep)[: variant.shots, 0]
+                shots = variant.shots
+                if variant.keep_rate is not None:
+                    shots = tf.minimum(kept_count(variant, index, shuffle_seed), shots)
+                picked = tf.where(keep)[:shots, 0]
                 chosen = tf.gather(chosen, picked)
                 cells = tf.stack([picked, offset + chosen], axis=1)
                 # A split with fewer distinct examples gives fewer exemplars; a query left
@@ -327,6 +337,15 @@ def add_exemplars(
     return tf.data.Dataset.zip(indexed, candidates).map(attach, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def kept_count(variant: FewShotVariant, index, seed: int) -> tf.Tensor:
+    """How many of its candidates query `index` keeps under `variant.keep_rate`: each one
+    with that probability, from a draw that depends on (seed, index) alone."""
+    draws = tf.random.stateless_uniform(
+        [variant.num_candidates], seed=tf.stack([tf.cast(seed, tf.int64), index])
+    )
+    return tf.reduce_sum(tf.cast(draws < variant.keep_rate, tf.int64))
+
+
 def join_exemplars(
     dataset: tf.data.Dataset,
     variants: Sequence[FewShotVariant],
@@ -337,9 +356,10 @@ def join_exemplars(
     delimiters of the query's variant and each one's template.
 
     With `max_input_tokens` (and the `vocabulary` that counts them), trailing exemplars are
-    dropped until the prompt fits. A query left with no exemplar (none fit, or none matched
-    its template) is dropped, not kept as a zero-shot prompt; inline patterns (shots=0) are
-    kept as rendered.
+    dropped until the prompt fits. A query left with no exemplar (none fit, or none drawn)
+    is dropped, not kept as a zero-shot prompt; inline patterns (shots=0) are kept as
+    rendered. "num_exemplars" says how many exemplars a prompt kept (0 for an inline
+    pattern, whose worked example is part of its template).
     """
     variants = _as_tuple(variants, FewShotVariant, "FewShotVariant")
     if max_input_tokens is not None and vocabulary is None:
@@ -351,7 +371,7 @@ def join_exemplars(
     def branch(variant, example):
         def build():
             if not variant.shots:
-                return example["inputs"], tf.constant(True)
+                return example["inputs"], tf.constant(0, tf.int64)
             formats = variant.formats
             column = {
                 field: tf.constant([getattr(f, field) for f in formats])
@@ -395,19 +415,20 @@ def join_exemplars(
                 kept = _fitting_shots(
                     shots, tf.strings.join([header, query]), prompt, max_input_tokens, vocabulary
                 )
-            return prompt(kept), kept > 0
+            return prompt(kept), kept
 
         return build
 
     def join(example):
         which = tf.cast(example[FEW_SHOT_VARIANT], tf.int32)
-        inputs, keep = tf.switch_case(which, [branch(v, example) for v in variants])
+        inputs, kept = tf.switch_case(which, [branch(v, example) for v in variants])
+        inline = tf.gather(tf.constant([not v.shots for v in variants]), which)
         rest = {
             key: value
             for key, value in example.items()
             if key not in (EXEMPLAR_INPUTS, EXEMPLAR_TARGETS, EXEMPLAR_TEMPLATES, FEW_SHOT_VARIANT)
         }
-        return {**rest, "inputs": inputs}, keep
+        return {**rest, "inputs": inputs, NUM_EXEMPLARS: kept}, inline | (kept > 0)
 
     return (
         dataset.map(join, num_parallel_calls=tf.data.AUTOTUNE)

@@ -3,8 +3,10 @@
 differently refused, length statistics."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from flan_jax import cache_tasks, task_cache
 from tasks import demo
 
 DEMO_LENGTHS = {"inputs": 16, "targets": 8}  # short enough that some examples are cut
+CACHE_COMMAND = [sys.executable, "-m", "flan_jax.cache_tasks", "--gin_file=runs/demo.gin"]
 
 
 def _cached(cache_dir, name):
@@ -60,10 +63,7 @@ def test_length_stats_on_hand_made_lengths():
 def test_cli_caches_the_demo_mixture_with_two_worker_processes(tmp_path):
     cache_dir = tmp_path / "cache"
     command = [
-        sys.executable,
-        "-m",
-        "flan_jax.cache_tasks",
-        "--gin_file=runs/demo.gin",
+        *CACHE_COMMAND,
         f"--gin.CACHE_DIR='{cache_dir}'",
         f"--gin.TASK_FEATURE_LENGTHS={DEMO_LENGTHS}",
         "--direct_num_workers=2",
@@ -269,15 +269,14 @@ def test_a_task_failing_mid_write_leaves_no_directory_while_the_others_commit(tm
     assert sorted(p.name for p in (cache_dir / task_cache.TMP_DIR).iterdir()) == ["h2_broken.error"]
 
 
-def test_released_collection_tasks_cache_from_one_read_of_each_shard(tmp_path, monkeypatch):
+def _released_cot(directory):
+    """Two shards of a released cot submix in `directory`: three tasks, 80 rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks import vocab
     from tasks.flan import released
 
-    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, demo.vocabulary().sentencepiece_model_file)
-    data = tmp_path / "released" / released.folder("cot") / "data"
+    data = directory / released.folder("cot") / "data"
     data.mkdir(parents=True)
     rng = np.random.default_rng(1)
     keys = [("gsm8k", "zs_opt"), ("gsm8k", "fs_opt"), ("strategyqa", "zs_opt")]
@@ -293,6 +292,14 @@ def test_released_collection_tasks_cache_from_one_read_of_each_shard(tmp_path, m
             }
         )
         pq.write_table(table, data / f"train-{index:05d}-of-00002.parquet", row_group_size=16)
+
+
+def test_released_collection_tasks_cache_from_one_read_of_each_shard(tmp_path, monkeypatch):
+    from tasks import vocab
+    from tasks.flan import released
+
+    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, demo.vocabulary().sentencepiece_model_file)
+    _released_cot(tmp_path / "released")
     names = released.register_collection(str(tmp_path / "released"))
     seqio.MixtureRegistry.remove("h2_released")
     seqio.MixtureRegistry.add("h2_released", names, default_rate=1.0)
@@ -315,3 +322,55 @@ def test_released_collection_tasks_cache_from_one_read_of_each_shard(tmp_path, m
         seqio.MixtureRegistry.remove("h2_released")
         for name in names:
             seqio.TaskRegistry.remove(name)
+
+
+def test_an_unreadable_vocabulary_stops_before_beam_and_writes_nothing(tmp_path, monkeypatch):
+    from flan_jax import preflight
+    from tasks import vocab
+    from tasks.flan import released
+
+    missing = tmp_path / "nowhere" / "sentencepiece.model"
+    monkeypatch.setenv(vocab.FLAN_VOCAB_ENV, str(missing))
+    _released_cot(tmp_path / "released")
+    name = released.register_mixture("h_unreadable_vocab", {"cot": 1}, str(tmp_path / "released"))
+    monkeypatch.setattr(cache_tasks, "build_pipeline", lambda *a: pytest.fail("Beam started"))
+    cache_dir = tmp_path / "cache"
+    try:
+        with pytest.raises(preflight.InputsUnreadable) as stop:
+            cache_tasks.run(name, {"inputs": 10, "targets": 4}, str(cache_dir))
+    finally:
+        seqio.MixtureRegistry.remove(name)
+    message = str(stop.value)
+    assert message.count(f"the vocabulary {missing}") == 1  # once, not once a task
+    assert f"Point ${vocab.FLAN_VOCAB_ENV} at a local copy" in message
+    assert not cache_dir.exists()  # no .tmp leftovers, no error files
+
+
+@pytest.mark.slow
+def test_cli_with_unreachable_gs_vocabulary_stops_at_the_first_failed_attempt(tmp_path):
+    """gs:// unreachable (an emulator address nobody listens on): one message, given at
+    gcsfs's first failed attempt rather than after its minute of retries, before Beam."""
+    _released_cot(tmp_path / "released")
+    cache_dir = tmp_path / "cache"
+    command = [
+        *CACHE_COMMAND,
+        "--gin_file=mixtures/flan2022_released.gin",
+        f"--gin.RELEASED_DIR='{tmp_path / 'released'}'",
+        "--gin.MIXTURE_PROPORTIONS={'cot': 1}",
+        f"--gin.CACHE_DIR='{cache_dir}'",
+    ]
+    env = {
+        **os.environ,
+        "FLAN_JAX_VOCAB": "gs://flan-jax-no-such-bucket/vocab/sentencepiece.model",
+        "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
+    }
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count("Stopped before any work") == 1
+    assert "the vocabulary gs://flan-jax-no-such-bucket/vocab/sentencepiece.model" in result.stderr
+    assert "gcsfs would retry" in result.stderr and "FLAN_JAX_VOCAB" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not cache_dir.exists()
+    assert elapsed < 120, elapsed

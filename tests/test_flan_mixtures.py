@@ -39,7 +39,7 @@ def test_proportions_and_cot_ratio_keep_the_others_relative_shares():
 
 
 def test_registered_mixture_rates_match_the_plan(flan_env):
-    mixture = seqio.get_mixture_or_task("flan2022_a")
+    mixture = seqio.get_mixture_or_task("flan2022_handbuilt_a")
     total = mixture.total_rate
     niv2_share = (
         sum(mixture.get_rate(t) for t in mixture.tasks if t.name.startswith("niv2_")) / total
@@ -123,7 +123,7 @@ def test_gin_selects_flan_mixture_with_cot_ratio_and_user_module_for_training(
     run_gin = tmp_path / "my_run.gin"
     run_gin.write_text(
         "include 'runs/demo.gin'\n"
-        "include 'mixtures/flan2022.gin'\n"
+        "include 'mixtures/flan2022_handbuilt.gin'\n"
         "import tasks.examples.user_task\n"
         "VOCAB_SIZE = 640\n"  # the demo pieces plus T5's 100 extra ids
         "MIXTURE_PROPORTIONS = {'niv2': 0.6, 'cot': 0.4}\n"
@@ -196,3 +196,34 @@ def test_xsum_is_a_flan_2021_task(flan_env):
     assert rates["muffin_xsum_zs_noopt"] == pytest.approx(rates["muffin_samsum_zs_noopt"])
     muffin = sum(r for name, r in rates.items() if name.startswith("muffin_"))
     assert muffin == pytest.approx(b["muffin"] / sum(b.values()))
+
+
+def test_coverage_of_the_hand_built_collection_is_counted_from_the_registry(flan_env):
+    """What the gin file and the README state: Muffin 35 tasks over 35 datasets, T0-SF 17
+    over 4, CoT 18 over 9 (with inversions), NIV2 the fixture's task files; shares of B."""
+    coverage = mixtures.coverage()
+    counts = {f: (c["tasks"], c["datasets"]) for f, c in coverage.items()}
+    assert counts["muffin"] == (35, 35) and counts["t0sf"] == (17, 4) and counts["cot"] == (18, 9)
+    assert counts["niv2"][0] == len(registry.REGISTERED["niv2"]) > 0
+    assert {f: round(100 * c["share"], 1) for f, c in coverage.items()} == {
+        "muffin": 46.0,
+        "t0sf": 27.9,
+        "niv2": 24.2,
+        "cot": 1.8,
+    }
+    note = mixtures.coverage_note(mixtures.PROPORTIONS["a"])
+    assert note.startswith("hand-built approximation of the Flan 2022 collection")
+    assert "t0sf 17 tasks over 4 datasets (paper: 193 tasks), 15.0% of examples" in note
+    assert "mixtures/flan2022_released.gin" in note
+    gin_text = open(
+        os.path.join(os.path.dirname(__file__), "..", "gin", "mixtures", "flan2022_handbuilt.gin")
+    ).read()
+    assert "Muffin  35 tasks over 35 datasets" in gin_text
+    assert "T0-SF   17 tasks over 4 datasets" in gin_text
+    assert "CoT     18 tasks over 9 datasets" in gin_text
+
+
+def test_hand_built_mixture_names_say_what_they_are(flan_env):
+    assert mixtures.flan_mixture("b") == "flan2022_handbuilt_b"
+    assert mixtures.flan_mixture("a", cot_ratio=0.1) == "flan2022_handbuilt_a_cot0.1"
+    assert "flan2022_b" not in seqio.MixtureRegistry.names()

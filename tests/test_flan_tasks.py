@@ -157,7 +157,10 @@ def test_golden_prompts_of_each_format(flan_env, plain_options):
         'Premise 0.\n\nBased on the paragraph above, can we conclude that "Hypothesis 0."?',
         "yes",
     )
-    fs_inputs, fs_target = rendered["fs_noopt"][1]  # template 1: Input:/Output: delimiters
+    # fs_noopt is the x-shot variant alone: example 0 drew no exemplar (Binomial(25, 0.1)
+    # is 0 for 7% of queries) and is dropped, so the first prompt is example 1, template 1
+    # (Input:/Output: delimiters).
+    fs_inputs, fs_target = rendered["fs_noopt"][0]
     exemplar, query = fs_inputs.rsplit("\n\nInput: ", 1)
     assert exemplar.startswith("Input: Premise: Premise ") and "\nOutput: " in exemplar
     assert (
@@ -196,9 +199,9 @@ def test_golden_chain_of_thought_prompts(flan_env, plain_options):
         "Mia has 3 apples and buys 4 more. How many apples does she have? (variant 1) "
         "Reason it through before answering."
     )
-    # Examples 0-4 take the mixed variant, 5-9 the matching one: example 5 has template 0,
-    # so its exemplars are the rows whose own template is 0 (rows 0 and 5 of the six, less
-    # itself), with Q:/A: delimiters.
+    # Examples 0-4 take the mixed variant, 5-9 the x-shot one: example 5 has template 0 and
+    # drew 3 exemplars (each of 25 candidates kept with probability 0.1), other rows of the
+    # six rendered in its template, with Q:/A: delimiters.
     few_shot, target = texts(
         seqio.get_mixture_or_task("cot_gsm8k_fs_cot").get_dataset(
             LENGTHS, split="train", shuffle=False
@@ -206,14 +209,17 @@ def test_golden_chain_of_thought_prompts(flan_env, plain_options):
         6,
     )[5]
     *exemplars, query = few_shot.split("\n\n")
-    assert 1 <= len(exemplars) <= 10
+    drawn = registry.flan_few_shot_variants(
+        registry.REGISTERED["cot"]["gsm8k"], "fs_cot", registry.current_settings()
+    )[1]
+    assert len(exemplars) == templates.kept_count(drawn, tf.constant(5, tf.int64), 0) == 3
     for exemplar in exemplars:
         assert (
             exemplar.startswith("Q: Mia has 3 apples")
             and "\nA: Let's think step by step. Mia starts with 3 apples." in exemplar
         )
         assert exemplar.endswith("So the answer is 7.")
-        assert "(variant" not in exemplar
+        assert "(variant 5)" not in exemplar
     assert query == (
         "Q: Mia has 3 apples and buys 4 more. How many apples does she have? (variant 5)\nA:"
     )

@@ -79,3 +79,67 @@ def test_loss_normalizing_factor_reaches_the_train_step(binding, want):
         ["TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}", *binding],
     )
     assert run.loss_normalizing_factor == want
+
+
+@pytest.mark.parametrize("preset", ["flan_t5/small", "flan_palm/8b"])
+def test_paper_presets_train_on_the_released_collection_in_proportion_b(preset):
+    from flan_jax import inspect_mixture
+
+    gin.clear_config()
+    try:
+        cli.parse([f"--gin_file=gin/runs/{preset}.gin", "--gin.MODEL_DIR='/tmp/x'"], "test")
+        assert gin.query_parameter("%MIXTURE_PROPORTIONS") == "b"
+        assert inspect_mixture.mixture_from_gin() == "flan2022_released_b"
+    finally:
+        gin.clear_config()
+
+
+def test_paper_preset_without_released_dir_stops_before_compiling(tmp_path, monkeypatch):
+    """No RELEASED_DIR: one message with the download commands and the size, before the
+    model dir is written or a Trainer (which compiles) is built."""
+    from flan_jax import train
+
+    monkeypatch.delenv("FLAN_JAX_RELEASED_DIR", raising=False)
+    monkeypatch.setattr(train, "Trainer", lambda *a, **k: pytest.fail("compiled"))
+    run = tmp_path / "run"
+    gin.clear_config()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train.main(["--gin_file=gin/runs/flan_t5/small.gin", f"--gin.MODEL_DIR='{run}'"])
+    finally:
+        gin.clear_config()
+    message = str(stop.value)
+    assert message.startswith("Stopped before any work: could not read")
+    assert "set $FLAN_JAX_RELEASED_DIR (or gin RELEASED_DIR)" in message
+    for submix in ("flan2021", "t0", "niv2", "cot", "dialog"):
+        assert (
+            "huggingface-cli download --repo-type dataset "
+            f"DataProvenanceInitiative/{submix}_submix_original" in message
+        )
+    assert "17.26M rows: flan2021 5.36M, t0 1.65M, niv2 10.07M, cot 0.18M, plus dialog" in message
+    assert "mixtures/flan2022_handbuilt.gin" in message
+    assert not run.exists()
+
+
+def test_aot_fit_check_of_a_paper_preset_needs_no_data(monkeypatch):
+    """The fit check compiles the program, not the input: it reads no RELEASED_DIR, so
+    it runs on a laptop before the collection is fetched."""
+    pytest.importorskip("libtpu", reason="AOT compiles for TPU need libtpu (the `tpu` extra)")
+    from flan_jax import aot
+
+    monkeypatch.delenv("FLAN_JAX_RELEASED_DIR", raising=False)
+    gin.clear_config()
+    try:
+        report = aot.check_fit(
+            [
+                "--gin_file=runs/flan_t5/small.gin",
+                "--gin_file=models/t5_1_1/tiny.gin",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+                "--gin.BATCH_SIZE=8",
+            ],
+            "v4:2x2x1",
+            decode=False,
+        )
+    finally:
+        gin.clear_config()
+    assert report.fits

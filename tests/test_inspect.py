@@ -70,7 +70,7 @@ def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(
     monkeypatch.setattr(sys, "stdout", out)
     inspect_mixture.main(
         [
-            "--gin_file=gin/mixtures/flan2022.gin",
+            "--gin_file=gin/mixtures/flan2022_handbuilt.gin",
             "--gin.COT_RATIO=0.2",
             f"--gin.COT_DIR='{COT_DIR}'",
             f"--gin.NIV2_DIR='{NIV2_DIR}'",
@@ -87,7 +87,7 @@ def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(
         ]
     )
     text = out.getvalue()
-    assert text.startswith("flan2022_b_cot0.2: ")
+    assert text.startswith("flan2022_handbuilt_b_cot0.2: ")
     rows = _rows(text)
     cot = {name: row for name, row in rows.items() if name.startswith("cot_")}
     assert len(cot) == 36 and sum(float(r[0]) for r in cot.values()) == pytest.approx(0.2, abs=1e-3)
@@ -96,6 +96,26 @@ def test_flan_mixture_from_gin_shows_caps_shares_and_missing_sources(
     assert rows["muffin_rte_zs_opt"][1:3] == ["30000", "?"]  # no TFDS data here: rate from the cap
     assert rows["t0sf_wiki_bio_who_zs_noopt"][1] == "20000"
     assert rows["muffin_xsum_zs_noopt"][1] == "30000"  # xsum is Muffin's
+    assert re.search(
+        r"mean exemplars per few-shot prompt \(sampled\): cot \d+\.\d\d \(\d+ prompts\)", text
+    )
     assert "TFDS dataset 'glue/rte:2.0.0' (split 'train') is not prepared" in text
     assert "point TFDS_DATA_DIR at its data_dir" in text
     assert "--- prompt 1: " in text
+
+
+def test_mean_exemplars_per_few_shot_prompt_by_family():
+    import tasks.flan  # noqa: F401  (registers the CoT tasks named below)
+    from tasks import templates
+
+    key = templates.NUM_EXEMPLARS
+    samples = {
+        "cot_gsm8k_fs_cot": [{key: 2}, {key: 5}],
+        "cot_qasc_fs_cot": [{key: 1}],
+        "cot_gsm8k_zs_cot": [{"inputs": b"zero-shot"}],
+        "demo_task": [{key: 3}],
+    }
+    assert inspect_mixture.exemplars_per_family(samples) == {
+        "cot": (pytest.approx(8 / 3), 3),
+        "other": (3.0, 1),
+    }

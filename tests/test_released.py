@@ -391,3 +391,26 @@ def test_inspect_mixture_and_gin_select_the_released_mixture(collection, monkeyp
     )
     assert row.split()[1:4] == [f"{0.5 * 5 / 8:.4f}", "100000", "5"]  # rate, CoT's cap, rows
     assert "missing data" not in text
+
+
+def test_check_inputs_answers_without_reading_a_shard(tmp_path, monkeypatch):
+    """A lazy mixture's `check_inputs` (what flan_jax.preflight asks first) looks for each
+    submix's shards only: no index is read; an unset or half-fetched directory is named with
+    the download commands and the rows to expect."""
+    monkeypatch.delenv(released.DIR_ENV, raising=False)
+    unset = seqio.get_mixture_or_task(released.register_mixture("test_check_unset", {"cot": 1}))
+    with pytest.raises(FileNotFoundError) as error:
+        unset.check_inputs()
+    assert "huggingface-cli download --repo-type dataset" in str(error.value)
+    assert "17.26M rows: flan2021 5.36M, t0 1.65M, niv2 10.07M, cot 0.18M" in str(error.value)
+    write_collection(tmp_path, {"cot": LAYOUT["cot"]})
+    monkeypatch.setattr(released, "submix_index", lambda *a: pytest.fail("read an index"))
+    present = released.register_mixture("test_check_cot", {"cot": 1}, str(tmp_path))
+    seqio.get_mixture_or_task(present).check_inputs()
+    paper = released.register_mixture("test_check_b", {"muffin": 1, "cot": 1}, str(tmp_path))
+    with pytest.raises(FileNotFoundError) as error:
+        seqio.get_mixture_or_task(paper).check_inputs()
+    message = str(error.value)
+    assert "flan2021_submix_original, dialog_submix_original, missing from" in message
+    assert "5.36M rows: flan2021 5.36M, plus dialog" in message
+    assert "cot_submix_original --local-dir" not in message

@@ -336,39 +336,68 @@ def test_mixed_template_variant_renders_each_exemplar_in_its_own_template():
     assert mixed > 20
 
 
-def test_matching_variant_keeps_up_to_k_exemplars_of_the_querys_template():
-    """FLAN's 0-to-10-shot prompts: of 25 drawn candidates only those whose own template is
-    the query's, at most 10."""
-    rows = [{"q": str(i), "a": str(i)} for i in range(60)]
-    variant = templates.FewShotVariant(
-        _LETTERED, shots=10, exemplar_templates=templates.MATCHING_TEMPLATE, candidates=25
-    )
-    out = _texts(templates.few_shot_variants(_dataset(rows), [variant]))
-    counts = []
+def _flan_x_shot(task_templates, **overrides):
+    """FLAN's x-shot variant: 25 candidates, each kept with probability 1/10."""
+    settings = dict(shots=25, candidates=25, keep_rate=0.1)
+    return templates.FewShotVariant(task_templates, **{**settings, **overrides})
+
+
+def _letters(count):
+    return [Template(f"T{t} {{q}}", "{a}") for t in range(count)]
+
+
+@pytest.mark.parametrize("count", [1, 4, 10])
+def test_x_shot_counts_follow_flans_binomial_whatever_the_template_count(count):
+    """FLAN keeps each of 25 candidates whose random template (of ten) matches the query's:
+    Binomial(25, 0.1), mean 2.5, variance 2.25, P(0) = 0.9^25, the same for a task of 1, 4
+    or 10 templates (keeping candidates whose template matches among `count` would give
+    25 / count)."""
+    variant = _flan_x_shot(_letters(count))
+    draws = tf.map_fn(
+        lambda i: templates.kept_count(variant, i, 0), tf.range(20_000, dtype=tf.int64)
+    ).numpy()
+    assert abs(draws.mean() - 2.5) < 0.05
+    assert abs(draws.var() - 2.25) < 0.1
+    assert abs((draws == 0).mean() - 0.9**25) < 0.01
+    assert draws.max() <= 25
+    again = tf.map_fn(lambda i: templates.kept_count(variant, i, 0), tf.range(50, dtype=tf.int64))
+    assert (again.numpy() == draws[:50]).all()  # a function of (seed, position)
+
+
+@pytest.mark.parametrize("count", [1, 4, 10])
+def test_x_shot_prompts_hold_the_drawn_count_in_the_querys_template(count):
+    """Rendered prompts: every exemplar in the query's template, never the query itself, and
+    as many as drawn; queries that drew none are dropped, so the prompts' mean is
+    E[X | X > 0] = 2.5 / (1 - 0.9^25) = 2.69."""
+    rows = [{"q": str(i), "a": str(i)} for i in range(400)]
+    variant = _flan_x_shot(_letters(count))
+    out = list(templates.few_shot_variants(_dataset(rows), [variant]).as_numpy_iterator())
+    drawn = [int(templates.kept_count(variant, tf.constant(i, tf.int64), 0)) for i in range(400)]
+    assert [int(ex["a"]) for ex in out] == [i for i in range(400) if drawn[i]]
     for example in out:
-        shots, (letter, number) = _blocks(example["inputs"], "\n\n")
-        assert 1 <= len(shots) <= 10
-        assert all(s == letter and int(n) % 3 == "ABC".index(letter) for s, n in shots)
-        assert number not in {n for _, n in shots}
-        counts.append(len(shots))
-    assert len(set(counts)) >= 3  # the count varies with the draw (about 25 / 3 on average)
-    assert 5 <= sum(counts) / len(counts) <= 10
+        inputs = example["inputs"].decode()
+        *exemplars, query = inputs.split("\n\n")
+        letter, number = query.removeprefix("Q: ").removesuffix("\nA:").split(" ")
+        assert len(exemplars) == example[templates.NUM_EXEMPLARS] == drawn[int(number)]
+        assert all(e.startswith(f"Q: {letter} ") for e in exemplars)
+        assert number not in {e.removeprefix("Q: ").split(" ")[1].split("\n")[0] for e in exemplars}
+    mean = sum(ex[templates.NUM_EXEMPLARS] for ex in out) / len(out)
+    assert abs(mean - 2.5 / (1 - 0.9**25)) < 0.25
 
 
-def test_a_query_without_matching_exemplars_is_dropped():
-    """One exemplar row, at position 0 (template A): B and C queries have no exemplar of
-    their template and are dropped, not kept as zero-shot prompts."""
-    rows = [{"q": str(i), "a": str(i)} for i in range(9)]
-    variant = templates.FewShotVariant(
-        _LETTERED, shots=4, exemplar_templates=templates.MATCHING_TEMPLATE, candidates=4
-    )
+def test_a_query_without_exemplars_is_dropped():
+    """One exemplar row equal to query 0 and none other: query 0 keeps none and is dropped,
+    not kept as a zero-shot prompt; the other queries keep the row."""
+    rows = [{"q": str(i), "a": str(i)} for i in range(3)]
+    variant = templates.FewShotVariant(_LETTERED, shots=4, candidates=4)
     out = _texts(
         templates.few_shot_variants(
-            _dataset(rows), [variant], exemplar_dataset=_dataset([{"q": "x", "a": "y"}])
+            _dataset(rows), [variant], exemplar_dataset=_dataset([{"q": "0", "a": "0"}])
         )
     )
     assert [example["inputs"] for example in out] == [
-        "Q: A x\nA: y\n\n" * 4 + f"Q: A {i}\nA:" for i in (0, 3, 6)
+        f"Q: {letter} 0\nA: 0\n\n" * 4 + f"Q: {letter} {i}\nA:"
+        for letter, i in (("B", 1), ("C", 2))
     ]
 
 

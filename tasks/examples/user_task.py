@@ -3,8 +3,8 @@
 1. Register a seqio task: your data source, your templates (rendered by `tasks.templates`
    as the Flan tasks are), the Flan output features.
 2. `mixtures.add_user_task(name, share)`: every Flan mixture built afterwards by
-   `flan_mixture()` gives the task `share` of all examples; the Flan families keep their
-   relative shares in the rest.
+   `flan_mixture()` or `released_mixture()` gives the task `share` of all examples; the
+   Flan families keep their relative shares in the rest.
 3. Select it from gin by importing the module before the mixture is built:
 
        # my_run.gin
@@ -12,8 +12,8 @@
        import tasks.examples.user_task
 
    `python -m flan_jax.train --gin_file=my_run.gin ...` then trains on
-   `flan2022_b_with_user_country_capitals0.05`, and
-   `python -m flan_jax.inspect_mixture flan2022_b --module tasks.examples.user_task` shows its rate.
+   `flan2022_released_b_with_user_country_capitals0.05`, and
+   `python -m flan_jax.inspect_mixture --gin_file=my_run.gin` shows its rate.
 
 Copy this file into your own package (anything importable works) and change the data.
 """

@@ -1,5 +1,10 @@
-"""The Flan 2022 mixtures: capped example-proportional rates, proportions A and B, the CoT
-ratio, and user tasks mixed in at a share.
+"""The hand-built Flan 2022 mixtures: capped example-proportional rates, proportions A and
+B, the CoT ratio, and user tasks mixed in at a share.
+
+Hand-built: these mix the tasks rendered here from raw sources with our own templates, an
+approximation of the paper's collection for offline and CPU use; `coverage` says how much of
+it they hold (`HANDBUILT_NAME` mixtures log it when built). The paper's own data is the
+released collection (`tasks.flan.released`, gin/mixtures/flan2022_released.gin).
 
 Within a family (Muffin, T0-SF, NIV2, CoT) a task's weight is its train example count
 capped at the family's cap (the paper's 30k / 20k / 5k / 100k), split evenly over its
@@ -12,7 +17,7 @@ be read (an unprepared TFDS dataset, mock data) counts as the cap.
 Registered names:
   flan_<family>_<format>   one family in one format (e.g. flan_muffin_fs_opt, flan_cot_zs_cot)
   flan_<family>            one family, all formats
-  flan2022_a, flan2022_b   the four families in proportions A and B
+  flan2022_handbuilt_a, _b the four families in proportions A and B
 `flan_mixture(...)` (gin: `MIXTURE_OR_TASK_NAME = @mixtures.flan_mixture()`) registers the
 full mixture with a CoT ratio, data directories and user tasks, and returns its name.
 """
@@ -32,6 +37,15 @@ CAPS = {"muffin": 30_000, "t0sf": 20_000, "niv2": 5_000, "cot": 100_000}
 PROPORTIONS = {
     "a": {"muffin": 0.52, "t0sf": 0.15, "cot": 0.03, "niv2": 0.30},
     "b": {"muffin": 0.460, "t0sf": 0.279, "cot": 0.018, "niv2": 0.242},
+}
+# Names of the hand-built mixtures: flan2022_handbuilt_a, flan2022_handbuilt_b_cot0.1, ...
+HANDBUILT_NAME = "flan2022_handbuilt"
+# What the paper's collection holds per family (Chung et al. 2022: 1,836 tasks in all).
+PAPER_COLLECTION = {
+    "muffin": "80 tasks",
+    "t0sf": "193 tasks",
+    "niv2": "1,554 tasks",
+    "cot": "9 datasets",
 }
 
 # Tasks a user module added with `add_user_task`: name -> share of the whole mixture.
@@ -183,8 +197,41 @@ def register_all() -> list[str]:
         if formats:
             names.append(register_mixture(f"flan_{family}", only))
     for key, proportions in PROPORTIONS.items():
-        names.append(register_mixture(f"flan2022_{key}", proportions))
+        names.append(register_mixture(f"{HANDBUILT_NAME}_{key}", proportions))
     return names
+
+
+def coverage(proportions: Mapping[str, float] | None = None) -> dict[str, dict]:
+    """family -> what the registered (hand-built) tasks hold: `tasks` (FlanTasks: a dataset
+    under its templates; in T0-SF under one prompt), `datasets` (distinct sources) and
+    `share` of the examples of a mixture in `proportions` (default B)."""
+    proportions = PROPORTIONS["b"] if proportions is None else proportions
+    whole = sum(proportions.values()) or 1.0
+    return {
+        family: {
+            "tasks": len(registry.REGISTERED[family]),
+            "datasets": len({id(t.source) for t in registry.REGISTERED[family].values()}),
+            "share": proportions.get(family, 0.0) / whole,
+        }
+        for family in FAMILIES
+    }
+
+
+def coverage_note(proportions: Mapping[str, float] | None = None) -> str:
+    """One line: what a hand-built mixture holds of the paper's collection, per family."""
+    parts = []
+    for family, c in coverage(proportions).items():
+        held = f"{c['tasks']} tasks over {c['datasets']} datasets" if c["tasks"] else "none"
+        parts.append(
+            f"{family} {held} (paper: {PAPER_COLLECTION[family]}), "
+            f"{100 * c['share']:.1f}% of examples"
+        )
+    return (
+        "hand-built approximation of the Flan 2022 collection (our templates over raw "
+        "sources; NIV2: the task files of NIV2_DIR): "
+        + "; ".join(parts)
+        + ". The paper's data: mixtures/flan2022_released.gin."
+    )
 
 
 def add_user_task(task_name: str, share: float) -> None:
@@ -203,8 +250,8 @@ def flan_mixture(
     cot_dir: str | None = None,
     user_tasks: Mapping[str, float] | None = None,
 ) -> str:
-    """Registers the Flan 2022 mixture and returns its name, for gin:
-    `MIXTURE_OR_TASK_NAME = @mixtures.flan_mixture()`.
+    """Registers the hand-built Flan 2022 mixture and returns its name, for gin:
+    `MIXTURE_OR_TASK_NAME = @mixtures.flan_mixture()`; logs its `coverage_note`.
 
     proportions: "a" (the paper's ablations), "b" (its final models), or family -> share
       (e.g. {'niv2': 0.5, 'cot': 0.5}) for other mixes.
@@ -218,7 +265,7 @@ def flan_mixture(
             raise ValueError(
                 f"proportions={proportions!r}: use one of {sorted(PROPORTIONS)} or a dict."
             )
-        shares, name = PROPORTIONS[key], f"flan2022_{key}"
+        shares, name = PROPORTIONS[key], f"{HANDBUILT_NAME}_{key}"
     else:
         unknown = set(proportions) - set(FAMILIES)
         if unknown or not proportions:
@@ -233,8 +280,9 @@ def flan_mixture(
         register_all()
     extra = all_user_tasks(user_tasks)
     name = variant_name(name, cot_ratio, extra)
-    logging.info("Flan mixture %s", name)
-    return register_mixture(name, with_cot_ratio(shares, cot_ratio), user_tasks=extra)
+    shares = with_cot_ratio(shares, cot_ratio)
+    logging.warning("Flan mixture %s: %s", name, coverage_note(shares))
+    return register_mixture(name, shares, user_tasks=extra)
 
 
 def all_user_tasks(user_tasks: Mapping[str, float] | None) -> dict[str, float]:

@@ -11,9 +11,12 @@ FLAN's rendering rules: zero-shot prompts with options list them half in the pla
 `OPTIONS:` form and half in a header, bullet and end string drawn per example; few-shot
 prompts always use the plain form. Few-shot prompts with options (and CoT) alternate between
 FLAN's two variants: `few_shot_k` (5) exemplars each in its own template, joined by one
-separator chosen per task, and up to `matching_shots` (10) of `matching_candidates` (25)
-drawn exemplars, those sharing the query's template. Few-shot prompts without options use
-the second only. A query left without exemplars is dropped.
+separator chosen per task, and FLAN's "x-shot" prompts in the query's template: of
+`matching_candidates` (25) drawn exemplars each is kept with probability `matching_rate`
+(0.1: FLAN gives each candidate a random one of the task's ten templates and keeps those
+matching the query's), so the count is Binomial(25, 0.1), 2.5 on average, whatever the
+number of templates a task here has. Few-shot prompts without options use the second only.
+A query left without exemplars is dropped (FLAN drops it too: 7.2% of x-shot queries).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ RENDERING_VERSION = 3
 
 def format_settings(
     few_shot_k: int = 5,
-    matching_shots: int = 10,
+    matching_rate: float = 0.1,
     matching_candidates: int = 25,
     max_input_tokens: int | None = 1920,
     randomize_options: bool = True,
@@ -59,8 +62,8 @@ def format_settings(
     """How Flan prompts render; bind in gin (`registry.format_settings.max_input_tokens`).
 
     few_shot_k: exemplars of the mixed-template few-shot variant (FLAN: 5).
-    matching_shots, matching_candidates: the other variant keeps at most this many of that
-    many drawn exemplars, those in the query's template (FLAN: 0 to 10 of 25).
+    matching_candidates, matching_rate: the x-shot variant keeps each of that many drawn
+    exemplars with that probability (FLAN: 25 and 1 in 10, its ten templates a task).
     max_input_tokens: few-shot prompts drop trailing exemplars until they fit (1920 leaves
     room in the paper's 2048-token inputs), and are dropped if none fits; None: no pruning.
     randomize_options: zero-shot option lists half in randomized headers, bullets and end
@@ -68,7 +71,7 @@ def format_settings(
     """
     return dict(
         few_shot_k=few_shot_k,
-        matching_shots=matching_shots,
+        matching_rate=matching_rate,
         matching_candidates=matching_candidates,
         max_input_tokens=max_input_tokens,
         randomize_options=randomize_options,
@@ -185,15 +188,16 @@ def _fields(dataset: tf.data.Dataset, task: FlanTask) -> tf.data.Dataset:
 
 def flan_few_shot_variants(task: FlanTask, fmt: str, settings: dict) -> tuple[FewShotVariant, ...]:
     """FLAN's few-shot variants: with options (and for CoT) the mixed-template five-shot
-    prompts and the matching-template 0-to-10-shot ones in turn; without options only the
-    latter (FLAN's fs_noopt submix holds only its x_shot tasks)."""
+    prompts and the x-shot ones (Binomial(25, 0.1) exemplars in the query's template) in
+    turn; without options only the latter (FLAN's fs_noopt submix holds only its x_shot
+    tasks)."""
     chosen = task.templates_for(fmt)
     matching = FewShotVariant(
         chosen,
         FEW_SHOT_FORMATS,
-        shots=settings["matching_shots"],
-        exemplar_templates=templates.MATCHING_TEMPLATE,
+        shots=settings["matching_candidates"],
         candidates=settings["matching_candidates"],
+        keep_rate=settings["matching_rate"],
     )
     if fmt == "fs_noopt":
         return (matching,)

@@ -67,6 +67,10 @@ COLUMNS = ("inputs", "targets", "task_source", "task_name", "template_type")
 TEMPLATE_TYPES = ("zs_opt", "fs_opt", "zs_noopt", "fs_noopt")
 SHARD_PATTERN = "data/train-*.parquet"
 HF_REPO = "DataProvenanceInitiative/{folder}"
+# Rows of each submix as released (FLAN's flan/v2 README); dialog's count is not published.
+ROWS = {"flan2021": 5_360_000, "t0": 1_650_000, "niv2": 10_070_000, "cot": 180_000}
+# Parquet bytes a row, about: a 350k-row sample of the collection is 323 MB of parquet.
+BYTES_PER_ROW = 920
 
 # FLAN's flan2022_submix: submix weights, and the template types each submix mixes equally.
 FLAN_WEIGHTS = {"flan2021": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
@@ -117,18 +121,54 @@ def fetch_command(directory: str, submix: str) -> str:
     )
 
 
+def download_help(directory: str | None, submixes: Sequence[str] = SUBMIXES) -> str:
+    """What fetching `submixes` takes: the commands, the rows and the disk to expect."""
+    target = directory or f"${DIR_ENV}"
+    counted = [s for s in submixes if s in ROWS]
+    rows = sum(ROWS[s] for s in counted)
+    sizes = ", ".join(f"{s} {ROWS[s] / 1e6:.2f}M" for s in counted)
+    unknown = [s for s in submixes if s not in ROWS]
+    return (
+        f"Fetch it (FLAN's flan/v2 README links it; {rows / 1e6:.2f}M rows: {sizes}"
+        + (f", plus {', '.join(unknown)}" if unknown else "")
+        + f"; about {rows * BYTES_PER_ROW / 1e9:.0f} GB of parquet"
+        + (f" without {', '.join(unknown)}" if unknown else "")
+        + ") with: "
+        + "; ".join(fetch_command(target, s) for s in submixes)
+    )
+
+
 def resolve_directory(directory: str | None) -> str:
-    """`directory`, else $FLAN_JAX_RELEASED_DIR; an error saying what to set if neither."""
+    """`directory`, else $FLAN_JAX_RELEASED_DIR; an error saying what to set and how to
+    fetch the collection if neither names an existing directory."""
     directory = directory or os.environ.get(DIR_ENV)
     if not directory:
         raise FileNotFoundError(
             f"No directory for the released Flan collection: set ${DIR_ENV} (or gin "
-            f"RELEASED_DIR) to the folder holding {', '.join(folder(s) for s in SUBMIXES)}."
+            f"RELEASED_DIR) to the folder holding {', '.join(folder(s) for s in SUBMIXES)}. "
+            + download_help(None)
+            + ". Offline, without it: mixtures/flan2022_handbuilt.gin (an approximation)."
         )
     if not epath.Path(directory).is_dir():
         raise FileNotFoundError(
             f"The released Flan collection's directory {directory} does not exist; it should "
-            f"hold <submix>_submix_original/{SHARD_PATTERN} for the submixes {SUBMIXES}."
+            f"hold <submix>_submix_original/{SHARD_PATTERN} for the submixes {SUBMIXES}. "
+            + download_help(directory)
+        )
+    return directory
+
+
+def check_present(directory: str | None, submixes: Sequence[str]) -> str:
+    """The collection's directory, checked (without reading a shard) to hold a folder of
+    shards for each of `submixes`; one error names every missing one and how to fetch it."""
+    directory = resolve_directory(directory)
+    missing = [
+        s for s in submixes if not any((epath.Path(directory) / folder(s)).glob(SHARD_PATTERN))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"The mixture needs {', '.join(folder(s) for s in missing)}, missing from "
+            f"{directory} (or without {SHARD_PATTERN}). " + download_help(directory, missing)
         )
     return directory
 
@@ -414,10 +454,21 @@ class LazyMixture(seqio.Mixture):
 
     _BUILT = ("_tasks", "_sub_mixtures", "_task_to_rate", "_task_map", "_sample_fn")
 
-    def __init__(self, name: str, build: Callable[[], Mapping[str, float]]):
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[], Mapping[str, float]],
+        check: Callable[[], object] = lambda: None,
+    ):
         self._name = name
         self._build = build
+        self._check = check
         self._source_info = None
+
+    def check_inputs(self) -> None:
+        """Raises, saying how to fix it, if the data `build()` reads is absent; reads no
+        data, so it answers at once (`flan_jax.preflight` asks it first)."""
+        self._check()
 
     def __getattr__(self, attribute: str):
         if attribute not in self._BUILT:
@@ -429,13 +480,7 @@ class LazyMixture(seqio.Mixture):
 
 def _indexes(directory: str | None, submixes) -> dict[str, SubmixIndex]:
     """The index of each submix, its tasks registered; one error lists every missing one."""
-    directory = resolve_directory(directory)
-    missing = [s for s in submixes if not (epath.Path(directory) / folder(s)).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"The mixture needs {', '.join(folder(s) for s in missing)}, missing from "
-            f"{directory}; fetch with: " + "; ".join(fetch_command(directory, s) for s in missing)
-        )
+    directory = check_present(directory, submixes)
     indexes = {s: submix_index(directory, s) for s in submixes}
     for index in indexes.values():
         register_tasks(index)
@@ -493,12 +538,20 @@ def plan(
     user_tasks = dict(user_tasks or {})
     scale = (1.0 - mixtures.total_user_share(user_tasks)) / (sum(shares.values()) or 1.0)
     scaled = {key: share * scale for key, share in shares.items() if share > 0}
+    indexes = _indexes(directory, submixes_of(scaled))
     if set(scaled) <= set(SUBMIXES):
-        rates = flan_rates(_indexes(directory, scaled), scaled)
+        rates = flan_rates(indexes, scaled)
     else:
-        submixes = [s for family in scaled for s in FAMILY_SUBMIXES[family]]
-        rates = paper_rates(_indexes(directory, submixes), scaled)
+        rates = paper_rates(indexes, scaled)
     return {**rates, **user_tasks}
+
+
+def submixes_of(shares: Mapping[str, float]) -> list[str]:
+    """The submixes that shares of submixes (FLAN's scheme) or of families read."""
+    keys = [key for key, share in shares.items() if share > 0]
+    if set(keys) <= set(SUBMIXES):
+        return keys
+    return [s for family in keys for s in FAMILY_SUBMIXES[family]]
 
 
 def register_mixture(
@@ -512,7 +565,12 @@ def register_mixture(
     shares, user_tasks = dict(shares), dict(user_tasks or {})
     seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add_provider(
-        name, LazyMixture(name, lambda: plan(directory, shares, user_tasks))
+        name,
+        LazyMixture(
+            name,
+            lambda: plan(directory, shares, user_tasks),
+            lambda: check_present(directory, submixes_of(shares)),
+        ),
     )
     return name
 
