@@ -80,8 +80,7 @@ def adafactor(
         )
         tx = [_scale_by_factored_rms(decay_rate, step_offset, plans)]
         if clipping_threshold is not None:
-            clip = lambda u, _, axes: u / _clip_denominator(u, axes, clipping_threshold)  # noqa: E731
-            tx.append(_per_layer(clip, plans))
+            tx.append(_per_layer(functools.partial(_clip, threshold=clipping_threshold), plans))
         tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
         if multiply_by_parameter_scale:
             tx.append(_per_layer(lambda u, p, axes: u * _parameter_scale(p, axes), plans))
@@ -215,8 +214,8 @@ def _rms(x, axes):
     return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
 
 
-def _clip_denominator(update, axes, threshold):
-    return jnp.maximum(1.0, _rms(update, axes) / threshold)
+def _clip(update, _, axes, threshold):
+    return update / jnp.maximum(1.0, _rms(update, axes) / threshold)
 
 
 def _parameter_scale(param, axes):
