@@ -150,41 +150,48 @@ ARRAYS = {
 }
 
 
-@pytest.mark.parametrize("start, step_offset", [(0, 0), (1_100_000, 0), (1_100_000, 1_099_990)])
-def test_t5xs_adafactor_formulas_for_attention_kernels(start, step_offset):
+@pytest.mark.parametrize(
+    "start, step_offset, factored",
+    [(0, 0, True), (1_100_000, 0, True), (1_100_000, 1_099_990, True), (0, 0, False)],
+)
+def test_t5xs_adafactor_formulas_for_attention_kernels(start, step_offset, factored):
     """Six steps from a fresh state, and from a continued one at step 1,100,000 (T5X counts
-    the decay from its step, less step_offset), against T5X's formulas on T5X's layout."""
+    the decay from its step, less step_offset), against T5X's formulas on T5X's layout;
+    and unfactored (T5X's factored=False, PaLM's choice)."""
     rng = np.random.default_rng(3)
     lr, steps = 1e-2, 6
     params = {k: rng.normal(size=s).astype(np.float32) for k, (s, _, _) in ARRAYS.items()}
     axes = {k: a for k, (_, a, _) in ARRAYS.items()}
     t5x_params = {k: params[k].reshape(t).astype(np.float64) for k, (_, _, t) in ARRAYS.items()}
-    optimizer = optim.adafactor(lr, step_offset=step_offset, param_axes=axes)
+    optimizer = optim.adafactor(lr, step_offset=step_offset, factored=factored, param_axes=axes)
+    min_dim = 128 if factored else math.inf
     state = optimizer.init(params)
-    factored = state[0]
+    moments = state[0]
     # T5X's slots at `start`: zeros when fresh, else some positive moments, read into ours.
     t5x_slots, v_row, v_col, v = {}, {}, {}, {}
     for k, (shape, _, t5x_shape) in ARRAYS.items():
         order = np.argsort(t5x_shape)
-        if factored.v_row[k].shape != (1,):
+        if moments.v_row[k].shape != (1,):
             row, col = (t5x_shape[order[-2]],), (t5x_shape[order[-1]],)
             new = lambda n: rng.uniform(0.5, 2, n) if start else np.zeros(n)  # noqa: E731
             t5x_slots[k] = {"v_row": new(row), "v_col": new(col)}
-            v_row[k] = t5x_slots[k]["v_row"].reshape(factored.v_row[k].shape)
-            v_col[k] = t5x_slots[k]["v_col"].reshape(factored.v_col[k].shape)
-            v[k] = factored.v[k]
+            v_row[k] = t5x_slots[k]["v_row"].reshape(moments.v_row[k].shape)
+            v_col[k] = t5x_slots[k]["v_col"].reshape(moments.v_col[k].shape)
+            v[k] = moments.v[k]
         else:
             t5x_slots[k] = {"v": rng.uniform(0.5, 2, t5x_shape) if start else np.zeros(t5x_shape)}
             v[k] = t5x_slots[k]["v"].reshape(shape)
-            v_row[k], v_col[k] = factored.v_row[k], factored.v_col[k]
+            v_row[k], v_col[k] = moments.v_row[k], moments.v_col[k]
     as32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)  # noqa: E731
     state = (
-        factored._replace(count=jnp.int32(start), v_row=as32(v_row), v_col=as32(v_col), v=as32(v)),
+        moments._replace(count=jnp.int32(start), v_row=as32(v_row), v_col=as32(v_col), v=as32(v)),
         *state[1:],
     )
     initial = jax.tree.map(np.copy, t5x_slots)
-    # Every attention kernel is factored, each as T5X factors its 2-D layout.
-    assert {k for k in ARRAYS if "v_row" in t5x_slots[k]} == {"query", "out", "wi"}
+    # Every attention kernel is factored (unless factored=False), each as T5X factors its
+    # 2-D layout.
+    want = {"query", "out", "wi"} if factored else set()
+    assert {k for k in ARRAYS if "v_row" in t5x_slots[k]} == want
     update = jax.jit(optimizer.update)
     for step in range(start, start + steps):
         grads = {k: rng.normal(size=s).astype(np.float32) for k, (s, _, _) in ARRAYS.items()}
@@ -198,6 +205,7 @@ def test_t5xs_adafactor_formulas_for_attention_kernels(start, step_offset):
                 step,
                 lr,
                 step_offset,
+                min_dim,
             )
     assert int(state[0].count) == start + steps
     for k, (_, _, t5x_shape) in ARRAYS.items():
