@@ -62,6 +62,7 @@ def test_scanned_layers_train_like_unscanned(family, tiny_config, fixed_batch, t
     else:
         model_cls, module = DecoderOnlyModel, decoder
         config, batch = tiny_decoder_config, _decoder_batch(64)
+
     def train(model, params):
         # min_dim_size_to_factor=2: every array of two or more dims per layer is factored,
         # and optax's own would factor the stacked norm scales [2, d_model] over the layers.
