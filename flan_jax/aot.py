@@ -248,6 +248,10 @@ class FitReport:
     train: StepMemory
     decode: StepMemory | None
     model_flops_per_step: float  # flops.train_flops_per_sequence x batch, all chips
+    # The optimizer state (Adafactor's second moments): all chips together, and per chip
+    # as the train step's arguments hold it.
+    optimizer_state_bytes: int
+    optimizer_state_bytes_per_chip: int
     remat_policy: str
     hbm_margin: float
     assumed_hfu: float
@@ -339,9 +343,19 @@ def check_fit(
         decode=decode_memory,
         model_flops_per_step=run.batch_size
         * flops.train_flops_per_sequence(run.model.config, run.task_feature_lengths),
+        optimizer_state_bytes=_bytes(trainer.abstract_state.opt_state, per_chip=False),
+        optimizer_state_bytes_per_chip=_bytes(trainer.abstract_state.opt_state, per_chip=True),
         remat_policy=run.model.config.remat_policy,
         hbm_margin=hbm_margin,
         assumed_hfu=assumed_hfu,
+    )
+
+
+def _bytes(abstract_tree, *, per_chip: bool) -> int:
+    """Bytes of abstract arrays: whole, or the shard one chip holds of each."""
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape) if per_chip else x.shape) * x.dtype.itemsize
+        for x in jax.tree.leaves(abstract_tree)
     )
 
 
@@ -388,6 +402,8 @@ def format_report(report: FitReport) -> str:
                 f"{gib(step.alias)} {gib(step.total)}   {step.compile_seconds:5.1f} s"
             )
     lines += [
+        f"optimizer state: {report.optimizer_state_bytes / GIB:.2f} GiB in all, "
+        f"{report.optimizer_state_bytes_per_chip / GIB:.2f} GiB per chip (in the arguments)",
         f"FLOPs per step: model {report.model_flops_per_step:.3e}, with remat "
         f"'{report.remat_policy}' {report.hardware_flops_per_step:.3e}",
         f"est. step time {report.step_seconds:.3f} s, MFU {report.mfu:.1%} (assuming "

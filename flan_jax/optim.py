@@ -1,14 +1,18 @@
-"""Adafactor and learning-rate schedules, as the paper finetuned with (constant LR)."""
+"""Adafactor as T5X runs it, and the learning-rate schedules the paper finetuned with."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from flan_jax.axis_names import HEADS, KV, LAYERS
 from flan_jax.models import scan
 
 SCHEDULES = ("constant", "rsqrt")
@@ -42,68 +46,176 @@ def adafactor(
     learning_rate: float | optax.Schedule,
     *,
     decay_rate: float = 0.8,
+    step_offset: int = 0,
     clipping_threshold: float | None = 1.0,
+    factored: bool = True,
     min_dim_size_to_factor: int = 128,
     multiply_by_parameter_scale: bool = True,
     momentum: float | None = None,
     weight_decay_rate: float | None = None,
-) -> optax.GradientTransformation:
-    """optax's Adafactor with T5X's defaults (factored second moments, update clipping 1.0),
-    where a scanned stack's leading `layers` axis is a batch axis.
+    param_axes: Any = None,
+) -> AxisAwareTransformation:
+    """T5X's Adafactor (t5x/adafactor.py, as its t5_1_1 gins set it) as an optax
+    transformation whose state is optax's (`FactoredState`, so checkpoints carry over).
 
-    optax factors the two largest dims of each array and takes the RMS of the update (for
-    clipping) and of the parameter (for its scale) over the whole array; over a stacked
-    [layers, ...] array that mixes the layers. Here those three are per layer, as T5X's factor
-    rules treat `layers`, so a scanned model takes the updates of the unscanned one. The
-    state is optax's (same tree, same shapes wherever optax's factoring already agreed), so
-    checkpoints and T5X optimizer state carry over.
+    Each parameter is factored as T5X factors the array it stores (`factoring`): by its
+    logical axes, `param_axes` (a tree of PartitionSpecs like `nn.get_partition_spec`'s; the
+    Trainer passes the model's, as T5X's `set_param_axes`). They name the two things T5X's
+    layout differs in: a scanned stack's `layers` axis, a batch axis (parameter scale,
+    update clipping and factoring are per layer), and an attention kernel's `heads` x `kv`,
+    one `joined_kv` dimension in T5X. Without them, arrays of more than two dims per layer
+    are refused, as T5X refuses them without factor rules.
+
+    `decay_rate`: the second moments decay by 1 - (count - step_offset + 1)^-decay_rate,
+    count being the optimizer's step (a continued T5X checkpoint's, e.g. 1,100,000).
+    `factored=False` keeps full second moments for every parameter (PaLM's choice).
     """
-    tx = [_scale_by_factored_rms(decay_rate, min_dim_size_to_factor)]
-    if clipping_threshold is not None:
-        tx.append(_per_layer(lambda u, _, axes: u / _clip_denominator(u, axes, clipping_threshold)))
-    tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
-    if multiply_by_parameter_scale:
-        tx.append(_per_layer(lambda u, p, axes: u * _parameter_scale(p, axes)))
-    if momentum is not None:
-        tx.append(optax.ema(momentum, debias=False, accumulator_dtype=jnp.float32))
-    if weight_decay_rate is not None:
-        tx.append(optax.add_decayed_weights(weight_decay_rate))
-    tx.append(optax.scale(-1))
-    return optax.chain(*tx)
+
+    def build(axes) -> optax.GradientTransformation:
+        plans = functools.partial(
+            _factorings,
+            param_axes=axes,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            factored=factored,
+        )
+        tx = [_scale_by_factored_rms(decay_rate, step_offset, plans)]
+        if clipping_threshold is not None:
+            tx.append(_per_layer(functools.partial(_clip, threshold=clipping_threshold), plans))
+        tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+        if multiply_by_parameter_scale:
+            tx.append(_per_layer(lambda u, p, axes: u * _parameter_scale(p, axes), plans))
+        if momentum is not None:
+            tx.append(optax.ema(momentum, debias=False, accumulator_dtype=jnp.float32))
+        if weight_decay_rate is not None:
+            tx.append(optax.add_decayed_weights(weight_decay_rate))
+        tx.append(optax.scale(-1))
+        return optax.chain(*tx)
+
+    return AxisAwareTransformation(build, param_axes)
 
 
-# Adafactor's constants, as optax (and T5X) set them.
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisAwareTransformation:
+    """An optax transformation (init, update) built for the parameters' logical axes;
+    `for_params` gives the same one for a model's axes."""
+
+    build: Callable[[Any], optax.GradientTransformation]
+    param_axes: Any = None
+
+    @functools.cached_property
+    def _transform(self) -> optax.GradientTransformation:
+        return self.build(self.param_axes)
+
+    def init(self, params):
+        return self._transform.init(params)
+
+    def update(self, updates, state, params=None):
+        return self._transform.update(updates, state, params)
+
+
+def for_params(optimizer, param_axes: Any):
+    """`optimizer` for parameters with logical axes `param_axes` (PartitionSpecs): an
+    AxisAwareTransformation built for them, any other optax transformation as it is."""
+    if isinstance(optimizer, AxisAwareTransformation):
+        return dataclasses.replace(optimizer, param_axes=param_axes)
+    return optimizer
+
+
+# Adafactor's constants, as T5X (epsilon1, epsilon2) and optax set them.
 _EPSILON = 1e-30  # added to squared gradients
 _MIN_PARAMETER_SCALE = 1e-3
 
 
-def factored_axes(shape: tuple[int, ...], stacked: bool) -> tuple[int, int]:
-    """(d1, d0): the second-largest and largest dims (ties: the later one is larger), which
-    Adafactor factors (v_row drops d0, v_col d1); a stacked array's layer axis never counts."""
-    first = 1 if stacked else 0
-    d1, d0 = np.argsort(shape[first:], kind="stable")[-2:] + first
-    return int(d1), int(d0)
+@dataclasses.dataclass(frozen=True)
+class Factoring:
+    """How Adafactor treats one array: the dims its RMS statistics (parameter scale, update
+    clipping) average over, None for all; and, if factored, the dims of its second moment
+    that v_row keeps (`rows`, T5X's d1) and those v_col keeps (`columns`, d0)."""
+
+    averaged: tuple[int, ...] | None
+    rows: tuple[int, ...] = ()
+    columns: tuple[int, ...] = ()
+
+    def row_shape(self, shape) -> tuple[int, ...]:
+        return tuple(n for i, n in enumerate(shape) if i not in self.columns)
+
+    def column_shape(self, shape) -> tuple[int, ...]:
+        return tuple(n for i, n in enumerate(shape) if i not in self.rows)
 
 
-def _factored(shape, stacked, min_dim_size_to_factor) -> tuple[int, int] | None:
-    """factored_axes where each layer's array has two dims of at least min_dim_size_to_factor."""
-    if len(shape) - stacked < 2:
-        return None
-    d1, d0 = factored_axes(shape, stacked)
-    return (d1, d0) if shape[d1] >= min_dim_size_to_factor else None
+def factoring(
+    shape: tuple[int, ...],
+    axes: tuple[str | None, ...] | None = None,
+    *,
+    stacked: bool = False,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 0,
+    name: str = "parameter",
+) -> Factoring:
+    """T5X's factoring of an array of `shape` with logical `axes` (None: unnamed, and
+    `stacked` says whether its leading axis is a scanned stack's layers).
+
+    T5X stores each layer's arrays with at most two dims (attention kernels
+    [embed, heads * kv]) and factors those by its heuristic (its factor rules fall back to
+    it for arrays of rank <= 2): the larger of the two is averaged out of v_row (ties: the
+    second), and an array whose smaller dim is below `min_dim_size_to_factor` is not
+    factored. Here a stack's `layers` axis is left out, and `heads` followed by `kv` count
+    as the one dim T5X stores, so v_row and v_col are T5X's, reshaped.
+    """
+    names = (None,) * len(shape) if axes is None else tuple(axes)
+    names += (None,) * (len(shape) - len(names))
+    batch = {i for i, n in enumerate(names) if n == LAYERS} if axes is not None else set()
+    if stacked:
+        batch.add(0)
+    dims = [i for i in range(len(shape)) if i not in batch]
+    averaged = tuple(dims) if batch else None
+    groups: list[tuple[int, ...]] = []  # T5X's dims, as our dims
+    for i in dims:
+        if groups and groups[-1] == (i - 1,) and (names[i - 1], names[i]) == (HEADS, KV):
+            groups[-1] = (i - 1, i)  # T5X's joined_kv
+        else:
+            groups.append((i,))
+    if not factored or len(groups) < 2:
+        return Factoring(averaged)
+    if len(groups) > 2:
+        raise ValueError(
+            f"{name} of shape {tuple(shape)} with logical axes {names} has {len(groups)} dims "
+            "per layer as T5X would store it; Adafactor factors at most two, as T5X does "
+            "without factor rules. Give it the parameters' logical axes "
+            "(adafactor(param_axes=nn.get_partition_spec(...)); Trainer does) or name its axes"
+        )
+    sizes = [math.prod(shape[d] for d in g) for g in groups]
+    rows, columns = groups if sizes[0] <= sizes[1] else groups[::-1]
+    if min(sizes) < min_dim_size_to_factor:
+        return Factoring(averaged)
+    return Factoring(averaged, rows, columns)
 
 
-def _layer_axes(x, stacked: bool) -> tuple[int, ...] | None:
-    """The axes an RMS of x averages over: all (None), or all but a stack's layer axis."""
-    return tuple(range(1, x.ndim)) if stacked else None
+def _factorings(tree, *, param_axes, min_dim_size_to_factor, factored):
+    """Each leaf's Factoring: by `param_axes` where given, else by its path (a leaf under a
+    scanned stack has a leading layers axis)."""
+
+    def leaf(path, x, axes=None):
+        return factoring(
+            x.shape,
+            None if axes is None else tuple(axes),
+            stacked=param_axes is None and scan.is_stacked(path),
+            factored=factored,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            name=jax.tree_util.keystr(path),
+        )
+
+    if param_axes is None:
+        return jax.tree_util.tree_map_with_path(leaf, tree)
+    return jax.tree_util.tree_map_with_path(leaf, tree, param_axes)
 
 
 def _rms(x, axes):
     return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
 
 
-def _clip_denominator(update, axes, threshold):
-    return jnp.maximum(1.0, _rms(update, axes) / threshold)
+def _clip(update, _, axes, threshold):
+    return update / jnp.maximum(1.0, _rms(update, axes) / threshold)
 
 
 def _parameter_scale(param, axes):
@@ -112,20 +224,16 @@ def _parameter_scale(param, axes):
     return jnp.where(small, _MIN_PARAMETER_SCALE, _rms(jnp.where(small, 1.0, param), axes))
 
 
-def _stacked(tree):
-    return jax.tree_util.tree_map_with_path(lambda path, _: scan.is_stacked(path), tree)
-
-
-def _per_layer(fn) -> optax.GradientTransformation:
+def _per_layer(fn, plans) -> optax.GradientTransformation:
     """A stateless transformation fn(update, param, axes) of each leaf, where axes are those
     its RMS statistics average over (each layer's own, for a scanned stack)."""
 
     def update(updates, state, params=None):
         updates = jax.tree.map(
-            lambda u, p, stacked: fn(u, p, _layer_axes(u, stacked)),
+            lambda u, p, plan: fn(u, p, plan.averaged),
             updates,
             params if params is not None else updates,
-            _stacked(updates),
+            plans(updates),
         )
         return updates, state
 
@@ -142,51 +250,50 @@ class _Moments:
     v: jax.Array
 
 
-def _scale_by_factored_rms(decay_rate: float, min_dim_size_to_factor: int):
-    """optax.scale_by_factored_rms (its state, its arithmetic) with a stack's layer axis left
-    out of the factored dims: optax's own may factor over the layers."""
+def _scale_by_factored_rms(decay_rate: float, step_offset: int, plans):
+    """optax.scale_by_factored_rms's state and arithmetic (which are T5X's), factored by
+    each leaf's Factoring."""
 
     def init(params):
-        def leaf(param, stacked):
+        def leaf(param, plan):
             placeholder = jnp.zeros((1,), param.dtype)
-            dims = _factored(param.shape, stacked, min_dim_size_to_factor)
-            if dims is None:
+            if not plan.rows:
                 return _Moments(placeholder, placeholder, placeholder, jnp.zeros_like(param))
-            row, col = (jnp.zeros(_without(param.shape, d), param.dtype) for d in dims[::-1])
+            row, col = (
+                jnp.zeros(s(param.shape), param.dtype) for s in (plan.row_shape, plan.column_shape)
+            )
             return _Moments(placeholder, row, col, placeholder)
 
-        return _state(jnp.zeros([], jnp.int32), jax.tree.map(leaf, params, _stacked(params)))
+        return _state(jnp.zeros([], jnp.int32), jax.tree.map(leaf, params, plans(params)))
 
     def update(grads, state, params=None):
-        decay = 1.0 - (state.count.astype(jnp.float32) + 1.0) ** -decay_rate
+        step = state.count.astype(jnp.float32) - step_offset
+        decay = 1.0 - (step + 1.0) ** -decay_rate
 
-        def leaf(grad, v_row, v_col, v, stacked):
+        def leaf(grad, v_row, v_col, v, plan):
             grad_sqr = jnp.square(grad) + _EPSILON
-            dims = _factored(grad.shape, stacked, min_dim_size_to_factor)
-            if dims is None:
+            if not plan.rows:
                 v = (decay * v + (1.0 - decay) * grad_sqr).astype(v.dtype)
                 # Fresh (1,) placeholders, as optax's: passing the old ones through would keep
                 # them live arguments of the train step (each a padded tile on a TPU).
                 return _Moments(grad * v**-0.5, jnp.zeros_like(v_row), jnp.zeros_like(v_col), v)
-            d1, d0 = dims
+            rows, columns = plan.rows, plan.columns
             state_dtype = v_row.dtype  # the parameter's, as optax keeps it
-            v_row = decay * v_row + (1.0 - decay) * jnp.mean(grad_sqr, axis=d0)
-            v_col = decay * v_col + (1.0 - decay) * jnp.mean(grad_sqr, axis=d1)
+            v_row = decay * v_row + (1.0 - decay) * jnp.mean(grad_sqr, axis=columns)
+            v_col = decay * v_col + (1.0 - decay) * jnp.mean(grad_sqr, axis=rows)
             v_row, v_col = v_row.astype(state_dtype), v_col.astype(state_dtype)
-            row_mean = jnp.mean(v_row, axis=d1 - 1 if d1 > d0 else d1, keepdims=True)
-            row_factor = jnp.expand_dims((v_row / row_mean) ** -0.5, d0)
-            update = grad * row_factor * jnp.expand_dims(v_col**-0.5, d1)
+            # v_row's own dims: each row dim shifted past the column dims before it.
+            kept = tuple(d - sum(c < d for c in columns) for d in rows)
+            row_mean = jnp.mean(v_row, axis=kept, keepdims=True)
+            row_factor = jnp.expand_dims((v_row / row_mean) ** -0.5, columns)
+            update = grad * row_factor * jnp.expand_dims(v_col**-0.5, rows)
             return _Moments(update, v_row, v_col, jnp.zeros_like(v))
 
-        out = jax.tree.map(leaf, grads, state.v_row, state.v_col, state.v, _stacked(grads))
+        out = jax.tree.map(leaf, grads, state.v_row, state.v_col, state.v, plans(grads))
         updates = jax.tree.map(lambda m: m.update, out)
         return updates, _state(optax.safe_increment(state.count), out)
 
     return optax.GradientTransformation(init, update)
-
-
-def _without(shape, axis) -> tuple[int, ...]:
-    return tuple(n for i, n in enumerate(shape) if i != axis)
 
 
 def _state(count, moments) -> optax.FactoredState:

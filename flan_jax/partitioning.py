@@ -216,11 +216,11 @@ def check_divisible(abstract_tree: Any, shardings: Any) -> None:
 def optimizer_state_specs(abstract_opt_state: Any, abstract_params: Any, param_specs: Any):
     """Logical specs for optimizer state, derived from the parameters each leaf belongs to.
 
-    A leaf shaped like its parameter takes the parameter's spec; optax Adafactor's factored
-    moments (`v_row`, `v_col`) drop the axis optax averaged over; leaves of at most one
-    element (step counts, placeholders of unfactored moments) are replicated. Any other leaf
-    is an error naming its path: replicating it would copy a parameter-sized array onto
-    every device (at 540B, the whole optimizer state on each chip).
+    A leaf shaped like its parameter takes the parameter's spec; Adafactor's factored
+    moments (`v_row`, `v_col`) drop the axes it averaged over (`optim.factoring`); leaves of
+    at most one element (step counts, placeholders of unfactored moments) are replicated.
+    Any other leaf is an error naming its path: replicating it would copy a parameter-sized
+    array onto every device (at 540B, the whole optimizer state on each chip).
     """
     params_by_path = {}
     jax.tree_util.tree_map_with_path(
@@ -262,13 +262,13 @@ def _moment_spec(shape, param_shape, param_spec, field, stacked) -> PartitionSpe
     param_spec = param_spec + (None,) * (len(param_shape) - len(param_spec))
     if shape == param_shape:
         return PartitionSpec(*param_spec)
-    if field in ("v_row", "v_col") and len(param_shape) >= 2 + stacked:
-        # Adafactor factors over the two largest dims of each layer: v_row drops the
-        # largest, v_col the second largest. Unfactored params keep a (1,) placeholder.
-        second, largest = optim.factored_axes(param_shape, stacked)
-        dropped = largest if field == "v_row" else second
-        if shape == tuple(np.delete(param_shape, dropped)):
-            return PartitionSpec(*(s for i, s in enumerate(param_spec) if i != dropped))
+    if field in ("v_row", "v_col"):
+        # Adafactor factors each layer's array as T5X stores it: v_row drops the column
+        # dims, v_col the row dims. Unfactored params keep a (1,) placeholder.
+        plan = optim.factoring(param_shape, param_spec, stacked=stacked)
+        dropped = plan.columns if field == "v_row" else plan.rows
+        if plan.rows and shape == tuple(np.delete(param_shape, dropped)):
+            return PartitionSpec(*(s for i, s in enumerate(param_spec) if i not in dropped))
     return None
 
 

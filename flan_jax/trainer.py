@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from flan_jax import losses, partitioning
+from flan_jax import losses, optim, partitioning
 
 Batch = Mapping[str, jax.Array]
 
@@ -67,7 +67,6 @@ class Trainer:
             raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
         self.loss_normalizing_factor = losses.check_loss_normalizing_factor(loss_normalizing_factor)
         self.model = model
-        self.optimizer = optimizer
         self.partitioner = partitioner
         self.learning_rate_fn = learning_rate_fn
         self.num_microbatches = num_microbatches
@@ -75,7 +74,9 @@ class Trainer:
         self._dropout_key = jax.random.key(seed + 1)
 
         abstract_params, param_specs = partitioning.abstract_params(model, partitioner)
-        abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+        # Adafactor factors each parameter by its logical axes, as T5X's set_param_axes.
+        self.optimizer = optim.for_params(optimizer, param_specs)
+        abstract_opt = jax.eval_shape(self.optimizer.init, abstract_params)
         opt_specs = partitioning.optimizer_state_specs(abstract_opt, abstract_params, param_specs)
         self.state_specs = TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs)
         self.state_shardings = partitioner.shardings(self.state_specs)

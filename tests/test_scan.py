@@ -62,11 +62,13 @@ def test_scanned_layers_train_like_unscanned(family, tiny_config, fixed_batch, t
     else:
         model_cls, module = DecoderOnlyModel, decoder
         config, batch = tiny_decoder_config, _decoder_batch(64)
-    # min_dim_size_to_factor=2: every array of two or more dims per layer is factored, and
-    # optax's own would factor the stacked norm scales [2, d_model] over the layers.
-    optimizer = optim.adafactor(1e-2, min_dim_size_to_factor=2)
 
     def train(model, params):
+        # min_dim_size_to_factor=2: every array of two or more dims per layer is factored,
+        # and optax's own would factor the stacked norm scales [2, d_model] over the layers.
+        axes = nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0)))
+        optimizer = optim.adafactor(1e-2, min_dim_size_to_factor=2, param_axes=axes)
+
         @jax.jit
         def step(params, state):
             grads = jax.grad(lambda p: model.loss_fn(p, batch, None)[0])(params)
@@ -94,15 +96,17 @@ def test_scanned_layers_train_like_unscanned(family, tiny_config, fixed_batch, t
 
 
 def test_scanned_optimizer_state_is_sharded_like_its_layers(tiny_decoder_config):
-    """Factored moments of a stack drop a per-layer axis, never the layer axis: with 16 layers,
+    """Factored moments of a stack drop per-layer axes, never the layer axis: with 16 layers,
     optax's own rule would factor the query kernel [16, 32, 4, 8] over layers and embed."""
     P = jax.sharding.PartitionSpec
     config = dataclasses.replace(tiny_decoder_config, num_layers=16, scan_layers=True)
     boxed = jax.eval_shape(DecoderOnlyModel(config).init, jax.random.key(0))
     params, specs = nn.unbox(boxed), nn.get_partition_spec(boxed)
-    state = jax.eval_shape(optim.adafactor(1e-2, min_dim_size_to_factor=2).init, params)
+    optimizer = optim.adafactor(1e-2, min_dim_size_to_factor=2, param_axes=specs)
+    state = jax.eval_shape(optimizer.init, params)
     state_specs = partitioning.optimizer_state_specs(state, params, specs)
     query = lambda tree: tree["layers"]["attention"]["query"]["kernel"]
-    assert query(state[0].v_row).shape == (16, 4, 8)  # embed, the largest per-layer dim, dropped
-    assert query(state_specs[0].v_row) == P("layers", "heads", "kv")
-    assert query(state_specs[0].v_col) == P("layers", "embed", "heads")
+    # Per layer as T5X stores it, [embed 32, heads x kv 32]: v_row keeps embed.
+    assert query(state[0].v_row).shape == (16, 32)
+    assert query(state_specs[0].v_row) == P("layers", "embed")
+    assert query(state_specs[0].v_col) == P("layers", "heads", "kv")

@@ -217,18 +217,27 @@ def test_adafactor_slots_and_step_restored(legacy, slots):
     np.testing.assert_array_equal(
         state.v_row["decoder"]["layers_1"]["mlp"]["wo"]["kernel"], wo["v_row"]
     )
-    # Joined [32, 4*8] in T5X (factored), [32, 4, 8] unfactored here: the full estimate.
-    query = state.v["encoder"]["layers_0"]["attention"]["query"]["kernel"]
-    want = estimate(slots["encoder.layers_0.attention.query.kernel"]).reshape(32, 4, 8)
-    np.testing.assert_allclose(query, want, rtol=1e-6)
-    out = state.v["decoder"]["layers_0"]["encoder_decoder_attention"]["out"]["kernel"]
+    # Joined [32, 4*8] in T5X, [32, 4, 8] here: factored alike, T5X's slots reshaped. Square,
+    # so T5X's v_row keeps the first dim: embed of the query, heads x kv of the output.
+    query = slots["encoder.layers_0.attention.query.kernel"]
+    kernel = lambda tree, path: tree["encoder"]["layers_0"]["attention"][path]["kernel"]
+    np.testing.assert_array_equal(kernel(state.v_row, "query"), query["v_row"])
+    np.testing.assert_array_equal(kernel(state.v_col, "query"), query["v_col"].reshape(4, 8))
+    out = slots["encoder.layers_0.attention.out.kernel"]
+    np.testing.assert_array_equal(kernel(state.v_row, "out"), out["v_row"].reshape(4, 8))
+    np.testing.assert_array_equal(kernel(state.v_col, "out"), out["v_col"])
+    # Factored in T5X, not here (min_dim_size_to_factor=128): the full estimate.
+    _, _, full_state, _ = t5x.restore_train_state(legacy)
     want = estimate(slots["decoder.layers_0.encoder_decoder_attention.out.kernel"])
-    np.testing.assert_allclose(out, want.reshape(4, 8, 32), rtol=1e-6)
+    got = factored(full_state).v["decoder"]["layers_0"]["encoder_decoder_attention"]["out"]
+    np.testing.assert_allclose(got["kernel"], want.reshape(4, 8, 32), rtol=1e-6)
     # Full in both.
     scale = slots["encoder.encoder_norm.scale"]["v"]
     np.testing.assert_array_equal(state.v["encoder"]["encoder_norm"]["scale"], scale)
     # One continued step decays the second moment at the step's rate, 1 - (step + 1)^-0.8.
     grads = jax.tree.map(lambda p: np.full_like(p, 0.5), params)
+    config = t5x.config_from_target(t5x.read_checkpoint(legacy).target)
+    optimizer = optim.for_params(optimizer, t5x._param_axes(config))
     _, next_state = jax.jit(optimizer.update)(grads, opt_state, params)
     decay = 1 - (STEP + 1) ** -0.8
     np.testing.assert_allclose(
@@ -287,8 +296,9 @@ def test_orbax_checkpoint_and_scanned_layout(target, slots, legacy, tmp_path):
 def scanned(target, slots, axis):
     """T5X's scan_layers=True layout of an unscanned target and slots: each stack's
     `layers_<i>.<name>` stacked on `axis` as `layers.<name>`; a factored slot stacked where
-    the layer axis stays once the stacked parameter loses the dim the slot drops (v_row
-    drops the largest dim of a per-layer parameter, v_col the other one, see t5x_slots)."""
+    the layer axis stays once the stacked parameter loses the dim the slot drops. T5X factors
+    a stacked array by its logical rules, so v_row keeps `embed` (the output kernels' second
+    dim, whose v_row and v_col t5x_slots' size heuristic swaps: they are square)."""
     layers = {}
     out_target, out_slots = {}, {}
     for name, value in target.items():
@@ -301,15 +311,19 @@ def scanned(target, slots, axis):
         out_target[stacked] = np.stack([target[n] for n in names], axis=axis)
         shape = target[names[0]].shape
         out_slots[stacked] = {}
-        for slot, first in slots[names[0]].items():
-            values = [slots[n][slot] for n in names]
+        embed = 1 if re.search(r"\.(out|wo)\.kernel$", stacked) else 0
+        d1, d0 = (int(a) for a in np.argsort(shape)[-2:]) if len(shape) == 2 else (0, 0)
+        swap = len(shape) == 2 and d1 != embed
+        for slot in slots[names[0]]:
+            swapped = {"v_row": "v_col", "v_col": "v_row"}
+            slot_of = swapped.get(slot, slot) if swap else slot
+            first, values = slots[names[0]][slot_of], [slots[n][slot_of] for n in names]
             where = axis
             if first.shape == (1,):
                 out_slots[stacked][slot] = first
                 continue
             if first.shape != shape:  # factored: the per-layer axis it dropped
-                d1, d0 = (int(a) for a in np.argsort(shape))
-                dropped = d0 if slot == "v_row" else d1
+                dropped = [d0, d1][(slot == "v_row") == swap]
                 where = axis - (dropped + (dropped >= axis) < axis)
             out_slots[stacked][slot] = np.stack(values, axis=where)
     return out_target, out_slots
@@ -410,6 +424,7 @@ def test_one_continued_step_decays_at_the_checkpoints_step(legacy, slots, fixed_
 
     grads = jax.device_get(jax.grad(mean_loss)(params))
     decay = 1 - (STEP + 1) ** -0.8
+    optimizer = trainer.optimizer  # for the model's logical axes
     v = factored(after.opt_state).v["encoder"]["encoder_norm"]["scale"]
     g = grads["encoder"]["encoder_norm"]["scale"]
     want = decay * slots["encoder.encoder_norm.scale"]["v"] + (1 - decay) * (g**2 + 1e-30)
@@ -441,8 +456,8 @@ def test_an_optimizer_state_of_another_optimizer_is_refused_by_leaf(legacy, tmp_
     trainer = trainer_for(legacy, optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM))
     with pytest.raises(
         ValueError,
-        match=r"opt_state/0/v/decoder/layers_0/mlp/wi_0/kernel is \(32, 48\) there, \(1,\) "
-        r"here .*set INITIAL_CHECKPOINT_RESTORE = 'params'",
+        match=r"opt_state/0/v/decoder/layers_0/encoder_decoder_attention/key/kernel is "
+        r"\(32, 4, 8\) there, \(1,\) here .*set INITIAL_CHECKPOINT_RESTORE = 'params'",
     ):
         model_loader.restore_train_state(
             out, trainer.model, trainer.abstract_state, trainer.optimizer
@@ -538,3 +553,21 @@ def test_a_t5x_checkpoint_on_gcs_reads_as_the_local_one(legacy, gcs, request):
     want = t5x.restore_train_state(legacy, optimizer=optimizer)
     assert got[0] == want[0] and got[3] == STEP
     jax.tree.map(np.testing.assert_array_equal, got[1:3], want[1:3])
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_t5_small_query_slots_land_where_flan_jax_factors(scanned):
+    """T5-small's query kernel, [512, 384] in T5X: its size heuristic keeps heads x kv (the
+    smaller) in v_row; a scanned T5X stack, factored by rules, keeps embed there. Either way
+    flan_jax's v_row is the heads x kv one, [6, 64], and the estimate is T5X's."""
+    rng = np.random.default_rng(0)
+    joined, embed = (rng.uniform(0.5, 2, n).astype(np.float32) for n in (384, 512))
+    v_row, v_col = (embed, joined) if scanned else (joined, embed)
+    param = ((512, 6, 64), ("embed", "heads", "kv"))
+    moments = t5x._second_moments(
+        {"v_row": v_row, "v_col": v_col}, (512, 384), param, scanned, "query"
+    )
+    np.testing.assert_array_equal(moments["v_row"], joined.reshape(6, 64))
+    np.testing.assert_array_equal(moments["v_col"], embed)
+    want = np.outer(embed, joined) / v_row.mean()
+    np.testing.assert_allclose(moments["v"], want.reshape(512, 6, 64), rtol=1e-6)

@@ -42,6 +42,7 @@ from etils import epath
 from flax import serialization, traverse_util
 
 from flan_jax import checkpoints, cli, optim, paths
+from flan_jax.axis_names import EMBED
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import T5Config, scan_params
@@ -62,6 +63,9 @@ class T5XCheckpoint:
     target: dict[str, Any]
     param_states: dict[str, dict[str, Any]]  # the same names -> {slot: array}
     step: int
+    # Per-layer names read from a scanned stack: T5X factored those by its logical rules
+    # (v_row keeps `embed`), not by its size heuristic, as it does arrays of rank <= 2.
+    scanned: frozenset[str] = frozenset()
 
 
 def is_orbax_checkpoint(path: str | os.PathLike) -> bool:
@@ -98,20 +102,22 @@ def read_checkpoint(path: str | os.PathLike) -> T5XCheckpoint:
                 f"({', '.join(SLOTS)}); only Adafactor checkpoints are read"
             )
         param_states.setdefault(key, {})[slot] = value
+    scanned = set()
     for stack in ("encoder", "decoder"):
-        _unstack_layers(stack, target, param_states)
-    return T5XCheckpoint(target, param_states, int(np.asarray(state["step"])))
+        scanned |= _unstack_layers(stack, target, param_states)
+    return T5XCheckpoint(target, param_states, int(np.asarray(state["step"])), frozenset(scanned))
 
 
-def _unstack_layers(stack: str, target: dict, param_states: dict) -> None:
+def _unstack_layers(stack: str, target: dict, param_states: dict) -> set[str]:
     """A scanned T5X stack (`scan_layers=True`: `encoder.layers.<name>`, every layer's array
     stacked on one axis, T5X's `param_scan_axis`, 1 by default) rewritten in place as the
     per-layer `encoder.layers_<i>.<name>` of an unscanned checkpoint, slots included; the
-    axis is the one of `layers.pre_mlp_layer_norm.scale` that is not d_model."""
+    axis is the one of `layers.pre_mlp_layer_norm.scale` that is not d_model. Returns the
+    per-layer names written."""
     prefix = f"{stack}.layers."
     stacked = sorted(k for k in target if k.startswith(prefix))
     if not stacked:
-        return
+        return set()
     per_layer_relpos = f"{prefix}relative_posemb.rel_embedding"
     if per_layer_relpos in target:
         raise ValueError(
@@ -127,6 +133,7 @@ def _unstack_layers(stack: str, target: dict, param_states: dict) -> None:
     if len(shape) != 2 or d_model not in shape:
         raise ValueError(f"T5X target.{norm} has shape {shape}: not d_model {d_model} stacked")
     axis = 0 if shape[0] != d_model else 1
+    written = set()
     for key in stacked:
         value, name = target.pop(key), key[len(prefix) :]
         if len(value.shape) <= axis or value.shape[axis] != shape[axis]:
@@ -145,6 +152,8 @@ def _unstack_layers(stack: str, target: dict, param_states: dict) -> None:
                 slot: v if slot_axes[slot] is None else _layer(v, slot_axes[slot], i)
                 for slot, v in slots.items()
             }
+            written.add(layer_key)
+    return written
 
 
 def _layer_axis(slot: Any, shape: tuple[int, ...], axis: int, key: str, name: str):
@@ -322,9 +331,15 @@ def config_from_target(target: Mapping[str, np.ndarray], *, scan_layers: bool = 
 
 def _unscanned_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     """flan_jax's per-layer parameter shapes for `config`, by T5X's dotted names."""
+    return {k: shape for k, (shape, _) in _unscanned_params(config).items()}
+
+
+def _unscanned_params(config: T5Config) -> dict[str, tuple[tuple[int, ...], tuple]]:
+    """(shape, logical axis names) of flan_jax's per-layer parameters for `config`, by T5X's
+    dotted names."""
     model = EncoderDecoderModel(dataclasses.replace(config, scan_layers=False))
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-    return {k: tuple(v.shape) for k, v in _dotted(nn.unbox(shapes)).items()}
+    boxed = _dotted(jax.eval_shape(model.init, jax.random.key(0)))
+    return {k: (tuple(v.value.shape), tuple(v.names)) for k, v in boxed.items()}
 
 
 def _to_shape(value: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -368,51 +383,69 @@ def _check_same_keys(have, want, prefix: str) -> None:
         )
 
 
-def _second_moment(slots: Mapping[str, Any], shape: tuple[int, ...], name: str) -> np.ndarray:
-    """Adafactor's full second-moment estimate for a parameter of T5X `shape`: `v` itself, or
-    v_row (x) v_col / mean(v_row), the estimate T5X's next update would scale by."""
-    v = slots.get("v")
-    if v is not None and v.shape == shape:
-        return np.asarray(v, np.float32)
-    v_row, v_col = slots.get("v_row"), slots.get("v_col")
-    if len(shape) == 2 and v_row is not None and v_col is not None:
-        v_row, v_col = np.asarray(v_row, np.float32), np.asarray(v_col, np.float32)
-        # T5X factors by its logical-axis rules or, by default, as optax does; either way
-        # v_row keeps axis d1 and v_col axis d0.
-        heuristic = _factored_axes(shape)
-        for d1, d0 in (heuristic, heuristic[::-1]):
-            if v_row.shape == (shape[d1],) and v_col.shape == (shape[d0],):
-                return np.expand_dims(v_row, d0) * np.expand_dims(v_col, d1) / v_row.mean()
-    shapes = {k: tuple(getattr(s, "shape", ())) for k, s in slots.items()}
-    raise ValueError(
-        f"T5X state.param_states.{name} has slots {shapes} for a {shape} parameter: neither "
-        "a full nor a factored Adafactor second moment"
-    )
-
-
-def _factored_axes(shape: Sequence[int]) -> tuple[int, int]:
-    """(d1, d0): the second-largest and largest axes, which T5X's and optax's Adafactor both
-    factor (v_row drops d0, v_col drops d1)."""
-    d1, d0 = np.argsort(shape)[-2:]
-    return int(d1), int(d0)
+def _second_moments(
+    slots: Mapping[str, Any],
+    t5x_shape: tuple[int, ...],
+    param: tuple[tuple[int, ...], tuple],
+    by_rules: bool,
+    name: str,
+) -> dict[str, np.ndarray]:
+    """One parameter's Adafactor second moments from T5X's slots, in flan_jax's layout
+    (`param`: shape and logical axes): "v", the full estimate (T5X's `v`, or
+    v_row (x) v_col / mean(v_row), the one T5X's next update scales by), and where flan_jax
+    can factor it (optim.factoring), "v_row" / "v_col": T5X's own, reshaped, if T5X factored
+    it, else the means of "v". T5X's v_row keeps the dim its heuristic picks (the smaller;
+    ties: the first) or, `by_rules` (a scanned stack), the `embed` dim."""
+    shape, names = param
+    plan = optim.factoring(shape, names)
+    v, v_row, v_col = (slots.get(k) for k in ("v", "v_row", "v_col"))
+    out = {}
+    if v is not None and tuple(v.shape) == tuple(t5x_shape):
+        out["v"] = np.asarray(v, np.float32).reshape(shape)
+    elif plan.rows and len(t5x_shape) == 2 and v_row is not None and v_col is not None:
+        groups = sorted((plan.rows, plan.columns))  # flan_jax's dims of T5X's two
+        if by_rules:
+            kept = next((k for k, g in enumerate(groups) if EMBED in [names[d] for d in g]), 0)
+        else:
+            kept = int(t5x_shape[0] > t5x_shape[1])
+        if (tuple(v_row.shape), tuple(v_col.shape)) == ((t5x_shape[kept],), (t5x_shape[1 - kept],)):
+            v_row, v_col = np.asarray(v_row, np.float32), np.asarray(v_col, np.float32)
+            full = np.expand_dims(v_row, 1 - kept) * np.expand_dims(v_col, kept) / v_row.mean()
+            row, col = (v_row, v_col) if groups[kept] == plan.rows else (v_col, v_row)
+            return {
+                "v": full.reshape(shape),
+                "v_row": row.reshape(plan.row_shape(shape)),
+                "v_col": col.reshape(plan.column_shape(shape)),
+            }
+    if "v" not in out:
+        shapes = {k: tuple(getattr(s, "shape", ())) for k, s in slots.items()}
+        raise ValueError(
+            f"T5X state.param_states.{name} has slots {shapes} for a {tuple(t5x_shape)} "
+            "parameter: neither a full nor a factored Adafactor second moment as T5X keeps it"
+        )
+    if plan.rows:
+        out["v_row"] = out["v"].mean(axis=plan.columns)
+        out["v_col"] = out["v"].mean(axis=plan.rows)
+    return out
 
 
 def _slot_trees(checkpoint: T5XCheckpoint, config: T5Config) -> dict[str, dict]:
     """T5X's slots as trees in flan_jax's parameter layout (scanned like `config`): "v" the
-    full second-moment estimate, "v_row"/"v_col" T5X's factored ones as stored, "m"."""
+    full second-moment estimate, "v_row"/"v_col" the factored ones (see _second_moments;
+    (1,) where flan_jax cannot factor), "m"."""
     trees: dict[str, dict] = {slot: {} for slot in SLOTS}
-    for name, shape in _unscanned_shapes(config).items():
+    placeholder = np.zeros((1,), np.float32)
+    for name, param in _unscanned_params(config).items():
         if name not in checkpoint.param_states:
             raise ValueError(f"T5X checkpoint has no state.param_states.{name}")
         slots = checkpoint.param_states[name]
-        t5x_shape = checkpoint.target[name].shape
+        t5x_shape = tuple(checkpoint.target[name].shape)
         key = tuple(name.split("."))
-        trees["v"][key] = _second_moment(slots, t5x_shape, name).reshape(shape)
-        placeholder = np.zeros((1,), np.float32)
-        for slot in ("v_row", "v_col"):
-            trees[slot][key] = np.asarray(slots.get(slot, placeholder), np.float32)
+        moments = _second_moments(slots, t5x_shape, param, name in checkpoint.scanned, name)
+        for slot in ("v", "v_row", "v_col"):
+            trees[slot][key] = moments.get(slot, placeholder)
         m = np.asarray(slots.get("m", placeholder), np.float32)
-        trees["m"][key] = m.reshape(shape) if m.shape == t5x_shape else placeholder
+        trees["m"][key] = m.reshape(param[0]) if m.shape == t5x_shape else placeholder
     unflat = {slot: traverse_util.unflatten_dict(tree) for slot, tree in trees.items()}
     if config.scan_layers:
         unflat = {slot: scan_params(tree, config) for slot, tree in unflat.items()}
@@ -426,9 +459,10 @@ def opt_state_from_t5x(
     params: Any,
 ) -> Any:
     """`optimizer`'s state for `params` (flan_jax's layout for `config`) from T5X's Adafactor
-    slots: optax's factored second moments keep T5X's v_row / v_col where the parameter is
-    factored alike, else are derived from the full estimate (`v`, or the means of it over
-    the factored axes); T5X's momentum `m` goes into optax's EMA; each count is the step."""
+    slots: factored second moments are T5X's v_row / v_col, reshaped, where T5X factored the
+    parameter (flan_jax factors each as T5X does), else the means of its full `v` over the
+    factored axes; T5X's momentum `m` goes into optax's EMA; each count is the step."""
+    optimizer = optim.for_params(optimizer, _param_axes(config))
     trees = _slot_trees(checkpoint, config)
     step = np.asarray(checkpoint.step, np.int32)
     with_momentum = [
@@ -485,25 +519,24 @@ def _tree_like(abstract: Any, flat: Mapping[tuple, np.ndarray], slot: str) -> An
 
 def _fill_factored(state: optax.FactoredState, step: np.ndarray, trees: dict) -> Any:
     rows, cols, full = {}, {}, {}
-    want_rows = traverse_util.flatten_dict(state.v_row)
-    want_cols = traverse_util.flatten_dict(state.v_col)
+    placeholder = np.zeros((1,), np.float32)
     for key, want_v in traverse_util.flatten_dict(state.v).items():
-        v, row, col = trees["v"][key], trees["v_row"][key], trees["v_col"][key]
-        want_row, want_col = want_rows[key].shape, want_cols[key].shape
-        placeholder = np.zeros((1,), np.float32)
-        if want_v.shape == v.shape:  # not factored in flan_jax
-            rows[key], cols[key], full[key] = placeholder, placeholder, v
-            continue
-        if (row.shape, col.shape) != (want_row, want_col):  # factored unlike T5X's
-            d1, d0 = _factored_axes(v.shape)
-            row, col = v.mean(axis=d0), v.mean(axis=d1)
-        rows[key], cols[key], full[key] = row, col, placeholder
+        if want_v.shape == trees["v"][key].shape:  # not factored in flan_jax
+            rows[key], cols[key], full[key] = placeholder, placeholder, trees["v"][key]
+        else:
+            rows[key], cols[key], full[key] = trees["v_row"][key], trees["v_col"][key], placeholder
     return state._replace(
         count=step,
         v_row=_tree_like(state.v_row, rows, "v_row"),
         v_col=_tree_like(state.v_col, cols, "v_col"),
         v=_tree_like(state.v, full, "v"),
     )
+
+
+def _param_axes(config: T5Config) -> Any:
+    """The logical axes (PartitionSpecs) of the parameters of `config`'s model."""
+    model = EncoderDecoderModel(config)
+    return nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0)))
 
 
 def restore_train_state(
