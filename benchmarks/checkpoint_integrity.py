@@ -41,7 +41,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 from etils import epath  # noqa: E402
 from orbax.checkpoint._src.serialization import tensorstore_utils  # noqa: E402
 
-from flan_jax import checkpoints  # noqa: E402
+from flan_jax import checkpoint_integrity, checkpoints  # noqa: E402
 
 TARGET_OVERHEAD = 0.10
 # T5 v1.1 large: d_model 1024, d_ff 2816, 16 heads x 64, 24 + 24 layers, vocabulary 32128.
@@ -125,7 +125,9 @@ class OrbaxZarr3(OrbaxAlone):
 
     def save(self, step, state, data_state):
         with_checksums = tensorstore_utils.build_array_write_spec
-        tensorstore_utils.build_array_write_spec = with_checksums.__wrapped__
+        tensorstore_utils.build_array_write_spec = getattr(
+            with_checksums, "__wrapped__", with_checksums
+        )
         try:
             args = ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state)
@@ -188,14 +190,16 @@ def integrity_work(step_dir: str) -> tuple[float, float]:
     the integrity record (primary host, at save) and checking it (every process, at
     restore). The chunk CRC32Cs are computed inside TensorStore's writes and reads."""
     start = time.perf_counter()
-    checkpoints._write_integrity(os.path.join(step_dir, "state"), checkpoints._json_digest({}))
+    checkpoint_integrity.write_record(
+        os.path.join(step_dir, "state"), checkpoint_integrity.json_digest({})
+    )
     written = time.perf_counter()
-    checkpoints._check_files(1, os.path.join(step_dir, "state"), _record(step_dir)["files"])
+    checkpoint_integrity.check_files(1, os.path.join(step_dir, "state"), _record(step_dir)["files"])
     return written - start, time.perf_counter() - written
 
 
 def _record(step_dir):
-    with open(os.path.join(step_dir, "state", checkpoints.INTEGRITY)) as f:
+    with open(os.path.join(step_dir, "state", checkpoint_integrity.RECORD_FILE)) as f:
         return json.load(f)
 
 
@@ -228,7 +232,9 @@ def measure(scale: float, repetitions: int, directory: str | None) -> dict:
                 if repetition:
                     times[side]["save"].append(saved - start)
                     times[side]["restore"].append(done - restore_start)
-                    sizes[side] = sum(checkpoints._files_under(epath.Path(step_dir)).values())
+                    sizes[side] = sum(
+                        checkpoint_integrity.files_under(epath.Path(step_dir)).values()
+                    )
                 if side == "orbax" and repetition:
                     hashing.append(sha256_every_file(step_dir))
                 if side == "flan_jax" and repetition:
@@ -299,8 +305,8 @@ def markdown(result: dict) -> str:
     ]
     labels = {"orbax": "Orbax alone (zarr v2, zstd 1, as before)",
               "orbax_zarr3": "Orbax, zarr v3 (its zstd 3), without chunk CRC32C",
-              "flan_jax": f"flan_jax (zarr v3, zstd {checkpoints.ZSTD_LEVEL}, chunk CRC32C, "
-                          "integrity record)"}  # fmt: skip
+              "flan_jax": f"flan_jax (zarr v3, zstd {checkpoint_integrity.ZSTD_LEVEL}, "
+                          "chunk CRC32C, integrity record)"}  # fmt: skip
     for side, label in labels.items():
         cells = [f"{m[side][op]:.2f} ({result['ranges'][side][op][0]:.2f}-"
                  f"{result['ranges'][side][op][1]:.2f})" for op in ("save", "restore")]  # fmt: skip

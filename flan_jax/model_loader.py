@@ -21,11 +21,12 @@ import gin
 import jax
 import numpy as np
 import optax
+from etils import epath
 
 from flan_jax import checkpoints, cli, partitioning, paths
 from flan_jax.interop import hf_t5, t5x
 from flan_jax.models.base import EncoderDecoderModel
-from flan_jax.trainer import TrainState
+from flan_jax.trainer import TrainState, is_schedule_state
 
 # What a run sets to start from a checkpoint's parameters alone (gin/runs/finetune.gin).
 PARAMS_ONLY = "INITIAL_CHECKPOINT_RESTORE = 'params'"
@@ -163,26 +164,69 @@ def _hf_model(checkpoint: str, model_gin_file: str | None):
     return EncoderDecoderModel(config), os.fspath(vocabulary) if vocabulary.is_file() else None
 
 
+def flan_jax_step_dir(path: str | os.PathLike) -> epath.Path:
+    """The step directory of a flan_jax checkpoint: `path` itself (a step dir), else the
+    latest step of a model dir or its checkpoints/ dir."""
+    path = paths.path(path, "INITIAL_CHECKPOINT_PATH")
+    if (path / "state").is_dir():
+        return path
+    for directory in (path / "checkpoints", path):
+        if directory.is_dir():
+            steps = [int(d.name) for d in directory.iterdir() if d.name.isdigit()]
+            if steps:
+                return directory / str(max(steps))
+    raise FileNotFoundError(
+        f"INITIAL_CHECKPOINT_PATH {os.fspath(path)!r} holds no flan_jax checkpoint: expected a "
+        "step directory containing 'state/', or a model dir with checkpoints/<step>/."
+    )
+
+
+def restore_flan_jax_params(path: str | os.PathLike, abstract_params: Any) -> Any:
+    """Parameters alone from a flan_jax checkpoint (`path` as for flan_jax_step_dir), laid
+    out as `abstract_params`, for finetuning from them."""
+    return _flan_jax_items(path, {"params": abstract_params})["params"]
+
+
+def _flan_jax_items(path: str | os.PathLike, abstract: dict) -> dict:
+    """The items of a flan_jax checkpoint's train state that `abstract` names ("params",
+    and to continue a run "step" and "opt_state"), on its abstract arrays' shardings."""
+    step_dir = flan_jax_step_dir(path)
+    restored = checkpoints.read_state(step_dir, abstract)
+    # A partial restore leaves what the checkpoint lacks as the abstract leaf it was asked for.
+    missing = [
+        jax.tree_util.keystr(key_path)
+        for key_path, leaf in jax.tree_util.tree_leaves_with_path(restored["params"])
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if missing:
+        raise ValueError(
+            f"checkpoint {step_dir} has no parameters {checkpoints.first_five(missing, ', ')}; "
+            "it was written for another model config: check the layer counts and scan_layers "
+            "(an HF import for scan_layers=True needs `hf_t5 import --scan_layers`)"
+        )
+    return restored
+
+
 def _flan_jax_params(checkpoint: str, model, abstract_params: Any) -> Any:
-    return checkpoints.restore_params(checkpoint, abstract_params)
+    return restore_flan_jax_params(checkpoint, abstract_params)
 
 
 def _flan_jax_state(checkpoint: str, model, abstract_state: TrainState, optimizer):
-    saved = checkpoints.saved_state(checkpoint)
+    saved = checkpoints.saved_arrays(flan_jax_step_dir(checkpoint))
     if "opt_state" not in saved:
         return None
     _check_optimizer_state(checkpoint, saved, abstract_state)
     have = _named_leaves(saved["opt_state"])
 
     def as_saved(path, node):  # a schedule the checkpoint has no count of is not read
-        missing = _is_schedule(node) and f"{_leaf_name(path)}/count" not in have
+        missing = is_schedule_state(node) and f"{_leaf_name(path)}/count" not in have
         return optax.EmptyState() if missing else node
 
     template = jax.tree_util.tree_map_with_path(
-        as_saved, abstract_state.opt_state, is_leaf=_is_schedule
+        as_saved, abstract_state.opt_state, is_leaf=is_schedule_state
     )
     items = {"step": abstract_state.step, "params": abstract_state.params}
-    restored = checkpoints.restore_state(checkpoint, {**items, "opt_state": template})
+    restored = _flan_jax_items(checkpoint, {**items, "opt_state": template})
     got = _named_leaves(restored["opt_state"])
 
     def leaf(path, abstract):  # the count not read starts at 0, as Trainer.continued sets it
@@ -195,13 +239,9 @@ def _flan_jax_state(checkpoint: str, model, abstract_state: TrainState, optimize
     return TrainState(step=restored["step"], params=restored["params"], opt_state=opt_state)
 
 
-def _is_schedule(node) -> bool:
-    return isinstance(node, optax.ScaleByScheduleState)
-
-
 def _leaf_name(path) -> str:
     """A key path as "0/v/encoder/...", alike for a saved metadata tree (dicts, lists) and
-    the optimizer's own (tuples, named tuples)."""
+    the optimizer's own (tuples, named tuples), where jax.tree_util.keystr differs."""
 
     def name(entry):
         return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
@@ -213,30 +253,30 @@ def _named_leaves(tree: Any) -> dict[str, Any]:
     return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(leaf.shape) for name, leaf in _named_leaves(tree).items()}
-
-
 def _check_optimizer_state(checkpoint: str, saved: dict, abstract_state: TrainState) -> None:
     """Names the first optimizer-state leaf whose shape (or presence) differs from the
     configured optimizer's. A count that only one of them keeps is no difference: that is
     the learning-rate schedule's (a T5X import has none), which a continued run restarts.
     Another model's parameters are left to the parameter check."""
-    if _shapes(saved["params"]) != _shapes(abstract_state.params):
+    if checkpoints.shape_mismatches(saved["params"], abstract_state.params):
         return
-    have, want = _shapes(saved["opt_state"]), _shapes(abstract_state.opt_state)
-    for leaf in sorted(have.keys() | want.keys()):
-        if have.get(leaf) != want.get(leaf) and not (
-            leaf.endswith("/count") and None in (have.get(leaf), want.get(leaf))
-        ):
+    mismatches = checkpoints.shape_mismatches(
+        saved["opt_state"], abstract_state.opt_state, _leaf_name
+    )
+    for leaf, have, want in mismatches:
+        if not (leaf.endswith("/count") and None in (have, want)):
             raise ValueError(
                 f"the optimizer state of checkpoint {checkpoint} does not fit this run's "
-                f"optimizer: opt_state/{leaf} is {have.get(leaf, 'missing')} there, "
-                f"{want.get(leaf, 'not kept')} here (another optimizer, momentum, or "
+                f"optimizer: opt_state/{leaf} is {_or(have, 'missing')} there, "
+                f"{_or(want, 'not kept')} here (another optimizer, momentum, or "
                 "factored second moments: min_dim_size_to_factor). Configure the "
                 f"checkpoint's optimizer, or set {PARAMS_ONLY} to start from its "
                 "parameters with a fresh optimizer state."
             )
+
+
+def _or(shape: tuple | None, absent: str) -> tuple | str:
+    return absent if shape is None else shape
 
 
 def _hf_params(checkpoint: str, model, abstract_params: Any) -> Any:
@@ -246,21 +286,15 @@ def _hf_params(checkpoint: str, model, abstract_params: Any) -> Any:
 
 def _check_fits(checkpoint: str, params: Any, abstract_params: Any) -> None:
     """Names the parameters whose shapes (or presence) differ between the two trees."""
-    shapes = lambda tree: {  # noqa: E731
-        jax.tree_util.keystr(path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-    have, want = shapes(params), shapes(abstract_params)
     problems = [
-        f"{name} {have.get(name, 'missing')} vs the model's {want.get(name, 'none')}"
-        for name in sorted(have.keys() | want.keys())
-        if have.get(name) != want.get(name)
+        f"{leaf} {_or(have, 'missing')} vs the model's {_or(want, 'none')}"
+        for leaf, have, want in checkpoints.shape_mismatches(params, abstract_params)
     ]
     if problems:
-        shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
         raise ValueError(
-            f"{checkpoint} does not fit this model: {shown}. Use the model config of the "
-            "checkpoint (its size, vocabulary and SCAN_LAYERS) or another checkpoint."
+            f"{checkpoint} does not fit this model: {checkpoints.first_five(problems, '; ')}. "
+            "Use the model config of the checkpoint (its size, vocabulary and SCAN_LAYERS) or "
+            "another checkpoint."
         )
 
 

@@ -131,12 +131,12 @@ class Trainer:
         and decay count this run's steps. A resume keeps the saved count."""
 
         def restart(node):
-            if _is_schedule_state(node):
+            if is_schedule_state(node):
                 zero = jnp.zeros((), node.count.dtype)
                 return node._replace(count=jax.device_put(zero, node.count.sharding))
             return node
 
-        opt_state = jax.tree.map(restart, state.opt_state, is_leaf=_is_schedule_state)
+        opt_state = jax.tree.map(restart, state.opt_state, is_leaf=is_schedule_state)
         return state.replace(opt_state=opt_state)
 
     def _init_state(self, rng):
@@ -209,13 +209,14 @@ class Trainer:
         return sums
 
 
-def _is_schedule_state(node) -> bool:
+def is_schedule_state(node) -> bool:
+    """Whether `node` of an optimizer state is the learning-rate schedule's own count."""
     return isinstance(node, optax.ScaleByScheduleState)
 
 
 def _schedule_count(state: TrainState) -> jax.Array:
     """The step the optimizer's learning-rate schedule reads: its own count (see
     `Trainer.continued`), else the train step."""
-    schedules = jax.tree.leaves(state.opt_state, is_leaf=_is_schedule_state)
-    counts = [s.count for s in schedules if _is_schedule_state(s)]
+    schedules = jax.tree.leaves(state.opt_state, is_leaf=is_schedule_state)
+    counts = [s.count for s in schedules if is_schedule_state(s)]
     return counts[0] if counts else state.step

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from train_testing import assert_trees_equal, make_trainer, run_steps
 
-from flan_jax import checkpoints
+from flan_jax import checkpoints, model_loader
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_params_for_finetuning_come_from_a_model_dir(trained, tmp_path):
     checkpointer = checkpoints.Checkpointer(str(tmp_path))
     checkpointer.save(2, state, {"step": 2})
     checkpointer.wait_until_finished()
-    params = checkpoints.restore_params(str(tmp_path), trainer.abstract_state.params)
+    params = model_loader.restore_flan_jax_params(str(tmp_path), trainer.abstract_state.params)
     assert_trees_equal(state.params, params)
     fresh = trainer.state_from_params(params)
     assert int(fresh.step) == 0
@@ -74,4 +74,6 @@ def test_params_for_finetuning_come_from_a_model_dir(trained, tmp_path):
 def test_missing_initial_checkpoint_names_the_path(trained, tmp_path):
     trainer, _ = trained
     with pytest.raises(FileNotFoundError, match=r"INITIAL_CHECKPOINT_PATH .*nothing_here"):
-        checkpoints.restore_params(str(tmp_path / "nothing_here"), trainer.abstract_state.params)
+        model_loader.restore_flan_jax_params(
+            str(tmp_path / "nothing_here"), trainer.abstract_state.params
+        )

@@ -31,7 +31,7 @@ from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixtur
 )
 
 import tasks.eval
-from flan_jax import checkpoints, evaluate, infer, input_pipeline, task_cache
+from flan_jax import checkpoint_integrity, checkpoints, evaluate, infer, input_pipeline, task_cache
 from tasks import demo
 from tasks.eval import bbh, mgsm, mmlu, readers, tydiqa
 from tasks.flan import cot, niv2, sources
@@ -89,7 +89,7 @@ def test_a_run_writes_checkpoints_events_and_config_gin_into_the_bucket(runs):
     assert steps == {"2", "4"}, objects
     for step in steps:
         state = f"checkpoints/{step}/state/"
-        assert f"{state}{checkpoints.INTEGRITY}" in objects
+        assert f"{state}{checkpoint_integrity.RECORD_FILE}" in objects
         assert any(name.startswith(f"{state}") and "/d/" in name for name in objects)  # arrays
     (events,) = [name for name in objects if name.startswith("train/events.out.tfevents")]
     config = runs["first_config"]

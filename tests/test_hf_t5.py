@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hf_testing import TOL, hf_logits, padded_tokens, save_hf_dir, shift_right
 
-from flan_jax import checkpoints, model_loader, partitioning
+from flan_jax import model_loader, partitioning
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 
@@ -109,4 +109,4 @@ def test_restoring_into_another_layout_names_the_missing_params(imported):
     model, _ = model_loader.model_from_gin_file(os.path.join(imported, "model.gin"))
     scanned = EncoderDecoderModel(dataclasses.replace(model.config, scan_layers=True))
     with pytest.raises(ValueError, match=r"\['decoder'\]\['layers'\].*scan_layers"):
-        checkpoints.restore_params(imported, abstract_params(scanned))
+        model_loader.restore_flan_jax_params(imported, abstract_params(scanned))

@@ -11,7 +11,16 @@ import textwrap
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE = ("decoding", "losses", "partitioning", "optim", "trainer", "checkpoints", "aot")
+CORE = (
+    "decoding",
+    "losses",
+    "partitioning",
+    "optim",
+    "trainer",
+    "checkpoints",
+    "checkpoint_integrity",
+    "aot",
+)
 MODELS = tuple(
     f"models.{module.name}"
     for module in pkgutil.iter_modules([os.path.join(REPO, "flan_jax", "models")])

@@ -12,7 +12,7 @@ import pytest
 from etils import epath
 from etils.epath import backend
 
-from flan_jax import checkpoints, cli, paths, summaries
+from flan_jax import checkpoint_integrity, checkpoints, cli, paths, summaries
 
 
 def test_local_paths_are_expanded_and_absolute(tmp_path, monkeypatch):
@@ -174,8 +174,10 @@ def test_integrity_record_on_gs_names_gs_paths(bucket):
     }
     for name, content in files.items():
         epath.Path(f"{state}/{name}").write_bytes(content)
-    checkpoints._write_integrity(state, "digest")
-    record = json.loads((bucket / "run/checkpoints/7/state" / checkpoints.INTEGRITY).read_text())
+    checkpoint_integrity.write_record(state, "digest")
+    record = json.loads(
+        (bucket / "run/checkpoints/7/state" / checkpoint_integrity.RECORD_FILE).read_text()
+    )
     assert {name: entry["bytes"] for name, entry in record["files"].items()} == {
         name: len(content) for name, content in files.items()
     }
@@ -184,18 +186,20 @@ def test_integrity_record_on_gs_names_gs_paths(bucket):
         "_METADATA",
         "manifest.ocdbt",
     ]
-    assert checkpoints.verify("gs://bucket/run/checkpoints/7", 7)["data_sha256"] == "digest"
+    assert (
+        checkpoint_integrity.verify("gs://bucket/run/checkpoints/7", 7)["data_sha256"] == "digest"
+    )
 
     (bucket / "run/checkpoints/7/state/_METADATA").write_bytes(b'{"tree": 2}')
     with pytest.raises(checkpoints.CorruptCheckpointError) as error:
-        checkpoints.verify("gs://bucket/run/checkpoints/7", 7)
+        checkpoint_integrity.verify("gs://bucket/run/checkpoints/7", 7)
     assert str(error.value).startswith(
         f"checkpoint step 7 is corrupt: {state}/_METADATA: contents changed since it was saved"
     )
     (bucket / "run/checkpoints/7/state/_METADATA").write_bytes(b'{"tree": 1}')
     (bucket / "run/checkpoints/7/state/ocdbt.process_0/d/ff00").unlink()
     with pytest.raises(checkpoints.CorruptCheckpointError) as error:
-        checkpoints.verify("gs://bucket/run/checkpoints/7", 7)
+        checkpoint_integrity.verify("gs://bucket/run/checkpoints/7", 7)
     assert str(error.value).startswith(
         f"checkpoint step 7 is corrupt: {state}/ocdbt.process_0/d/ff00: file missing"
     )
@@ -206,7 +210,7 @@ def test_a_failed_save_leaves_the_committed_steps_and_no_private_names(tmp_path)
     disk, `6` itself on GCS), it goes; committed and set-aside steps stay."""
     for name in ["2", "4", "4.corrupt-20261202-010203", "6", "6.orbax-checkpoint-tmp-99", "60"]:
         (tmp_path / name / "state").mkdir(parents=True)
-    checkpoints._remove_partial_save(epath.Path(tmp_path), 6)
+    checkpoints.remove_partial_save(epath.Path(tmp_path), 6)
     assert sorted(os.listdir(tmp_path)) == ["2", "4", "4.corrupt-20261202-010203", "60"]
 
 

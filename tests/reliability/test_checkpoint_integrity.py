@@ -1,13 +1,17 @@
 """Checkpoint integrity at O(shard) cost: the fault table on local disk and on gs:// (the fake
 GCS server of tests/gcs.py; each case refused naming the step and the file, fallback to the
-previous intact step), chunks checksummed in the array codecs, steps written before that
-scheme still verified, and a restore that reads only the bytes it restores."""
+previous intact step), chunks checksummed in the array codecs (through a wrapper of Orbax's
+internal write-spec builder, checked here against the pinned Orbax), and a restore that reads
+only the bytes it restores."""
 
 import glob
 import hashlib
+import inspect
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +23,9 @@ from damage import delete, flip_a_byte, truncate
 from etils import epath
 from gcs import assert_no_local_gs_folder, files_under
 
-from flan_jax import checkpoints
+from flan_jax import checkpoint_integrity, checkpoints
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ROWS = 8 * 256  # 8 shards of 256 x 64 float32: 64 KiB each
 
@@ -100,9 +106,9 @@ def test_every_chunk_carries_a_crc32c_and_the_record_covers_the_small_files(save
     chunk_codecs = sharding["configuration"]["codecs"]
     assert chunk_codecs[-1] == {"name": "crc32c"}  # each chunk, over its compressed bytes
     (zstd,) = (c for c in chunk_codecs if c["name"] == "zstd")
-    assert zstd["configuration"]["level"] == checkpoints.ZSTD_LEVEL
+    assert zstd["configuration"]["level"] == checkpoint_integrity.ZSTD_LEVEL
     assert {"name": "crc32c"} in sharding["configuration"]["index_codecs"]
-    record = json.loads((state_dir / checkpoints.INTEGRITY).read_text())
+    record = json.loads((state_dir / checkpoint_integrity.RECORD_FILE).read_text())
     on_disk = {
         os.path.relpath(p, state_dir)
         for p in glob.glob(f"{state_dir}/**/*", recursive=True)
@@ -119,6 +125,57 @@ def test_every_chunk_carries_a_crc32c_and_the_record_covers_the_small_files(save
             )
     small = sum(e["bytes"] for e in record["files"].values() if "sha256" in e)
     assert small < 16 * 1024  # what a save and a restore hash, whatever the model size
+
+
+def test_the_pinned_orbax_is_the_one_the_chunk_checksums_are_written_for():
+    """Moving the pin in constraints.txt means checking the wrapper of Orbax's internal
+    write-spec builder (the tests below) and then moving ORBAX_VERSION with it."""
+    with open(os.path.join(REPO, "constraints.txt")) as f:
+        pins = [line.strip() for line in f if line.startswith("orbax-checkpoint==")]
+    assert pins == [f"orbax-checkpoint=={checkpoint_integrity.ORBAX_VERSION}"]
+    assert ocp.__version__ == checkpoint_integrity.ORBAX_VERSION
+
+
+def test_the_write_spec_builder_gets_the_chunk_crc32c_once(tmp_path):
+    """Fails when Orbax's internal builder moves, changes its arguments, or stops building
+    the sharded zarr v3 codec chain that the crc32c codec is appended to."""
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    checkpoint_integrity.add_chunk_checksums()
+    checkpoint_integrity.add_chunk_checksums()
+    build = tensorstore_utils.build_array_write_spec
+    assert build.adds_chunk_checksums and not hasattr(build.__wrapped__, "adds_chunk_checksums")
+    assert list(inspect.signature(build.__wrapped__).parameters) == [
+        "info", "arg", "global_shape", "local_shape", "dtype", "use_ocdbt", "process_index",
+        "replica_separate_folder", "metadata_key", "ext_metadata",
+    ]  # fmt: skip
+    info = ocp.type_handlers.ParamInfo(
+        name="kernel", parent_dir=epath.Path(tmp_path), use_zarr3=True, use_compression=True
+    )
+    spec = build(
+        info, global_shape=(64, 8), local_shape=(8, 8), dtype=np.dtype("float32"), use_ocdbt=True
+    )
+    (sharding,) = spec.json["metadata"]["codecs"]
+    chunk_codecs = sharding["configuration"]["codecs"]
+    assert chunk_codecs[-1] == {"name": "crc32c"}
+    assert {"name": "zstd", "configuration": {"level": checkpoint_integrity.ZSTD_LEVEL}} in (
+        chunk_codecs
+    )
+
+
+def test_importing_flan_jax_leaves_orbax_unpatched():
+    """The chunk codec is added when a checkpoint handler is made, not as a side effect of
+    an import."""
+    script = (
+        "import flan_jax.checkpoints, flan_jax.model_loader\n"
+        "from orbax.checkpoint._src.serialization import tensorstore_utils\n"
+        "print(hasattr(tensorstore_utils.build_array_write_spec, 'adds_chunk_checksums'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False"]
 
 
 def refusal(step, path, problem):
@@ -177,7 +234,7 @@ def test_flipped_byte_in_a_compressed_chunk_header_is_refused_as_corrupt(saved_a
     assert data_state["step"] == 1
 
 
-@pytest.mark.parametrize("name", ["_METADATA", checkpoints.INTEGRITY])
+@pytest.mark.parametrize("name", ["_METADATA", checkpoint_integrity.RECORD_FILE])
 def test_flipped_byte_or_deleted_metadata_file_is_refused(saved_anywhere, name):
     saved = saved_anywhere
     path = saved / "2" / "state" / name
@@ -216,37 +273,6 @@ def test_fallback_restores_the_previous_intact_step(saved_anywhere, caplog):
     assert names[0] == "1" and re.fullmatch(r"2\.corrupt-[\d-]+", names[1]), names
 
 
-def test_step_saved_before_chunk_checksums_is_verified_by_its_manifest(tmp_path):
-    """The layout of earlier flan_jax versions: zarr v2 arrays via StandardSave, and a
-    manifest of every file's size and SHA-256 beside the items."""
-    step_dir = tmp_path / "checkpoints" / "3"
-    with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
-        manager.save(
-            3,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(sharded_state(3)), data=ocp.args.JsonSave({"step": 3})
-            ),
-        )
-    files = {}
-    for path in glob.glob(f"{step_dir}/*/**/*", recursive=True):
-        if os.path.isfile(path):
-            digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-            files[os.path.relpath(path, step_dir)] = {
-                "bytes": os.path.getsize(path),
-                "sha256": digest,
-            }
-    (step_dir / checkpoints.MANIFEST).write_text(json.dumps({"step": 3, "files": files}))
-    state, data_state = restore(tmp_path / "checkpoints")
-    assert data_state == {"step": 3}
-    np.testing.assert_array_equal(state["kernel"], sharded_state(3)["kernel"])
-    flip_a_byte(data_files(step_dir)[0])
-    with pytest.raises(
-        checkpoints.CorruptCheckpointError,
-        match=refusal(3, data_files(step_dir)[0], "contents changed since it was saved"),
-    ):
-        restore(tmp_path / "checkpoints")
-
-
 def read_bytes(run):
     """Bytes this process reads (read/pread system calls) while `run()` runs."""
 
@@ -275,7 +301,7 @@ def test_a_restore_reads_the_chunks_once_and_little_else(saved):
     )
     checked, (state, _) = read_bytes(lambda: restore(saved))
     np.testing.assert_array_equal(state["kernel"], sharded_state(2)["kernel"])
-    record = json.loads((saved / "2" / "state" / checkpoints.INTEGRITY).read_text())
+    record = json.loads((saved / "2" / "state" / checkpoint_integrity.RECORD_FILE).read_text())
     hashed = sum(e["bytes"] for e in record["files"].values() if "sha256" in e)
     chunks = sum(os.path.getsize(p) for p in data_files(saved / "2"))
     assert orbax_alone >= 0.9 * chunks  # the counter sees TensorStore's reads

@@ -20,7 +20,7 @@ from train_testing import (  # noqa: F401
     train_in_process,
 )
 
-from flan_jax import checkpoints, hooks
+from flan_jax import checkpoint_integrity, checkpoints, hooks, model_loader
 
 QUICK = ("--gin.LENGTH_CHECK_EXAMPLES=0", "--gin.EVAL_EVERY=None")
 NAN_LOSS = "--gin.t5.T5Config.layer_norm_epsilon=-1e6"  # rsqrt of a negative: NaN activations
@@ -75,13 +75,13 @@ def test_corrupt_latest_checkpoint_is_refused_naming_step_and_path(run_dir, dama
 
 
 def test_missing_integrity_record_is_refused(run_dir):
-    manifest = run_dir / "checkpoints" / "4" / "state" / checkpoints.INTEGRITY
+    manifest = run_dir / "checkpoints" / "4" / "state" / checkpoint_integrity.RECORD_FILE
     os.remove(manifest)
     with pytest.raises(
         checkpoints.CorruptCheckpointError,
         match=rf"checkpoint step 4 is corrupt: {re.escape(str(manifest))}: missing",
     ):
-        checkpoints.restore_params(str(run_dir), None)
+        model_loader.restore_flan_jax_params(str(run_dir), None)
 
 
 def test_fallback_resumes_from_the_previous_step_and_trains_the_same(run_dir, trained, caplog):
@@ -92,7 +92,7 @@ def test_fallback_resumes_from_the_previous_step_and_trains_the_same(run_dir, tr
     assert names[:2] == ["2", "4"] and re.fullmatch(r"4\.corrupt-[\d-]+", names[2]), names
     # Steps 3-4 were trained again from step 2: the same state as the first time.
     assert_trees_equal(state.params, trained[1].params)
-    checkpoints.verify(str(run_dir / "checkpoints" / "4"), 4)
+    checkpoint_integrity.verify(str(run_dir / "checkpoints" / "4"), 4)
 
 
 def test_trainer_skips_a_nonfinite_update_leaving_the_state_unchanged(tiny_config, fixed_batch):
@@ -121,7 +121,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(run_dir, t
     ):
         train_in_process(run_dir, 8, *QUICK, NAN_LOSS)
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
-    checkpoints.verify(str(run_dir / "checkpoints" / "4"), 4)
+    checkpoint_integrity.verify(str(run_dir / "checkpoints" / "4"), 4)
 
 
 def test_nan_loss_with_skip_drops_those_updates(run_dir, trained, capsys):
@@ -160,7 +160,7 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(r
     ), errors[-3000:]
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]  # partial save removed
     for step in (2, 4):
-        checkpoints.verify(str(run_dir / "checkpoints" / str(step)), step)
+        checkpoint_integrity.verify(str(run_dir / "checkpoints" / str(step)), step)
 
 
 def test_checkpoint_of_another_vocabulary_names_each_parameter(trained, tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from train_testing import REPO, logged_losses, run_from_repo_root, train_command, train_in_process  # noqa: F401
 
-from flan_jax import checkpoints
+from flan_jax import checkpoint_integrity, checkpoints
 
 STEPS = 24
 # One task: each restart builds one input pipeline instead of four.
@@ -124,7 +124,7 @@ def test_kills_and_sigterm_at_random_moments_end_in_the_uninterrupted_params(tmp
             caught_mid_save += bool(partial_saves(model_dir))  # a half-written step is left
         steps = committed_steps(model_dir)
         for step in steps:  # every step Orbax lists is whole: its files match its manifest
-            checkpoints.verify(str(model_dir / "checkpoints" / str(step)), step)
+            checkpoint_integrity.verify(str(model_dir / "checkpoints" / str(step)), step)
         expected_start = steps[-1] if steps else 0
     assert caught_mid_save >= KILLS_DURING_SAVE, "too few kills landed during a save"
 
