@@ -64,6 +64,7 @@ _PATH_MACRO = re.compile(r"[A-Z][A-Z0-9_]*_(DIR|PATH|FILE)")
 # Spellings of earlier versions, refused with their replacement.
 RENAMED = {
     "--hf_dir": "--checkpoint (a flan_jax checkpoint or a Hugging Face directory)",
+    "--out": "--output (the directory written)",
     "--gin_file": "--model_gin_file (the gin file defining the checkpoint's model)",
     "--gin.HF_DIR": "--gin.CHECKPOINT_PATH (a flan_jax checkpoint or a Hugging Face directory)",
 }

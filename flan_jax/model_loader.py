@@ -125,7 +125,7 @@ def model_from_gin_file(path: str):
         except ValueError:
             raise ValueError(
                 f"{path} defines no MODEL; use a model file such as gin/models/t5_1_1/base.gin "
-                "or the model.gin written by `python -m flan_jax.interop.hf_t5 import`"
+                "or the model.gin written by `python -m flan_jax.convert import`"
             ) from None
         try:
             vocabulary_path = gin.query_parameter("%VOCABULARY_PATH")
@@ -202,7 +202,7 @@ def _flan_jax_items(path: str | os.PathLike, abstract: dict) -> dict:
         raise ValueError(
             f"checkpoint {step_dir} has no parameters {checkpoints.first_five(missing, ', ')}; "
             "it was written for another model config: check the layer counts and scan_layers "
-            "(an HF import for scan_layers=True needs `hf_t5 import --scan_layers`)"
+            "(an HF import for scan_layers=True needs `convert import --scan_layers`)"
         )
     return restored
 

@@ -128,11 +128,11 @@ def hf_dir(hf_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def imported(hf_dir, tmp_path_factory):
-    """hf_dir imported into a flan_jax model dir by `python -m flan_jax.interop.hf_t5 import`."""
-    from flan_jax.interop import hf_t5
+    """hf_dir imported into a flan_jax model dir by `python -m flan_jax.convert import`."""
+    from flan_jax import convert
 
     out = str(tmp_path_factory.mktemp("imported"))
-    hf_t5.main(["import", "--hf_dir", hf_dir, "--out", out])
+    convert.main(["import", "--format", "hf", "--checkpoint", hf_dir, "--output", out])
     return out
 
 

@@ -22,7 +22,7 @@ ENTRY_POINTS = [
     "flan_jax.evaluate",
     "flan_jax.infer",
     "flan_jax.aot",
-    "flan_jax.interop.hf_t5",
+    "flan_jax.convert",
     "flan_jax.inspect_mixture",
 ]
 
@@ -113,9 +113,19 @@ def test_every_entry_point_has_help(module, capsys):
             "--gin.HF_DIR is now --gin.CHECKPOINT_PATH",
         ),
         (
-            "flan_jax.interop.hf_t5",
-            ["export", "--checkpoint", "c", "--out", "o", "--gin_file=m.gin"],
+            "flan_jax.convert",
+            ["export", "--format", "hf", "--checkpoint", "c", "--output", "o", "--gin_file=m.gin"],
             "--gin_file is now --model_gin_file",
+        ),
+        (
+            "flan_jax.convert",
+            ["import", "--format", "hf", "--hf_dir", "d", "--output", "o"],
+            "--hf_dir is now --checkpoint",
+        ),
+        (
+            "flan_jax.convert",
+            ["import", "--format", "t5x", "--checkpoint", "c", "--out", "o"],
+            "--out is now --output",
         ),
     ],
 )

@@ -15,8 +15,7 @@ from matplotlib import image
 from train_testing import REPO, train_in_process
 
 import tasks.eval
-from flan_jax import evaluate, report
-from flan_jax.interop import hf_t5
+from flan_jax import convert, evaluate, report
 from tasks import demo, vocab
 
 torch = pytest.importorskip("torch")
@@ -43,7 +42,7 @@ def setup(tmp_path_factory):
     fixture data for every suite."""
     root = tmp_path_factory.mktemp("evaluate")
     hf_dir = save_hf_dir(root / "hf", random_hf_t5(seed=0, overrides=HF_CONFIGS[0]))
-    hf_t5.import_hf(hf_dir, str(root / "checkpoint"))
+    convert.import_hf(hf_dir, str(root / "checkpoint"))
     data = write_benchmarks(root)
     return root, hf_dir, data
 

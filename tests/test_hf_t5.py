@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hf_testing import TOL, hf_logits, padded_tokens, save_hf_dir, shift_right
 
-from flan_jax import model_loader, partitioning
+from flan_jax import convert, model_loader, partitioning
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 
@@ -65,7 +65,18 @@ def test_sharded_safetensors_import_the_same_params(hf_model, hf_dir, tmp_path):
 
 
 def test_scan_layers_import_gives_hf_logits(hf_dir, hf_model, batch, tmp_path):
-    hf_t5.main(["import", "--hf_dir", hf_dir, "--out", str(tmp_path), "--scan_layers"])
+    convert.main(
+        [
+            "import",
+            "--format",
+            "hf",
+            "--checkpoint",
+            hf_dir,
+            "--output",
+            str(tmp_path),
+            "--scan_layers",
+        ]
+    )
     model, params = restore(str(tmp_path))
     assert model.config.scan_layers
     assert params["encoder"]["layers"]["mlp"]["wo"]["kernel"].shape[0] == 2
@@ -75,7 +86,7 @@ def test_scan_layers_import_gives_hf_logits(hf_dir, hf_model, batch, tmp_path):
 
 
 def test_export_loads_in_transformers_with_the_same_logits(imported, hf_model, batch, tmp_path):
-    hf_t5.main(["export", "--checkpoint", imported, "--out", str(tmp_path)])
+    convert.main(["export", "--format", "hf", "--checkpoint", imported, "--output", str(tmp_path)])
     exported = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     assert exported.lm_head.weight.data_ptr() != exported.shared.weight.data_ptr()
     np.testing.assert_allclose(hf_logits(exported, batch), hf_logits(hf_model, batch), **TOL)
@@ -101,7 +112,17 @@ def test_import_refuses_a_config_it_cannot_represent(hf_dir, tmp_path):
         config = {**json.load(f), "feed_forward_proj": "relu", "is_gated_act": False}
     (relu / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="feed_forward_proj='relu'"):
-        hf_t5.main(["import", "--hf_dir", str(relu), "--out", str(tmp_path / "out")])
+        convert.main(
+            [
+                "import",
+                "--format",
+                "hf",
+                "--checkpoint",
+                str(relu),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out").exists()
 
 

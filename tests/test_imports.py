@@ -20,6 +20,8 @@ CORE = (
     "checkpoints",
     "checkpoint_integrity",
     "aot",
+    "interop.hf_t5",
+    "interop.t5x",
 )
 MODELS = tuple(
     f"models.{module.name}"
@@ -64,12 +66,19 @@ def test_the_refusal_catches_a_module_that_needs_tensorflow():
     assert "is refused: the core must import without it" in result.stderr
 
 
-def _imported_names(path):
+def _imported_names(path, *, script_block=True):
     """What a Python file imports, anywhere in it, as absolute dotted names (`from a import b`
-    gives a.b, whether b is a module or a name in a)."""
+    gives a.b, whether b is a module or a name in a). `script_block=False` leaves out the
+    `if __name__ == "__main__":` block, which runs only when the file is the script, whose
+    module is `__main__` (so importing its own name there is no circle)."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
-    for node in ast.walk(tree):
+    nodes = [tree]
+    while nodes:
+        node = nodes.pop()
+        if not script_block and _is_script_block(node):
+            continue
+        nodes.extend(reversed(list(ast.iter_child_nodes(node))))
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -84,14 +93,24 @@ def _imported_names(path):
             yield node.args[0].value
 
 
-def _modules(package):
-    """Module name -> file, for every Python file of a package in the repo."""
+def _is_script_block(node):
+    test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and getattr(test.left, "id", None) == "__name__"
+        and any(getattr(c, "value", None) == "__main__" for c in test.comparators)
+    )
+
+
+def _modules(package, root=REPO):
+    """Module name -> file, for every Python file of a package under `root`."""
     modules = {}
-    for root, _, files in os.walk(os.path.join(REPO, package)):
+    for folder, _, files in os.walk(os.path.join(root, package)):
         for name in files:
             if name.endswith(".py"):
-                dotted = os.path.relpath(os.path.join(root, name[:-3]), REPO).replace(os.sep, ".")
-                modules[dotted.removesuffix(".__init__")] = os.path.join(root, name)
+                dotted = os.path.relpath(os.path.join(folder, name[:-3]), root)
+                dotted = dotted.replace(os.sep, ".")
+                modules[dotted.removesuffix(".__init__")] = os.path.join(folder, name)
     return modules
 
 
@@ -107,29 +126,94 @@ def test_tasks_never_import_flan_jax():
     )
 
 
-def test_no_module_of_tasks_imports_itself_back():
-    """tasks.demo trains its vocabulary with tasks.vocab; tasks.vocab knows nothing of the demo."""
-    modules = _modules("tasks")
-    imports = {}
-    for module, path in modules.items():
-        # `from a import b` imports the module a.b where there is one, else a name of a.
-        imports[module] = {
-            name if name in modules else name.rsplit(".", 1)[0] for name in _imported_names(path)
-        } & modules.keys()
-    assert "tasks.vocab" in imports["tasks.demo"]
+def _import_graph(package, root=REPO):
+    """Module -> the modules of the same package it imports (module level or in a function).
+    `from a import b` imports the module a.b where there is one, else a name of a."""
+    modules = _modules(package, root)
+    return {
+        module: {
+            name if name in modules else name.rsplit(".", 1)[0]
+            for name in _imported_names(path, script_block=False)
+        }
+        & modules.keys()
+        for module, path in modules.items()
+    }
 
-    def cycle_from(module, path):
+
+def _a_cycle(imports):
+    """One import cycle as [a, b, ..., a], or None: a depth-first search that meets a module
+    still on its path."""
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return None
+        path.append(module)
         for imported in sorted(imports[module]):
-            if imported in path:
-                return path[path.index(imported) :] + [imported]
-            found = cycle_from(imported, path + [imported])
+            found = visit(imported)
             if found:
                 return found
+        path.pop()
+        done.add(module)
         return None
 
-    for module in sorted(modules):
-        cycle = cycle_from(module, [module])
-        assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    for module in sorted(imports):
+        found = visit(module)
+        if found:
+            return found
+    return None
+
+
+def test_no_module_of_tasks_imports_itself_back():
+    """tasks.demo trains its vocabulary with tasks.vocab; tasks.vocab knows nothing of the demo."""
+    imports = _import_graph("tasks")
+    assert "tasks.vocab" in imports["tasks.demo"]
+    cycle = _a_cycle(imports)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_of_flan_jax_imports_itself_back():
+    """Converters (interop/) know only arrays and their own files; model_loader reads
+    checkpoints through them; the import/export command (convert) sits above both."""
+    imports = _import_graph("flan_jax")
+    assert "flan_jax.interop.hf_t5" in imports["flan_jax.model_loader"]
+    assert "flan_jax.model_loader" in imports["flan_jax.convert"]
+    cycle = _a_cycle(imports)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# What a converter may import: arrays in, arrays out, files of its own format.
+CONVERTER_IMPORTS = ("flan_jax.paths", "flan_jax.optim", "flan_jax.axis_names", "flan_jax.models")
+
+
+def test_converters_import_nothing_above_them():
+    """interop/ is pure conversion; reading and writing flan_jax checkpoints is convert's and
+    model_loader's, which import the converters."""
+    offenders = [
+        f"{module} imports {imported}"
+        for module, imports in _import_graph("flan_jax").items()
+        if module.startswith("flan_jax.interop.")
+        for imported in sorted(imports)
+        if not imported.startswith(CONVERTER_IMPORTS)
+    ]
+    assert not offenders, "; ".join(offenders)
+
+
+def test_the_cycle_check_finds_a_circle_through_a_function_level_import(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("def f():\n    from pkg.c import g\n")
+    (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n")
+    (tmp_path / "pkg" / "d.py").write_text("if __name__ == '__main__':\n    from pkg import d\n")
+    imports = _import_graph("pkg", str(tmp_path))
+    assert imports["pkg.d"] == set()
+    assert _a_cycle(imports) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    del imports["pkg.c"], imports["pkg.b"]
+    imports["pkg.a"] = set()
+    assert _a_cycle(imports) is None
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from flan_jax import cli, model_loader, optim, partitioning
+from flan_jax import cli, convert, model_loader, optim, partitioning
 from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.trainer import Trainer
@@ -36,7 +36,7 @@ def hf_dir(config, tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(hf_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("imported") / "ckpt")
-    hf_t5.import_hf(hf_dir, out)
+    convert.import_hf(hf_dir, out)
     return out
 
 

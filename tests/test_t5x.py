@@ -20,7 +20,7 @@ from train_testing import (  # noqa: F401 (run_from_repo_root: an autouse fixtur
     train_in_process,
 )
 
-from flan_jax import checkpoints, model_loader, optim, partitioning
+from flan_jax import checkpoints, convert, model_loader, optim, partitioning
 from flan_jax.interop import t5x
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import scan_params
@@ -205,7 +205,7 @@ def test_loader_reads_t5x_with_transformers_logits(legacy, hf_model, batch):
 
 def test_adafactor_slots_and_step_restored(legacy, slots):
     optimizer = optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM)
-    _, params, opt_state, step = t5x.restore_train_state(legacy, optimizer=optimizer)
+    _, params, opt_state, step = t5x.read_train_state(legacy, optimizer=optimizer)
     assert step == STEP
     state = factored(opt_state)
     assert int(state.count) == STEP
@@ -227,7 +227,7 @@ def test_adafactor_slots_and_step_restored(legacy, slots):
     np.testing.assert_array_equal(kernel(state.v_row, "out"), out["v_row"].reshape(4, 8))
     np.testing.assert_array_equal(kernel(state.v_col, "out"), out["v_col"])
     # Factored in T5X, not here (min_dim_size_to_factor=128): the full estimate.
-    _, _, full_state, _ = t5x.restore_train_state(legacy)
+    _, _, full_state, _ = t5x.read_train_state(legacy)
     want = estimate(slots["decoder.layers_0.encoder_decoder_attention.out.kernel"])
     got = factored(full_state).v["decoder"]["layers_0"]["encoder_decoder_attention"]["out"]
     np.testing.assert_allclose(got["kernel"], want.reshape(4, 8, 32), rtol=1e-6)
@@ -249,7 +249,7 @@ def test_adafactor_slots_and_step_restored(legacy, slots):
 
 def test_import_writes_a_train_state_a_trainer_restores(legacy, hf_model, batch, tmp_path):
     out = str(tmp_path / "imported")
-    t5x.main(["import", "--checkpoint", legacy, "--output", out])
+    convert.main(["import", "--format", "t5x", "--checkpoint", legacy, "--output", out])
     assert os.listdir(os.path.join(out, "checkpoints")) == [str(STEP)]
     loaded = model_loader.load(out, partitioner())
     logits = np.asarray(jax.jit(loaded.model._logits)(loaded.params, batch))
@@ -282,8 +282,8 @@ def test_orbax_checkpoint_and_scanned_layout(target, slots, legacy, tmp_path):
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True))
     checkpointer.save(path / "state", args=ocp.args.PyTreeSave(state_dict(target, slots)))
     assert model_loader.checkpoint_format(str(path)) == model_loader.T5X
-    config, params, opt_state, step = t5x.restore_train_state(str(path), scan_layers=True)
-    _, want, want_opt, _ = t5x.restore_train_state(legacy)
+    config, params, opt_state, step = t5x.read_train_state(str(path), scan_layers=True)
+    _, want, want_opt, _ = t5x.read_train_state(legacy)
     assert step == STEP and config.scan_layers
     jax.tree.map(np.testing.assert_array_equal, params, scan_params(want, config))
     stacked = scan_params(factored(want_opt).v, config)
@@ -333,8 +333,8 @@ def scanned(target, slots, axis):
 def test_scanned_t5x_layouts_read_as_the_unscanned_one(target, slots, legacy, tmp_path, axis):
     optimizer = optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM)
     path = write_legacy(tmp_path / "scanned", state_dict(*scanned(target, slots, axis)))
-    got = t5x.restore_train_state(path, optimizer=optimizer)
-    want = t5x.restore_train_state(legacy, optimizer=optimizer)
+    got = t5x.read_train_state(path, optimizer=optimizer)
+    want = t5x.read_train_state(legacy, optimizer=optimizer)
     assert got[0] == want[0] and got[3] == STEP
     jax.tree.map(np.testing.assert_array_equal, got[1:3], want[1:3])
 
@@ -345,7 +345,7 @@ def test_a_relative_position_table_per_layer_is_refused(target, slots, tmp_path)
     slots["encoder.layers.relative_posemb.rel_embedding"] = slots["encoder.encoder_norm.scale"]
     path = write_legacy(tmp_path / "scalable", state_dict(target, slots))
     with pytest.raises(ValueError, match=r"target\.encoder\.layers\.relative_posemb"):
-        t5x.restore_train_state(path)
+        t5x.read_train_state(path)
 
 
 @pytest.mark.parametrize(
@@ -374,7 +374,7 @@ def test_unsupported_contents_are_refused_by_name(target, slots, tmp_path, chang
     change(target, slots)
     path = write_legacy(tmp_path / "bad", state_dict(target, slots))
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
-        t5x.restore_train_state(path)
+        t5x.read_train_state(path)
 
 
 @pytest.mark.parametrize("size", ["small", "xxl"])  # the others differ only in numbers
@@ -452,7 +452,7 @@ def test_one_continued_step_decays_at_the_checkpoints_step(legacy, slots, fixed_
 
 def test_an_optimizer_state_of_another_optimizer_is_refused_by_leaf(legacy, tmp_path):
     out = str(tmp_path / "imported")
-    t5x.import_t5x(legacy, out)  # Adafactor factoring dims >= 128: none of these
+    convert.import_t5x(legacy, out)  # Adafactor factoring dims >= 128: none of these
     trainer = trainer_for(legacy, optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM))
     with pytest.raises(
         ValueError,
@@ -549,8 +549,8 @@ def test_a_t5x_checkpoint_on_gcs_reads_as_the_local_one(legacy, gcs, request):
         (remote / os.path.relpath(local, legacy)).write_bytes(local.read_bytes())
     assert model_loader.checkpoint_format(os.fspath(remote)) == model_loader.T5X
     optimizer = optim.adafactor(1e-3, min_dim_size_to_factor=MIN_DIM)
-    got = t5x.restore_train_state(os.fspath(remote), optimizer=optimizer)
-    want = t5x.restore_train_state(legacy, optimizer=optimizer)
+    got = t5x.read_train_state(os.fspath(remote), optimizer=optimizer)
+    want = t5x.read_train_state(legacy, optimizer=optimizer)
     assert got[0] == want[0] and got[3] == STEP
     jax.tree.map(np.testing.assert_array_equal, got[1:3], want[1:3])
 

@@ -4,24 +4,14 @@ Pure numpy and safetensors: no torch or transformers needed, so it works on a TP
 that only has the safetensors files. HF stores Linear weights as [out, in]; flan_jax
 kernels are [in, out] with the head dimension split out, hence the transposes and reshapes.
 Directories are local or gs:// (`flan_jax.paths`); safetensors files on gs:// are read whole
-into memory (local ones are memory-mapped).
-
-Command line (see README.md):
-  python -m flan_jax.interop.hf_t5 import --hf_dir DIR --out OUT [--scan_layers]
-  python -m flan_jax.interop.hf_t5 export --checkpoint CKPT --out DIR [--model_gin_file F]
+into memory (local ones are memory-mapped). The command that imports and exports checkpoints
+is flan_jax.convert.
 """
 
 import dataclasses
 import json
-
-from flan_jax import allocator
-
-if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
-    allocator.configure()
-
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -30,7 +20,7 @@ import numpy as np
 import safetensors.numpy
 from etils import epath
 
-from flan_jax import checkpoints, cli, model_loader, partitioning, paths
+from flan_jax import paths
 from flan_jax.models.t5 import T5Config, scan_params, unscan_params
 
 VOCABULARY_FILE = "spiece.model"
@@ -298,7 +288,7 @@ def read_hf_config(hf_dir: str | os.PathLike, *, scan_layers: bool = False) -> T
     config_path = paths.path(hf_dir, "Hugging Face directory") / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
-            f"{config_path} not found: --hf_dir must be a Hugging Face T5 directory "
+            f"{config_path} not found: pass a Hugging Face T5 directory "
             "(config.json, model.safetensors, spiece.model), e.g. from save_pretrained"
         )
     config = t5_config_from_hf(json.loads(config_path.read_text()))
@@ -335,124 +325,3 @@ def _load_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
     if paths.is_local(path):
         return safetensors.numpy.load_file(os.fspath(path))
     return safetensors.numpy.load(path.read_bytes())
-
-
-def model_gin(
-    config: T5Config, vocabulary_path: str | None, source: str, importer: str = "hf_t5"
-) -> str:
-    """A gin model file for `config`: the shared T5 v1.1 file with this config's numbers."""
-    c = config
-    lines = [
-        f"# T5 v1.1 imported from {source} by flan_jax.interop.{importer}.",
-        "from __gin__ import dynamic_registration",
-        "from flan_jax.models import t5",
-        "",
-        "include 'models/t5_1_1/architecture.gin'",
-        "",
-        f"VOCAB_SIZE = {c.vocab_size}",
-        f"DROPOUT_RATE = {c.dropout_rate!r}  # the source's; the paper finetuned with 0.05",
-        f"SCAN_LAYERS = {c.scan_layers}  # fixed by the checkpoint's parameter layout",
-    ]
-    if vocabulary_path is not None:
-        lines.append(f"VOCABULARY_PATH = {vocabulary_path!r}")
-    lines += ["", "t5.T5Config:"]
-    for field in (
-        "d_model",
-        "num_heads",
-        "d_kv",
-        "d_ff",
-        "num_encoder_layers",
-        "num_decoder_layers",
-        "relative_attention_num_buckets",
-        "relative_attention_max_distance",
-        "layer_norm_epsilon",
-    ):
-        lines.append(f"  {field} = {getattr(c, field)!r}")
-    return "\n".join(lines) + "\n"
-
-
-def import_hf(hf_dir: str, out: str, *, scan_layers: bool = False) -> None:
-    """HF dir -> OUT/checkpoints/0 (Orbax, {"params": ...}), OUT/model.gin, OUT/spiece.model."""
-    hf_dir, out = paths.path(hf_dir, "--hf_dir"), paths.path(out, "--out")
-    if (out / "checkpoints").exists():
-        raise FileExistsError(f"{out} already holds checkpoints; pass a new --out or delete it")
-    config, params = read_hf_dir(hf_dir, scan_layers=scan_layers)
-    out.mkdir(parents=True, exist_ok=True)
-    vocabulary = hf_dir / VOCABULARY_FILE
-    vocabulary_path = None
-    if vocabulary.is_file():
-        vocabulary_path = os.fspath(out / VOCABULARY_FILE)
-        vocabulary.copy(vocabulary_path, overwrite=True)
-    else:
-        print(
-            f"warning: {vocabulary} not found; pass --vocabulary to flan_jax.infer",
-            file=sys.stderr,
-        )
-    checkpointer = checkpoints.Checkpointer(out, max_to_keep=None, async_save=False)
-    try:
-        source = {"imported_from": os.fspath(hf_dir)}
-        checkpointer.save(0, {"params": params}, source, force=True)
-    finally:
-        checkpointer.close()
-    (out / "model.gin").write_text(model_gin(config, vocabulary_path, os.fspath(hf_dir)))
-    print(
-        f"imported {hf_dir} into {out}: use INITIAL_CHECKPOINT_PATH={os.fspath(out)!r} and "
-        f"{out}/model.gin"
-    )
-
-
-def export_hf(
-    checkpoint: str,
-    out: str,
-    *,
-    model_gin_file: str | None = None,
-    vocabulary_path: str | None = None,
-) -> None:
-    """flan_jax checkpoint -> OUT/{model.safetensors, config.json, spiece.model when known}."""
-    partitioner = partitioning.Partitioner(
-        partitioning.create_mesh(), partitioning.logical_axis_rules()
-    )
-    loaded = model_loader.load(
-        checkpoint, partitioner, model_gin_file=model_gin_file, vocabulary_path=vocabulary_path
-    )
-    config = loaded.model.config
-    out = paths.path(out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
-    weights, weights_path = params_to_hf(loaded.params, config), out / "model.safetensors"
-    if paths.is_local(weights_path):
-        safetensors.numpy.save_file(weights, os.fspath(weights_path))
-    else:  # built in memory, uploaded in one piece
-        weights_path.write_bytes(safetensors.numpy.save(weights))
-    (out / "config.json").write_text(json.dumps(hf_config_from_t5(config), indent=2))
-    vocabulary = loaded.vocabulary_path and paths.path(loaded.vocabulary_path, "vocabulary")
-    if vocabulary and vocabulary.is_file():
-        vocabulary.copy(out / VOCABULARY_FILE, overwrite=True)
-    else:
-        print("warning: no vocabulary known; copy spiece.model into the export", file=sys.stderr)
-    print(f"exported {checkpoint} to {out}")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = cli.new_parser(__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    imp = commands.add_parser("import", help="HF directory -> flan_jax checkpoint + model.gin")
-    imp.add_argument("--hf_dir", required=True)
-    imp.add_argument("--out", required=True)
-    imp.add_argument("--scan_layers", action="store_true", help="stack layers for scan_layers=True")
-    exp = commands.add_parser("export", help="flan_jax checkpoint -> HF directory")
-    cli.add_checkpoint_flags(exp)
-    exp.add_argument("--out", required=True)
-    args = cli.parse_args(parser, argv)
-    if args.command == "import":
-        import_hf(args.hf_dir, args.out, scan_layers=args.scan_layers)
-    else:
-        export_hf(
-            args.checkpoint,
-            args.out,
-            model_gin_file=args.model_gin_file,
-            vocabulary_path=args.vocabulary,
-        )
-
-
-if __name__ == "__main__":
-    main()

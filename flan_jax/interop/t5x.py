@@ -14,24 +14,16 @@ A scanned checkpoint (`scan_layers=True`: `encoder.layers.<name>`, the layers st
 flan_jax's scanned or unscanned parameters. Checkpoints are read locally or on gs:// (the
 msgpack file and Orbax's metadata through flan_jax.paths, arrays through TensorStore).
 A checkpoint holds no config: the sizes come from the array shapes, relative attention's max
-distance is T5's 128 unless a model gin file says otherwise.
-
-Command line (see README.md):
-  python -m flan_jax.interop.t5x import --checkpoint DIR --output OUT [--model_gin_file F]
-      [--vocabulary spiece.model] [--scan_layers]
+distance is T5's 128 unless a model gin file says otherwise. The command that imports a T5X
+checkpoint into a flan_jax model dir is flan_jax.convert.
 """
-
-from flan_jax import allocator
-
-if __name__ == "__main__":  # before numpy, TF or jax start threads that keep their own arenas
-    allocator.configure()
 
 import copy
 import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -41,12 +33,10 @@ import optax
 from etils import epath
 from flax import serialization, traverse_util
 
-from flan_jax import checkpoints, cli, optim, paths
+from flan_jax import optim, paths
 from flan_jax.axis_names import EMBED
-from flan_jax.interop import hf_t5
 from flan_jax.models.base import EncoderDecoderModel
 from flan_jax.models.t5 import T5Config, scan_params
-from flan_jax.trainer import TrainState
 
 MSGPACK_FILE = "checkpoint"
 # T5X's Adafactor keeps these per parameter; the unused ones hold a (1,) placeholder.
@@ -539,7 +529,7 @@ def _param_axes(config: T5Config) -> Any:
     return nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0)))
 
 
-def restore_train_state(
+def read_train_state(
     path: str,
     config: T5Config | None = None,
     optimizer: optax.GradientTransformation | None = None,
@@ -560,65 +550,3 @@ def restore_train_state(
         opt_state_from_t5x(checkpoint, config, optimizer, params),
         checkpoint.step,
     )
-
-
-def import_t5x(
-    checkpoint: str,
-    output: str,
-    *,
-    model_gin_file: str | None = None,
-    vocabulary_path: str | None = None,
-    scan_layers: bool = False,
-) -> None:
-    """T5X checkpoint -> OUTPUT/checkpoints/<step> (the train state: step, params and the
-    Adafactor state of flan_jax.optim.adafactor), OUTPUT/model.gin, OUTPUT/spiece.model."""
-    from flan_jax import model_loader
-
-    output = paths.path(output, "--output")
-    source = os.fspath(paths.path(checkpoint, "--checkpoint"))
-    if (output / "checkpoints").exists():
-        raise FileExistsError(f"{output} already holds checkpoints; pass a new --output")
-    config = None
-    if model_gin_file:
-        model, gin_vocabulary = model_loader.model_from_gin_file(model_gin_file)
-        config = dataclasses.replace(
-            model.config, scan_layers=scan_layers or model.config.scan_layers
-        )
-        vocabulary_path = vocabulary_path or gin_vocabulary
-    config, params, opt_state, step = restore_train_state(
-        checkpoint, config, scan_layers=scan_layers
-    )
-    output.mkdir(parents=True, exist_ok=True)
-    if vocabulary_path:
-        copied = output / hf_t5.VOCABULARY_FILE
-        paths.path(vocabulary_path, "--vocabulary").copy(copied, overwrite=True)
-        vocabulary_path = os.fspath(copied)
-    state = TrainState(step=np.asarray(step, np.int32), params=params, opt_state=opt_state)
-    checkpointer = checkpoints.Checkpointer(output, max_to_keep=None, async_save=False)
-    try:
-        checkpointer.save(step, state, {"imported_from": source, "t5x_step": step}, force=True)
-    finally:
-        checkpointer.close()
-    (output / "model.gin").write_text(hf_t5.model_gin(config, vocabulary_path, source, "t5x"))
-    print(f"imported {checkpoint} (step {step}) into {output}: use {output}/model.gin")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = cli.new_parser(__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    imp = commands.add_parser("import", help="T5X checkpoint -> flan_jax model dir")
-    cli.add_checkpoint_flags(imp)
-    imp.add_argument("--output", required=True, help="a new flan_jax model dir")
-    imp.add_argument("--scan_layers", action="store_true", help="stack layers for SCAN_LAYERS")
-    args = cli.parse_args(parser, argv)
-    import_t5x(
-        args.checkpoint,
-        args.output,
-        model_gin_file=args.model_gin_file,
-        vocabulary_path=args.vocabulary,
-        scan_layers=args.scan_layers,
-    )
-
-
-if __name__ == "__main__":
-    main()
