@@ -12,6 +12,7 @@ import numpy as np
 
 from flan_jax import checkpoints, evaluation, report, summaries
 from flan_jax.train_loop import Hook, Step
+from flan_jax.trainer import check_nonfinite_policy
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -19,20 +20,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class NonFinite(Hook):
-    """NONFINITE='stop' raises at a NaN/inf step before anything of its state can be saved;
-    'skip' (the trainer drops such updates, see `skip`) records the step and goes on.
+    """Reports the steps whose replicated `finite` flag is 0: under NONFINITE='stop' raises
+    before anything of that state can be saved; under 'skip' (the Trainer dropped the
+    update) records the step and goes on.
 
-    Reading a step's `finite` flag waits for the step: the hook reads the previous step's, so
-    the host queues each step while the one before runs. `check_unread` reads the newest one
-    now: the Checkpoint hook calls it before saving a state.
+    Reading a step's flag waits for the step: the hook reads the previous step's, so the host
+    queues each step while the one before runs, and defers the newest one's to `Step.settle`
+    (a checkpoint settles the step before saving it).
     """
 
-    POLICIES = ("stop", "skip")
-
     def __init__(self, policy: str, checkpointer: checkpoints.Checkpointer):
-        if policy not in self.POLICIES:
-            raise ValueError(f"NONFINITE={policy!r} must be one of {self.POLICIES}.")
-        self.skip = policy == "skip"
+        self.skip = check_nonfinite_policy(policy) == "skip"
         self.skipped: list[int] = []  # steps whose update was dropped
         self._checkpointer = checkpointer
         self._unread = None  # (step, metrics) of the newest step whose flag was not read
@@ -40,6 +38,7 @@ class NonFinite(Hook):
     def after_step(self, step: Step) -> None:
         self.check_unread()
         self._unread = (step.number, step.metrics)
+        step.deferred.append(self.check_unread)
 
     def check_unread(self) -> None:
         if self._unread is not None:
@@ -87,6 +86,8 @@ class Progress(Hook):
     """The console progress line and TensorBoard's train/ scalars every `every` steps and at
     the last; closes the writer, which the evaluation hooks also write to, at the end."""
 
+    after = (NonFinite,)  # a NaN step stops the run before its line is logged
+
     def __init__(self, writer: summaries.ProgressWriter, every: int):
         self.writer, self.every = writer, max(1, every)
 
@@ -101,6 +102,8 @@ class Progress(Hook):
 class TeacherForcedEval(Hook):
     """Each task's teacher-forced loss and token accuracy every `every` steps and at the last,
     printed and logged under eval/<task>."""
+
+    after = (NonFinite,)  # parameters known finite
 
     def __init__(self, evaluator, writer: summaries.ProgressWriter, every: int):
         self.evaluator, self.writer, self.every = evaluator, writer, every
@@ -117,6 +120,8 @@ class TeacherForcedEval(Hook):
 class SuiteEval(Hook):
     """The benchmark suites decoded and scored every `every` steps and at the last: each
     suite's headline printed, its score and task metrics logged under benchmarks/<suite>."""
+
+    after = (NonFinite,)  # parameters known finite
 
     def __init__(self, evaluator, writer: summaries.ProgressWriter, every: int):
         self.evaluator, self.writer, self.every = evaluator, writer, every
@@ -137,6 +142,8 @@ class PredictionEval(Hook):
     """Each task decoded and scored before the first step and after the last (if any step
     ran), logged under eval/<task>; the table of both is printed at the end. `results` maps
     "step N" to the task metrics."""
+
+    after = (NonFinite,)  # its `end` decodes the final state once that is known finite
 
     def __init__(self, evaluator, writer: summaries.ProgressWriter):
         self.evaluator, self.writer = evaluator, writer
@@ -244,27 +251,24 @@ class AnyProcess:
 
 class Checkpoint(Hook):
     """Saves every `every` steps, at the last step and at a step a hook stopped the run on,
-    after `before_save` (the non-finite check of the state). `data_state(step)` is what the
-    input needs to resume after `step` (the run's identity, the step and the input's state),
-    saved beside the state; it is called after the loop took exactly `step` batches, so an
-    input state read there is the position after them. Owns the checkpointer: on closing it
-    waits for the last save (a failed write raises there), then closes it."""
+    once the step is settled (`Step.settle`: the non-finite check of the state).
+    `data_state(step)` is what the input needs to resume after `step` (the run's identity,
+    the step and the input's state), saved beside the state; it is called after the loop took
+    exactly `step` batches, so an input state read there is the position after them. Owns the
+    checkpointer: on closing it waits for the last save (a failed write raises there), then
+    closes it."""
+
+    after = (NonFinite, Preemption)  # the check it settles; the stop it saves at
 
     def __init__(
-        self,
-        checkpointer: checkpoints.Checkpointer,
-        every: int,
-        data_state: Callable[[int], dict],
-        *,
-        before_save: Callable[[], None] = lambda: None,
+        self, checkpointer: checkpoints.Checkpointer, every: int, data_state: Callable[[int], dict]
     ):
-        self.checkpointer, self.every = checkpointer, every
-        self.data_state, self.before_save = data_state, before_save
+        self.checkpointer, self.every, self.data_state = checkpointer, every, data_state
 
     def after_step(self, step: Step) -> None:
         if not (step.every(self.every) or step.stop):
             return
-        self.before_save()
+        step.settle()
         self.checkpointer.save(step.number, step.state, self.data_state(step.number), force=True)
         if step.stop:
             print(f"checkpoint at step {step.number} saved after {step.stop}; exiting.", flush=True)

@@ -20,7 +20,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import gin
 import jax
@@ -78,179 +81,155 @@ def train(
     cache_dir: str | None = None,
     input_workers: int = 0,
 ) -> tuple[TrainState, dict]:
-    """Trains `train_steps` steps past the initial step; returns the final state and the
-    decode-and-score results by step.
-
-    The initial step is 0, or the step of INITIAL_CHECKPOINT_PATH's train state when
-    `initial_checkpoint_restore` is 'train_state' and the checkpoint has one ('params': its
-    parameters alone, fresh optimizer state, step 0). Every checkpoint records it, so a
-    resume from MODEL_DIR ends at the same step. Checkpoint and evaluation periods are
-    multiples of the step number, as T5X numbers them; the learning-rate schedule counts
-    this run's steps (`Trainer.continued`).
-
-    `predict_eval` decodes each task's `eval_split` before and after training; `eval_every`
-    measures its teacher-forced loss and token accuracy every that many steps.
-    `eval_suites` (mixtures, e.g. the benchmark suites of `tasks.eval`) are decoded and scored
-    on `eval_suites_num_examples` examples per task every `eval_suites_every` steps, and
-    logged under benchmarks/ in TensorBoard.
-    `nonfinite` is what a NaN/inf loss, gradient or update does: 'stop' raises naming the
-    step (nothing of it is saved), 'skip' drops that batch's update and goes on.
-    `checkpoint_fallback` resumes from the newest intact checkpoint when the latest is
-    corrupt. `length_check_examples` examples of each task are checked for truncation.
-    `cache_dir` holds the cached tasks to train on (None: stream them through seqio);
-    `input_workers` is the number of Grain worker processes reading it.
-    `loss_normalizing_factor` divides the summed loss as T5X's does (`Trainer`).
-    """
-    if initial_checkpoint_restore not in RESTORE_CHOICES:
-        raise ValueError(
-            f"INITIAL_CHECKPOINT_RESTORE={initial_checkpoint_restore!r} must be one of "
-            f"{RESTORE_CHOICES}"
-        )
-    model_dir = paths.path(model_dir, "MODEL_DIR")
-    if cache_dir is not None:
-        cache_dir = os.fspath(paths.path(cache_dir, "CACHE_DIR"))
-    if initial_checkpoint_path:
-        initial_checkpoint_path = os.fspath(
-            paths.path(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
-        )
-    # Data, vocabularies and CACHE_DIR read once, before anything is written or compiled.
-    preflight.check_inputs(mixture_or_task_name, cache_dir)
-    _write_config(model_dir)
-    partitioner.check_batch_size(batch_size)
-    _print_devices(partitioner)
-    data.check_vocabulary(mixture_or_task_name, model.config.vocab_size)
-    model.check_feature_lengths(task_feature_lengths)
-    if cache_dir is None:  # the cache counts truncation over every example as it is built
-        _warn_truncation(mixture_or_task_name, task_feature_lengths, length_check_examples)
-    identity = _run_identity(
-        mixture_or_task_name, task_feature_lengths, batch_size, seed, cached=cache_dir is not None
-    )
-    checkpointer = checkpoints.Checkpointer(model_dir, max_to_keep=keep_checkpoints)
-    nonfinite_hook = hooks.NonFinite(nonfinite, checkpointer)
-    trainer = Trainer(
-        model,
-        optimizer_fn(learning_rate_fn),
-        partitioner,
-        learning_rate_fn=learning_rate_fn,
-        num_microbatches=num_microbatches,
-        loss_normalizing_factor=loss_normalizing_factor,
-        seed=seed,
-        skip_nonfinite=nonfinite_hook.skip,
-    )
-    state, data_state, initial_step = _initial_state(
-        trainer,
-        checkpointer,
-        identity,
-        initial_checkpoint_path,
-        initial_checkpoint_restore,
-        seed,
-        checkpoint_fallback,
-    )
-    start_step = int(state.step)
-    last_step = initial_step + train_steps
-    counted = f" (TRAIN_STEPS={train_steps} from step {initial_step})" if initial_step else ""
-    print(
-        f"model_dir {model_dir}: starting at step {start_step} of {last_step}{counted}", flush=True
-    )
-    if 0 < initial_step <= train_steps:
-        print(
-            f"note: TRAIN_STEPS={train_steps} counts this run's steps, so it ends at "
-            f"{last_step}; where T5X's gin would say TRAIN_STEPS = {initial_step} + N, pass N",
-            flush=True,
-        )
-    inputs = _train_input(
-        mixture_or_task_name,
-        task_feature_lengths,
-        model,
-        batch_size,
-        seed,
-        cache_dir,
-        input_workers,
-    )
-    if inputs.truncation:
-        print(inputs.truncation, flush=True)
-    # The input has given one batch for each step since the initial one.
-    data.restore_position(inputs, start_step - initial_step, data_state.get("input"))
-    writer = summaries.ProgressWriter(
-        model_dir,
-        total_steps=last_step,
-        start_step=start_step,
-        tokens_per_step=batch_size * sum(task_feature_lengths.values()),
-        flops_per_step=batch_size
-        * flops.train_flops_per_sequence(model.config, task_feature_lengths),
-        peak_flops=flops.peak_flops(peak_flops_per_device),
-    )
-    periodic_evals, prediction = _evaluation_hooks(
-        trainer,
-        writer,
-        mixture_or_task_name,
-        task_feature_lengths,
-        batch_size=eval_batch_size or batch_size,
-        split=eval_split,
-        num_examples=eval_num_examples,
-        every=eval_every,
-        predict=predict_eval,
-        suites=eval_suites if eval_suites_every else (),
-        suites_every=eval_suites_every,
-        suites_num_examples=eval_suites_num_examples,
-    )
-    run_hooks = [
-        nonfinite_hook,  # first: it reads the previous step's flag before anything waits
-        hooks.Progress(writer, log_every),
-        *periodic_evals,
-        hooks.Preemption(),  # before Checkpoint, which saves the step it stops at
-        hooks.Checkpoint(
-            checkpointer,
-            checkpoint_every,
-            # Read after exactly `step` batches: the loop takes one a step, none ahead.
-            lambda step: {
-                **identity,
-                "step": step,
-                "initial_step": initial_step,
-                "input": inputs.get_state(),
-            },
-            before_save=nonfinite_hook.check_unread,
-        ),
-        *([prediction] if prediction else []),
-    ]
+    """Trains `train_steps` steps past the initial step (0, or INITIAL_CHECKPOINT_PATH's when
+    its train state is continued); returns the final state and the decode-and-score results
+    by step. The arguments are the macros of gin/runs/finetune.gin, described there."""
+    run = build_run(types.SimpleNamespace(**locals()))
     try:
         state = train_loop.run(
-            trainer.train_step,
-            state,
-            data.global_batches(inputs, partitioner),
-            start_step=start_step,
-            last_step=last_step,
-            hooks=run_hooks,
+            run.trainer.train_step,
+            run.state,
+            run.batches,
+            start_step=run.start_step,
+            last_step=run.last_step,
+            hooks=run.hooks,
         )
     except train_loop.DataExhaustedError as e:
         raise RuntimeError(
-            f"the data of {mixture_or_task_name!r} ran out after step {e.step} of {last_step}; "
-            f"the training split is empty or smaller than one batch of {batch_size}: check "
-            "its data source."
+            f"the data of {mixture_or_task_name!r} ran out after step {e.step} of "
+            f"{run.last_step}; the training split is empty or smaller than one batch of "
+            f"{batch_size}: check its data source."
         ) from None
     finally:
-        inputs.close()  # Grain's worker processes, if any
-    return state, prediction.results if prediction else {}
+        run.inputs.close()  # Grain's worker processes, if any
+    return state, run.prediction.results if run.prediction else {}
 
 
-def _train_input(name, lengths, model, batch_size, seed, cache_dir, workers):
-    """The global batches from the task cache (Grain) when there is one, else streamed
-    through seqio as before the cache existed; either has `get_state` (None when streaming)."""
-    if cache_dir is None:
-        return data.StreamingBatches(
-            data.train_dataset(name, lengths, model, global_batch_size=batch_size, seed=seed)
+@dataclasses.dataclass
+class Run:
+    """A run ready to loop: the loop runs `trainer.train_step` on `batches` from `state` at
+    `start_step` to `last_step` with `hooks`; `prediction` is the decode-and-score hook, if
+    asked for, and `inputs` closes after the loop."""
+
+    trainer: Trainer
+    state: TrainState
+    inputs: Any  # data.StreamingBatches or the Grain input: `get_state`, `close`
+    batches: Iterator
+    start_step: int
+    last_step: int
+    hooks: list[train_loop.Hook]
+    prediction: hooks.PredictionEval | None
+
+
+def build_run(a) -> Run:
+    """`train`'s arguments `a`, checked, as a run: the Trainer, the state it starts from (a
+    resume, INITIAL_CHECKPOINT_PATH or fresh), the input at that state's position, the hooks.
+    Everything the user gave is read once here, before anything is compiled."""
+    _check(a)
+    checkpointer = checkpoints.Checkpointer(a.model_dir, max_to_keep=a.keep_checkpoints)
+    trainer = Trainer(
+        a.model,
+        a.optimizer_fn(a.learning_rate_fn),
+        a.partitioner,
+        learning_rate_fn=a.learning_rate_fn,
+        num_microbatches=a.num_microbatches,
+        loss_normalizing_factor=a.loss_normalizing_factor,
+        seed=a.seed,
+        nonfinite=a.nonfinite,
+    )
+    identity = _run_identity(a)
+    state, data_state, initial_step = _initial_state(trainer, checkpointer, identity, a)
+    start_step, last_step = int(state.step), initial_step + a.train_steps
+    _print_start(a, start_step, initial_step, last_step)
+    inputs = _train_input(a)
+    # The input has given one batch for each step since the initial one.
+    data.restore_position(inputs, start_step - initial_step, data_state.get("input"))
+
+    def data_state_at(step):  # called after exactly `step` batches: the loop reads none ahead
+        return {**identity, "step": step, "initial_step": initial_step, "input": inputs.get_state()}
+
+    writer = _progress_writer(a, start_step, last_step)
+    periodic_evals, prediction = _evaluation_hooks(trainer, writer, a)
+    run_hooks = [
+        hooks.NonFinite(trainer.nonfinite, checkpointer),
+        hooks.Progress(writer, a.log_every),
+        *periodic_evals,
+        hooks.Preemption(),
+        hooks.Checkpoint(checkpointer, a.checkpoint_every, data_state_at),
+        *([prediction] if prediction else []),
+    ]
+    batches = data.global_batches(inputs, a.partitioner)
+    return Run(trainer, state, inputs, batches, start_step, last_step, run_hooks, prediction)
+
+
+def _check(a) -> None:
+    """Checks the arguments: their paths (replaced in `a` by the checked ones), the inputs,
+    vocabulary, feature lengths and batch size against the model and mesh; writes config.gin
+    to MODEL_DIR."""
+    if a.initial_checkpoint_restore not in RESTORE_CHOICES:
+        raise ValueError(
+            f"INITIAL_CHECKPOINT_RESTORE={a.initial_checkpoint_restore!r} must be one of "
+            f"{RESTORE_CHOICES}"
         )
+    a.model_dir = paths.path(a.model_dir, "MODEL_DIR")
+    if a.cache_dir is not None:
+        a.cache_dir = os.fspath(paths.path(a.cache_dir, "CACHE_DIR"))
+    if a.initial_checkpoint_path:
+        a.initial_checkpoint_path = os.fspath(
+            paths.path(a.initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+        )
+    # Data, vocabularies and CACHE_DIR read once, before anything is written or compiled.
+    preflight.check_inputs(a.mixture_or_task_name, a.cache_dir)
+    _write_config(a.model_dir)
+    a.partitioner.check_batch_size(a.batch_size)
+    _print_devices(a.partitioner)
+    data.check_vocabulary(a.mixture_or_task_name, a.model.config.vocab_size)
+    a.model.check_feature_lengths(a.task_feature_lengths)
+    if a.cache_dir is None:  # the cache counts truncation over every example as it is built
+        _warn_truncation(a.mixture_or_task_name, a.task_feature_lengths, a.length_check_examples)
+
+
+def _print_start(a, start_step, initial_step, last_step) -> None:
+    counted = f" (TRAIN_STEPS={a.train_steps} from step {initial_step})" if initial_step else ""
+    print(
+        f"model_dir {a.model_dir}: starting at step {start_step} of {last_step}{counted}",
+        flush=True,
+    )
+    if 0 < initial_step <= a.train_steps:
+        print(
+            f"note: TRAIN_STEPS={a.train_steps} counts this run's steps, so it ends at "
+            f"{last_step}; where T5X's gin would say TRAIN_STEPS = {initial_step} + N, pass N",
+            flush=True,
+        )
+
+
+def _progress_writer(a, start_step, last_step) -> summaries.ProgressWriter:
+    lengths = a.task_feature_lengths
+    return summaries.ProgressWriter(
+        a.model_dir,
+        total_steps=last_step,
+        start_step=start_step,
+        tokens_per_step=a.batch_size * sum(lengths.values()),
+        flops_per_step=a.batch_size * flops.train_flops_per_sequence(a.model.config, lengths),
+        peak_flops=flops.peak_flops(a.peak_flops_per_device),
+    )
+
+
+def _train_input(a):
+    """The global batches from the task cache (Grain) when there is one, else streamed
+    through seqio; either has `get_state` (None when streaming)."""
+    task = (a.mixture_or_task_name, a.task_feature_lengths, a.model)
+    batching = {"global_batch_size": a.batch_size, "seed": a.seed}
+    if a.cache_dir is None:
+        return data.StreamingBatches(data.train_dataset(*task, **batching))
     from flan_jax import input_pipeline  # Grain: imported only by runs that read a cache
 
-    return input_pipeline.train_input(
-        name,
-        lengths,
-        model,
-        cache_dir=cache_dir,
-        global_batch_size=batch_size,
-        seed=seed,
-        worker_count=workers,
+    inputs = input_pipeline.train_input(
+        *task, cache_dir=a.cache_dir, worker_count=a.input_workers, **batching
     )
+    if inputs.truncation:
+        print(inputs.truncation, flush=True)
+    return inputs
 
 
 def _write_config(model_dir) -> None:
@@ -279,25 +258,16 @@ def _warn_truncation(mixture_or_task_name, task_feature_lengths, examples_per_ta
 
 
 def _evaluation_hooks(
-    trainer,
-    writer,
-    name,
-    lengths,
-    *,
-    batch_size,
-    split,
-    num_examples,
-    every,
-    predict,
-    suites,
-    suites_every,
-    suites_num_examples,
+    trainer, writer, a
 ) -> tuple[list[train_loop.Hook], hooks.PredictionEval | None]:
-    """The periodic evaluations (teacher-forced, suites) and the decode-and-score of `split`
-    before and after training, each only when asked for."""
+    """The periodic evaluations (teacher-forced, suites) and the decode-and-score of
+    EVAL_SPLIT before and after training, each only when asked for."""
+    name, lengths, split = a.mixture_or_task_name, a.task_feature_lengths, a.eval_split
+    batch_size, num_examples = a.eval_batch_size or a.batch_size, a.eval_num_examples
+    suites = a.eval_suites if a.eval_suites_every else ()
     t = trainer
     periodic = []
-    if every:
+    if a.eval_every:
         evaluator = evaluation.TeacherForcedEvaluator(
             name,
             lengths,
@@ -307,7 +277,7 @@ def _evaluation_hooks(
             split=split,
             num_examples=num_examples,
         )
-        periodic.append(hooks.TeacherForcedEval(evaluator, writer, every))
+        periodic.append(hooks.TeacherForcedEval(evaluator, writer, a.eval_every))
     if suites:
         evaluator = evaluation.SuiteEvaluator(
             suites,
@@ -317,10 +287,10 @@ def _evaluation_hooks(
             t.params_shardings,
             batch_size=batch_size,
             split="test",
-            num_examples=suites_num_examples,
+            num_examples=a.eval_suites_num_examples,
         )
-        periodic.append(hooks.SuiteEval(evaluator, writer, suites_every))
-    if not predict:
+        periodic.append(hooks.SuiteEval(evaluator, writer, a.eval_suites_every))
+    if not a.predict_eval:
         return periodic, None
     evaluator = evaluation.PredictionEvaluator(
         name,
@@ -335,18 +305,18 @@ def _evaluation_hooks(
     return periodic, hooks.PredictionEval(evaluator, writer)
 
 
-def _run_identity(mixture_or_task_name, task_feature_lengths, batch_size, seed, *, cached):
+def _run_identity(a):
     """What must match for a checkpoint's data position to mean the same batches. The input
     path is part of it: the cache (Grain) and seqio streaming shuffle, mix and pack
     differently, so the same seed gives other batches on the other path. Where the cache
     lives is not: a copy of it (say, moved to local disk) holds the same examples, and the
     cache's fingerprint check refuses one made differently."""
     return {
-        "mixture_or_task_name": mixture_or_task_name,
-        "task_feature_lengths": dict(task_feature_lengths),
-        "batch_size": batch_size,
-        "seed": seed,
-        "input_path": "task cache" if cached else "seqio streaming",
+        "mixture_or_task_name": a.mixture_or_task_name,
+        "task_feature_lengths": dict(a.task_feature_lengths),
+        "batch_size": a.batch_size,
+        "seed": a.seed,
+        "input_path": "seqio streaming" if a.cache_dir is None else "task cache",
     }
 
 
@@ -361,18 +331,16 @@ _SWITCH_BACK = {
 }
 
 
-def _initial_state(
-    trainer, checkpointer, identity, initial_checkpoint_path, restore, seed, checkpoint_fallback
-) -> tuple[TrainState, dict, int]:
+def _initial_state(trainer, checkpointer, identity, a) -> tuple[TrainState, dict, int]:
     """The resume policy: the latest checkpoint of MODEL_DIR (of the same run), else
-    INITIAL_CHECKPOINT_PATH's train state (`restore`='train_state', when it has one) or
-    parameters, else fresh parameters from `seed`. Returns the state, the checkpoint's
+    INITIAL_CHECKPOINT_PATH's train state (INITIAL_CHECKPOINT_RESTORE='train_state', when it
+    has one) or parameters, else fresh parameters from SEED. Returns the state, the checkpoint's
     data item (empty when not resuming) and the run's initial step, which a resume reads
     from the checkpoint (0 in those saved before it was recorded)."""
     latest = checkpointer.latest_step()
     if latest is not None:
         state, data_state = checkpointer.restore(
-            trainer.abstract_state, fallback=checkpoint_fallback
+            trainer.abstract_state, fallback=a.checkpoint_fallback
         )
         latest = int(state.step)
         saved = {k: data_state.get(k, _IDENTITY_DEFAULTS.get(k)) for k in identity}
@@ -387,10 +355,10 @@ def _initial_state(
             )
         print(f"resuming from checkpoint step {latest}", flush=True)
         return state, data_state, int(data_state.get("initial_step", 0))
-    if initial_checkpoint_path:
-        state = _pretrained_state(trainer, initial_checkpoint_path, restore)
+    if a.initial_checkpoint_path:
+        state = _pretrained_state(trainer, a.initial_checkpoint_path, a.initial_checkpoint_restore)
         return state, {}, int(state.step)
-    return trainer.create_state(jax.random.key(seed)), {}, 0
+    return trainer.create_state(jax.random.key(a.seed)), {}, 0
 
 
 def _pretrained_state(trainer, path: str, restore: str) -> TrainState:

@@ -27,16 +27,31 @@ class Step:
     # Set by a hook to end the run after this step, naming why (e.g. "SIGTERM"); the hooks
     # after it still see this step.
     stop: str | None = None
+    # Checks of this step that a hook put off so the host need not wait for the device (the
+    # non-finite flag); a hook calls `settle` before it keeps the state (a checkpoint).
+    deferred: list[Callable[[], None]] = dataclasses.field(default_factory=list)
 
     def every(self, period: int | None) -> bool:
         """A periodic hook's steps: multiples of `period` and the last step (never if None)."""
         return bool(period) and (self.number % period == 0 or self.number == self.last_step)
 
+    def settle(self) -> None:
+        """Runs the deferred checks of this step now (each may raise)."""
+        while self.deferred:
+            self.deferred.pop(0)()
+
 
 class Hook:
     """One job of a run. The loop calls `begin` before the first step, `after_step` after
     each step, `end` once the last step is done or a hook stopped the run, and `close` always
-    (even when a step or a hook raised), in the reverse order of the hooks."""
+    (even when a step or a hook raised), in the reverse order of the hooks.
+
+    `after` names the hook types that must come earlier in a run's hooks when both are there
+    (what this one reads of the step: a stop they set, a check they deferred); `run` refuses
+    hooks in another order.
+    """
+
+    after: tuple[type[Hook], ...] = ()
 
     def begin(self, step: Step) -> None:
         pass
@@ -71,6 +86,7 @@ def run(
     """Trains from `start_step` to `last_step` (or until a hook stops the run); returns the
     final state. Takes exactly one batch per step, so the input's position after step n is
     n batches in -- what a checkpoint saves to resume exactly."""
+    check_order(hooks)
     step = Step(start_step, state, None, last_step)
     batches = iter(batches)
     with contextlib.ExitStack() as closing:
@@ -88,6 +104,18 @@ def run(
         for hook in hooks:
             hook.end(step)
     return step.state
+
+
+def check_order(hooks: Sequence[Hook]) -> None:
+    """Raises unless each hook comes after the hooks its `after` names."""
+    for i, hook in enumerate(hooks):
+        for later in hooks[i + 1 :]:
+            if isinstance(later, hook.after):
+                name, first = type(hook).__name__, type(later).__name__
+                raise ValueError(
+                    f"hook {name} comes before {first}, but it reads what {first} does to a "
+                    f"step: put {name} after {first} in the hooks."
+                )
 
 
 _END = object()

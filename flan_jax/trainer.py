@@ -56,12 +56,13 @@ class Trainer:
         learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
         num_microbatches: int = 1,
         seed: int = 0,
-        skip_nonfinite: bool = False,
+        nonfinite: str = "stop",
         loss_normalizing_factor: None | float | str = losses.NUM_REAL_TARGET_TOKENS,
     ):
-        """`skip_nonfinite`: a step whose loss, gradients or update is NaN or infinite leaves
-        params and optimizer state as they were (the step counter still advances, as the
-        batch is consumed). Either way the step reports `finite` (1.0 or 0.0).
+        """`nonfinite`: what a step whose loss, gradients or update is NaN or infinite does.
+        'skip' leaves params and optimizer state as they were (the step counter still
+        advances, as the batch is consumed); 'stop' applies it, and the run stops on the
+        step's `finite` metric (1.0 or 0.0, reported either way; `hooks.NonFinite`).
         `loss_normalizing_factor`: T5X's choices (`losses.check_loss_normalizing_factor`)."""
         if num_microbatches < 1:
             raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
@@ -70,7 +71,7 @@ class Trainer:
         self.partitioner = partitioner
         self.learning_rate_fn = learning_rate_fn
         self.num_microbatches = num_microbatches
-        self.skip_nonfinite = skip_nonfinite
+        self.nonfinite = check_nonfinite_policy(nonfinite)
         self._dropout_key = jax.random.key(seed + 1)
 
         abstract_params, param_specs = partitioning.abstract_params(model, partitioner)
@@ -190,7 +191,7 @@ class Trainer:
             & jnp.isfinite(optax.tree.norm(updates))
         )
         metrics["finite"] = finite.astype(jnp.float32)
-        if self.skip_nonfinite:
+        if self.nonfinite == "skip":
 
             def keep_if_finite(new, old):
                 return jnp.where(finite, new, old)
@@ -207,6 +208,15 @@ class Trainer:
         `normalize_sums`, so every token of a split weighs the same."""
         _, sums = self.model.loss_fn(params, batch, None)
         return sums
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def check_nonfinite_policy(policy: str) -> str:
+    if policy not in NONFINITE_POLICIES:
+        raise ValueError(f"NONFINITE={policy!r} must be one of {NONFINITE_POLICIES}.")
+    return policy
 
 
 def is_schedule_state(node) -> bool:

@@ -224,10 +224,7 @@ def checkpointer(tmp_path):
 
 def saving_hooks(checkpointer, policy, every):
     nonfinite = hooks.NonFinite(policy, checkpointer)
-    checkpoint = hooks.Checkpoint(
-        checkpointer, every, lambda step: {"seed": 0, "step": step},
-        before_save=nonfinite.check_unread,
-    )  # fmt: skip
+    checkpoint = hooks.Checkpoint(checkpointer, every, lambda step: {"seed": 0, "step": step})
     return nonfinite, [nonfinite, hooks.Preemption(), checkpoint]
 
 
@@ -297,7 +294,7 @@ def test_nonfinite_stop_checks_a_state_before_saving_it(tmp_path, checkpointer):
 
 def test_nonfinite_skip_records_the_steps_and_trains_on(tmp_path, checkpointer, capsys):
     nonfinite, run_hooks = saving_hooks(checkpointer, "skip", every=2)
-    assert nonfinite.skip  # the trainer is built with skip_nonfinite from it
+    assert nonfinite.skip  # reports under the policy the trainer applies
     state = train_loop.run(
         FakeStep(nonfinite={3, 5}), initial_state(), batches(5), start_step=0, last_step=5,
         hooks=run_hooks,
@@ -308,6 +305,19 @@ def test_nonfinite_skip_records_the_steps_and_trains_on(tmp_path, checkpointer, 
     assert skipped + "skipped, parameters unchanged (1 skipped so far)" in out
     assert "NONFINITE='skip' dropped the updates of 2 steps: [3, 5]" in out
     assert sorted(int(n) for n in os.listdir(tmp_path / "checkpoints")) == [2, 4, 5]
+
+
+def test_hooks_out_of_their_order_are_refused(checkpointer):
+    checkpoint = hooks.Checkpoint(checkpointer, 2, lambda step: {"step": step})
+    with pytest.raises(
+        ValueError,
+        match=r"hook Checkpoint comes before Preemption, but it reads what Preemption does to a "
+        r"step: put Checkpoint after Preemption in the hooks\.",
+    ):
+        train_loop.run(
+            FakeStep(), initial_state(), batches(2), start_step=0, last_step=2,
+            hooks=[checkpoint, hooks.Preemption()],
+        )  # fmt: skip
 
 
 def test_unknown_nonfinite_policy_is_refused(checkpointer):

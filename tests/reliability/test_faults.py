@@ -97,7 +97,7 @@ def test_fallback_resumes_from_the_previous_step_and_trains_the_same(run_dir, tr
 
 def test_trainer_skips_a_nonfinite_update_leaving_the_state_unchanged(tiny_config, fixed_batch):
     trainer = make_trainer(tiny_config)
-    trainer.skip_nonfinite = True  # read when the first call traces the step
+    trainer.nonfinite = "skip"  # read when the first call traces the step
     batch = jax.device_put(fixed_batch, trainer.partitioner.batch_sharding())
     healthy, metrics = trainer.train_step(trainer.create_state(jax.random.key(0)), batch)
     assert float(metrics["finite"]) == 1.0

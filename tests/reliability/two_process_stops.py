@@ -51,9 +51,7 @@ def main(model_dir, address, process_id, scenario):
     run_hooks = [
         nonfinite,
         hooks.Preemption(),
-        hooks.Checkpoint(
-            checkpointer, 100, lambda step: {"step": step}, before_save=nonfinite.check_unread
-        ),
+        hooks.Checkpoint(checkpointer, 100, lambda step: {"step": step}),
     ]
     if scenario == "sigterm" and process_id == 1:
         run_hooks.insert(0, SigtermAfter(2))
