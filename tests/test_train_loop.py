@@ -162,6 +162,9 @@ class FakeEvaluator:
         self.calls.append(step)
         return self.results
 
+    def truncated(self):
+        return {}
+
 
 def test_progress_and_evaluation_hooks_fire_at_their_steps(capsys):
     writer = FakeWriter()
